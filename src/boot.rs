@@ -1,0 +1,310 @@
+//! `supervisor run`: the boot sequence, then the supervision loop.
+//!
+//! Boot is a list of named steps, each logged with its duration:
+//! signals → render → state → swarm → privileges → supervise.
+//! The first step takes the signals before anything else can happen (as PID 1
+//! an unhandled SIGTERM would otherwise be dropped); a stop that arrives during
+//! boot is honoured between steps.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use tracing::{error, info, warn};
+
+use crate::buddy::Role;
+use crate::gateway_lock;
+use crate::privileges::{self, Credentials};
+use crate::render::{self, RenderOptions, Rendered};
+use crate::secrets;
+use crate::state::{self, Layout};
+use crate::supervise::{Hooks, Policy, Supervisor};
+use crate::sys::{self, SpawnSpec};
+
+/// Everything `supervisor run` needs; the CLI fills it from flags and env.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub buddy_dir: PathBuf,
+    pub template: PathBuf,
+    pub state_dir: PathBuf,
+    pub swarm_dir: PathBuf,
+    pub swarm_unmounted_ok: bool,
+    /// None: root drops to the default gateway user; non-root stays itself.
+    pub user: Option<String>,
+    pub env_file: Option<PathBuf>,
+    pub rotate_token: bool,
+    /// Local runs: render the channels disabled so a workstation never
+    /// competes with the deployed Buddy for its Telegram updates.
+    pub channels_off: bool,
+    pub policy: Policy,
+    /// Empty: the real gateway.
+    pub command: Vec<String>,
+}
+
+/// Exit code when the boot itself fails (bad config, swarm refused...).
+pub const BOOT_FAILED: i32 = 78; // EX_CONFIG
+
+/// Runs a timed boot step and logs it.
+fn step<T, E: std::fmt::Display>(name: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, i32> {
+    let t = Instant::now();
+    match f() {
+        Ok(v) => {
+            info!(step = name, ms = round_ms(t.elapsed()), "boot step done");
+            Ok(v)
+        }
+        Err(e) => {
+            error!(step = name, ms = round_ms(t.elapsed()), "boot step failed:\n{e}");
+            Err(BOOT_FAILED)
+        }
+    }
+}
+
+/// A stop signal that arrived during boot ends the boot between steps.
+fn stop_pending(sfd: &SignalFd, deferred: &mut Vec<Signal>) -> bool {
+    for s in sys::read_signals(sfd) {
+        if sys::STOP_SIGNALS.contains(&s) {
+            info!(signal = s.as_str(), "stop requested during boot; exiting");
+            return true;
+        }
+        if s != Signal::SIGCHLD {
+            deferred.push(s);
+        }
+    }
+    false
+}
+
+/// The secret values a render reads: the env file (re-read on every render,
+/// so a reload picks up a changed secret) over the process environment.
+struct SecretSource {
+    env_file: Option<PathBuf>,
+}
+
+impl SecretSource {
+    fn snapshot(&self) -> Result<BTreeMap<String, String>, crate::problem::Problem> {
+        match &self.env_file {
+            Some(p) => secrets::read_env_file(p),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+}
+
+fn lookup<'a>(file: &'a BTreeMap<String, String>) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| file.get(name).cloned().or_else(|| std::env::var(name).ok())
+}
+
+struct Boot {
+    cfg: RunConfig,
+    layout: Layout,
+    creds: Option<Credentials>,
+    source: SecretSource,
+}
+
+impl Boot {
+    fn render(&self) -> Result<Rendered, String> {
+        let file = self.source.snapshot().map_err(|p| p.to_string())?;
+        let opts = RenderOptions {
+            buddy_dir: self.cfg.buddy_dir.clone(),
+            template: self.cfg.template.clone(),
+            state_dir: self.cfg.state_dir.clone(),
+            rotate_token: self.cfg.rotate_token,
+        };
+        let mut r = render::render(&opts, &lookup(&file)).map_err(|e| e.to_string())?;
+        if self.cfg.channels_off {
+            r.disable_channels();
+        }
+        Ok(r)
+    }
+
+    /// Writes the config if its content changed; returns whether it did.
+    fn write(&self, r: &Rendered) -> Result<bool, String> {
+        let path = self.layout.config();
+        let new = r.to_json();
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == new) {
+            return Ok(false);
+        }
+        render::write_config(r, &path).map_err(|e| e.to_string())?;
+        if let Some(c) = &self.creds {
+            sys::chown(&path, c.uid, c.gid).map_err(|e| format!("{}: cannot chown: {e}", path.display()))?;
+        }
+        Ok(true)
+    }
+}
+
+impl Hooks for Boot {
+    fn reload(&mut self) {
+        let t = Instant::now();
+        match self.render().and_then(|r| self.write(&r)) {
+            Ok(changed) => info!(
+                changed,
+                ms = round_ms(t.elapsed()),
+                "reload: config re-rendered{}",
+                if changed { "; the gateway applies it through its file watcher" } else { " (unchanged)" }
+            ),
+            Err(e) => error!("reload failed; the gateway keeps its current config:\n{e}"),
+        }
+    }
+
+    fn before_start(&mut self) {
+        let uid = self.creds.as_ref().map(|c| c.uid.as_raw()).unwrap_or_else(|| nix::unistd::getuid().as_raw());
+        let dir = gateway_lock::lock_dir(&self.layout.tmp(), uid);
+        for (path, verdict) in gateway_lock::clear_stale(&dir) {
+            match verdict {
+                Ok(gateway_lock::Verdict::Removed { pid, why }) => {
+                    info!(lock = %path.display(), pid, why, "removed stale gateway lock")
+                }
+                Ok(gateway_lock::Verdict::Held(pid)) => {
+                    warn!(lock = %path.display(), pid, "gateway lock is held by a live process; leaving it")
+                }
+                Err(e) => warn!(lock = %path.display(), error = %e, "cannot inspect gateway lock"),
+            }
+        }
+    }
+}
+
+/// The environment the gateway gets: only what it needs.
+fn child_env(cfg: &RunConfig, layout: &Layout, r: &Rendered, creds: Option<&Credentials>, secret_values: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("PATH".into(), path);
+    env.insert("HOME".into(), cfg.state_dir.display().to_string());
+    let user = creds.map(|c| c.user.clone()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "root".into());
+    env.insert("USER".into(), user.clone());
+    env.insert("LOGNAME".into(), user);
+    env.insert("TMPDIR".into(), layout.tmp().display().to_string());
+    env.insert("CLAWDBOT_STATE_DIR".into(), cfg.state_dir.display().to_string());
+    env.insert("CLAWDBOT_CONFIG_PATH".into(), layout.config().display().to_string());
+    // One supervisor, one process tree: no respawning wrapper in between.
+    env.insert("CLAWDBOT_NO_RESPAWN".into(), "1".into());
+    // mDNS advertising inside a Fly VM or container reaches nobody.
+    env.insert("CLAWDBOT_DISABLE_BONJOUR".into(), "1".into());
+    for name in ["TZ", "LANG", "LC_ALL", "TERM", "NO_COLOR", "FORCE_COLOR"] {
+        if let Ok(v) = std::env::var(name) {
+            env.insert(name.into(), v);
+        }
+    }
+    // Fly's machine metadata is not secret; its API token is, and only a
+    // Magician (who casts SpawnBuddy) gets it.
+    let magician = r.prepared.buddy.identity.role == Role::Magician;
+    for (k, v) in std::env::vars() {
+        if k.starts_with("FLY_") && (k != "FLY_API_TOKEN" || magician) {
+            env.insert(k, v);
+        }
+    }
+    // The Buddy's own secrets, and no one else's.
+    let look = lookup(secret_values);
+    for name in r.prepared.secret_vars() {
+        if let Some(v) = look(&name) {
+            env.insert(name, v);
+        }
+    }
+    env.into_iter().collect()
+}
+
+/// Boots and supervises; returns the process exit code.
+pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
+    let mut deferred = Vec::new();
+    let pid1 = sys::is_pid1();
+    let r = step("signals", || -> Result<(), std::io::Error> {
+        if !pid1 {
+            sys::become_subreaper()?;
+        }
+        info!(pid1, subreaper = !pid1, "signals taken");
+        Ok(())
+    });
+    if let Err(c) = r {
+        return c;
+    }
+
+    let root = sys::is_root();
+    let role_guess = crate::buddy::load(&cfg.buddy_dir).map(|b| b.identity.role).unwrap_or(Role::Buddy);
+    let creds = match step("privileges", || -> Result<Option<Credentials>, String> {
+        let spec = match (&cfg.user, root) {
+            (Some(u), _) => Some(u.clone()),
+            (None, true) => Some(privileges::GATEWAY_USER.to_string()),
+            (None, false) => None,
+        };
+        let Some(spec) = spec else {
+            info!("not root: the gateway runs as the supervisor's own user");
+            return Ok(None);
+        };
+        let c = privileges::resolve(&spec, role_guess).map_err(|e| e.to_string())?;
+        if !root && c.uid != nix::unistd::getuid() {
+            return Err(format!("--user {spec}: switching users needs root"));
+        }
+        info!(user = %c.user, uid = c.uid.as_raw(), gid = c.gid.as_raw(), groups = ?c.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>(), role = %role_guess, "gateway identity");
+        Ok(if root { Some(c) } else { None })
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if stop_pending(&sfd, &mut deferred) {
+        return 0;
+    }
+
+    let layout = Layout::new(&cfg.state_dir);
+    let mut boot = Boot {
+        layout,
+        creds,
+        source: SecretSource { env_file: cfg.env_file.clone() },
+        cfg,
+    };
+
+    let rendered = match step("render", || boot.render()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if boot.cfg.channels_off {
+        warn!("channels are off for this run (--channels off): Telegram and WhatsApp stay disconnected");
+    }
+    if stop_pending(&sfd, &mut deferred) {
+        return 0;
+    }
+
+    let owner = boot.creds.as_ref().map(|c| (c.uid, c.gid));
+    let workspace = rendered.prepared.buddy.workspace_path();
+    if let Err(code) = step("state", || -> Result<(), String> {
+        let p = state::prepare(&boot.layout, Some(&workspace), owner).map_err(|e| e.to_string())?;
+        boot.write(&rendered)?;
+        info!(state = %boot.cfg.state_dir.display(), seeded_files = p.seeded_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
+        Ok(())
+    }) {
+        return code;
+    }
+    if stop_pending(&sfd, &mut deferred) {
+        return 0;
+    }
+
+    let mask_dir = None;
+    let secret_values = boot.source.snapshot().unwrap_or_default();
+    let env = child_env(&boot.cfg, &boot.layout, &rendered, boot.creds.as_ref(), &secret_values);
+    let (program, args) = if boot.cfg.command.is_empty() {
+        (
+            PathBuf::from("clawdbot"),
+            vec!["gateway".into(), "--bind".into(), "lan".into(), "--port".into(), rendered.port().to_string()],
+        )
+    } else {
+        (PathBuf::from(&boot.cfg.command[0]), boot.cfg.command[1..].to_vec())
+    };
+    let spec = SpawnSpec {
+        program,
+        args,
+        env,
+        cwd: boot.cfg.state_dir.clone(),
+        credentials: boot.creds.clone(),
+        mask_dir,
+    };
+    info!(buddy = %rendered.prepared.buddy.identity.id(), port = rendered.port(), "boot complete");
+    let policy = boot.cfg.policy.clone();
+    // Signals that arrived during boot (USR1, HUP...) are not lost: re-raise
+    // them into our own queue so the loop handles them in order.
+    for s in deferred {
+        let _ = nix::sys::signal::raise(s);
+    }
+    Supervisor::new(&sfd, original_mask, spec, policy, &mut boot).run()
+}
+
+fn round_ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}

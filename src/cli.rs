@@ -1,0 +1,234 @@
+//! The `supervisor` command line: parses arguments and calls the library.
+//! Every flag with a path also reads an environment variable; the defaults are
+//! the paths inside a Buddy image.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::boot::{self, RunConfig};
+use crate::render::{self, RenderOptions};
+use crate::supervise::{Policy, RestartPolicy};
+
+/// Where a Buddy image keeps the Buddy's own files.
+pub const IMAGE_BUDDY_DIR: &str = "/opt/mybuddy/buddy";
+/// The Buddy's Fly volume: everything that must survive a restart.
+pub const IMAGE_STATE_DIR: &str = "/data";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "supervisor",
+    version,
+    about = "Boots and supervises one MyBuddyTalk Buddy (a Clawdbot gateway), and manages the swarm",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render the Buddy's clawdbot.json (template + personal config + secrets + token + policy)
+    Render(RenderArgs),
+    /// Print the names of the environment variables (secrets) a Buddy needs, one per line
+    Secrets(SecretsArgs),
+    /// Boot the Buddy and supervise its gateway (the image's ENTRYPOINT; PID 1 or subreaper)
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub buddy: BuddyArgs,
+    /// The Buddy's persistent state dir (its Fly volume)
+    #[arg(long, env = "MYBUDDY_STATE_DIR", default_value = IMAGE_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The swarm share (MyBuddyBook and SpellBook)
+    #[arg(long = "swarm", env = "MYBUDDY_SWARM_DIR", default_value = "/mnt/swarm")]
+    pub swarm_dir: PathBuf,
+    /// Accept a swarm dir that is not a mount point (local development; warns)
+    #[arg(long, env = "MYBUDDY_SWARM_UNMOUNTED")]
+    pub swarm_dir_unmounted: bool,
+    /// Run the gateway as USER, UID or UID:GID [default: buddy when root, yourself otherwise]
+    #[arg(long, env = "MYBUDDY_USER")]
+    pub user: Option<String>,
+    /// Seconds the gateway gets to stop before its process group is killed
+    #[arg(long, env = "MYBUDDY_STOP_TIMEOUT", default_value_t = 10.0)]
+    pub stop_timeout: f64,
+    /// When to restart a gateway that exited on its own
+    #[arg(long, env = "MYBUDDY_RESTART", value_enum, default_value_t = RestartPolicy::Always)]
+    pub restart: RestartPolicy,
+    /// More restarts than this within --restart-window ends the supervisor (non-zero)
+    #[arg(long, env = "MYBUDDY_MAX_RESTARTS", default_value_t = 5)]
+    pub max_restarts: u32,
+    /// Seconds over which restarts are counted
+    #[arg(long, env = "MYBUDDY_RESTART_WINDOW", default_value_t = 300.0)]
+    pub restart_window: f64,
+    /// First restart delay, doubled after each crash
+    #[arg(long, env = "MYBUDDY_BACKOFF_INITIAL_MS", default_value_t = 500)]
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay
+    #[arg(long, env = "MYBUDDY_BACKOFF_MAX_MS", default_value_t = 30_000)]
+    pub backoff_max_ms: u64,
+    /// Seconds of uptime after which a run counts as healthy and the backoff resets
+    #[arg(long, env = "MYBUDDY_RESET_AFTER", default_value_t = 60.0)]
+    pub reset_after: f64,
+    /// Extra secrets, NAME=value per line, re-read on every render (SIGHUP picks up changes)
+    #[arg(long, env = "MYBUDDY_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Replace the persisted gateway token with a new one
+    #[arg(long)]
+    pub rotate_token: bool,
+    /// `off` renders Telegram and WhatsApp disabled (local runs must not steal the deployed Buddy's updates)
+    #[arg(long, env = "MYBUDDY_CHANNELS", value_enum, default_value_t = Channels::On)]
+    pub channels: Channels,
+    /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Channels {
+    On,
+    Off,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BuddyArgs {
+    /// The Buddy's directory (buddy.json, config.json, workspace/)
+    #[arg(long = "buddy", env = "MYBUDDY_BUDDY_DIR", default_value = IMAGE_BUDDY_DIR)]
+    pub buddy_dir: PathBuf,
+    /// The MyBuddy base template [default: BUDDY/../_template/config.json]
+    #[arg(long, env = "MYBUDDY_TEMPLATE")]
+    pub template: Option<PathBuf>,
+}
+
+impl BuddyArgs {
+    pub fn template(&self) -> PathBuf {
+        self.template
+            .clone()
+            .unwrap_or_else(|| render::default_template(&self.buddy_dir))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub buddy: BuddyArgs,
+    /// The Buddy's persistent state dir (its Fly volume): holds the gateway token
+    #[arg(long, env = "MYBUDDY_STATE_DIR", default_value = IMAGE_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Write the config here (atomically, mode 0600); without it, print it with secrets redacted
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace the persisted gateway token with a new one
+    #[arg(long)]
+    pub rotate_token: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    #[command(flatten)]
+    pub buddy: BuddyArgs,
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    // `run` may be PID 1: take the signals before anything else, even before
+    // parsing arguments, so no SIGTERM can fall into a gap.
+    let early = (std::env::args_os().nth(1).as_deref() == Some("run".as_ref()))
+        .then(crate::sys::take_signals);
+    let cli = Cli::parse();
+    crate::logging::init();
+    match cli.command {
+        Command::Render(a) => cmd_render(a),
+        Command::Secrets(a) => cmd_secrets(a),
+        Command::Run(a) => match early {
+            Some(Ok((sfd, mask))) => boot::run(run_config(a), sfd, mask),
+            Some(Err(e)) => fail(format!("cannot take signals: {e}")),
+            None => fail("`run` must be the first argument"),
+        },
+    }
+}
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(s.max(0.0))
+}
+
+fn run_config(a: RunArgs) -> RunConfig {
+    RunConfig {
+        template: a.buddy.template(),
+        buddy_dir: a.buddy.buddy_dir,
+        state_dir: a.state_dir,
+        swarm_dir: a.swarm_dir,
+        swarm_unmounted_ok: a.swarm_dir_unmounted,
+        user: a.user,
+        env_file: a.env_file,
+        rotate_token: a.rotate_token,
+        channels_off: a.channels == Channels::Off,
+        policy: Policy {
+            restart: a.restart,
+            max_restarts: a.max_restarts,
+            restart_window: secs(a.restart_window),
+            backoff_initial: std::time::Duration::from_millis(a.backoff_initial_ms),
+            backoff_max: std::time::Duration::from_millis(a.backoff_max_ms),
+            reset_after: secs(a.reset_after),
+            stop_timeout: secs(a.stop_timeout),
+        },
+        command: a.command,
+    }
+}
+
+fn fail(err: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {err}");
+    1
+}
+
+fn cmd_render(a: RenderArgs) -> i32 {
+    let opts = RenderOptions {
+        buddy_dir: a.buddy.buddy_dir.clone(),
+        template: a.buddy.template(),
+        state_dir: a.state_dir,
+        rotate_token: a.rotate_token,
+    };
+    let rendered = match render::render(&opts, &render::process_env) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    match &a.out {
+        Some(path) => {
+            if let Err(e) = render::write_config(&rendered, path) {
+                return fail(e);
+            }
+            tracing::info!(
+                buddy = %rendered.prepared.buddy.identity.id(),
+                out = %path.display(),
+                token = ?rendered.token_source,
+                "rendered config"
+            );
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            if out
+                .write_all(rendered.to_redacted_json().as_bytes())
+                .is_err()
+            {
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+fn cmd_secrets(a: SecretsArgs) -> i32 {
+    let prepared = match render::prepare(&a.buddy.buddy_dir, &a.buddy.template()) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    for name in prepared.secret_vars() {
+        println!("{name}");
+    }
+    0
+}

@@ -1,0 +1,202 @@
+//! The MyBuddy policy: what every Buddy's merged config must say, checked
+//! after the merge and before any secret is substituted (so messages may show
+//! values). Each rule comes from the architecture's "MyBuddy vs Standard
+//! Clawdbot" table or from what a Buddy needs inside a container; every
+//! violation is reported with its JSON path.
+
+use serde_json::Value;
+
+use crate::buddy::Identity;
+use crate::problem::{PathSeg, Problem};
+use crate::secrets::Provenance;
+
+pub const MODEL_PREFIX: &str = "google/gemini-";
+/// The render-provided variable naming the Buddy's persistent state dir.
+pub const STATE_DIR_VAR: &str = "MYBUDDY_STATE_DIR";
+/// Plugins MyBuddy removes; `moltbook` is replaced by MyBuddyBook.
+pub const FORBIDDEN_PLUGINS: [&str; 3] = ["beekeeper", "swarm-manager", "moltbook"];
+
+fn segs(path: &str) -> Vec<PathSeg> {
+    path.split('.').map(|k| PathSeg::Key(k.to_string())).collect()
+}
+
+fn get<'a>(config: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(config, |v, k| v.get(k))
+}
+
+/// Checks `config` (merged, not yet substituted) for `identity`.
+pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut fail = |path: &str, msg: String| {
+        out.push(Problem::new(&provenance(&segs(path)), path, msg));
+    };
+
+    // Models: the swarm runs on Gemini.
+    match get(config, "agents.defaults.model.primary") {
+        Some(Value::String(m)) if m.starts_with(MODEL_PREFIX) => {}
+        other => fail(
+            "agents.defaults.model.primary",
+            format!(
+                "must be a Gemini model ({MODEL_PREFIX}...), found {}",
+                show(other)
+            ),
+        ),
+    }
+    match get(config, "agents.defaults.model.fallbacks") {
+        Some(Value::Array(list))
+            if !list.is_empty()
+                && list
+                    .iter()
+                    .all(|m| m.as_str().is_some_and(|m| m.starts_with(MODEL_PREFIX))) => {}
+        other => fail(
+            "agents.defaults.model.fallbacks",
+            format!(
+                "must be a non-empty list of Gemini models ({MODEL_PREFIX}...), found {}",
+                show(other)
+            ),
+        ),
+    }
+
+    // Plugins MyBuddy removes.
+    if let Some(Value::Object(entries)) = get(config, "plugins.entries") {
+        for name in FORBIDDEN_PLUGINS {
+            if entries.contains_key(name) {
+                fail(
+                    &format!("plugins.entries.{name}"),
+                    format!("the {name} plugin is not part of MyBuddy{}; remove this entry", if name == "moltbook" { " (Buddies share knowledge through MyBuddyBook)" } else { "" }),
+                );
+            }
+        }
+    }
+    for list in ["plugins.allow", "plugins.load.paths"] {
+        if let Some(Value::Array(items)) = get(config, list) {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(s) = item.as_str() {
+                    if let Some(bad) = FORBIDDEN_PLUGINS.iter().find(|p| s.contains(*p)) {
+                        fail(
+                            &format!("{list}[{i}]"),
+                            format!("the {bad} plugin is not part of MyBuddy; remove it"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // Channels follow the identity: a plugin is on exactly when buddy.json
+    // says so, and explicitly off otherwise (a configured channel whose plugin
+    // is not explicitly disabled makes the gateway rewrite the config).
+    for (channel, wanted) in [
+        ("telegram", identity.channels.telegram),
+        ("whatsapp", identity.channels.whatsapp),
+    ] {
+        let path = format!("plugins.entries.{channel}.enabled");
+        match get(config, &path) {
+            Some(Value::Bool(b)) if *b == wanted => {}
+            other => fail(
+                &path,
+                format!(
+                    "must be {wanted} because buddy.json says channels.{channel} is {wanted}, found {}",
+                    show(other)
+                ),
+            ),
+        }
+        let section = format!("channels.{channel}");
+        if !wanted && get(config, &section).is_some() {
+            fail(
+                &section,
+                format!("{channel} is configured but buddy.json does not enable it; remove the section or enable the channel"),
+            );
+        }
+    }
+    if identity.channels.telegram {
+        match get(config, "channels.telegram.botToken") {
+            Some(Value::String(s)) if !s.is_empty() => {}
+            other => fail(
+                "channels.telegram.botToken",
+                format!(
+                    "a Telegram Buddy needs its bot token (a ${{VAR}} reference), found {}",
+                    show(other)
+                ),
+            ),
+        }
+    }
+    if identity.channels.whatsapp
+        && get(config, "channels.whatsapp.dmPolicy").and_then(Value::as_str) == Some("allowlist")
+    {
+        let ok = matches!(get(config, "channels.whatsapp.allowFrom"),
+            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty())));
+        if !ok {
+            fail(
+                "channels.whatsapp.allowFrom",
+                "dmPolicy \"allowlist\" needs a non-empty allowFrom list (the Human's phone as a ${VAR} reference)".into(),
+            );
+        }
+    }
+
+    // The gateway: local mode, token auth (a lan bind refuses to start without it).
+    match get(config, "gateway.mode") {
+        Some(Value::String(m)) if m == "local" => {}
+        other => fail(
+            "gateway.mode",
+            format!("must be \"local\", found {}", show(other)),
+        ),
+    }
+    match get(config, "gateway.auth.token") {
+        Some(Value::String(t)) if !t.is_empty() => {}
+        other => fail(
+            "gateway.auth.token",
+            format!(
+                "must be set (\"${{AUTO_GENERATED}}\" or a ${{VAR}} secret): a gateway bound to lan refuses to start without it; found {}",
+                show(other)
+            ),
+        ),
+    }
+    if let Some(port) = get(config, "gateway.port") {
+        if !port.as_u64().is_some_and(|p| (1..=65535).contains(&p)) {
+            fail(
+                "gateway.port",
+                format!("must be a port number 1-65535, found {}", show(Some(port))),
+            );
+        }
+    }
+
+    // What a container needs: state on the volume, no start-up update check.
+    for path in ["agents.defaults.workspace", "logging.file"] {
+        match get(config, path) {
+            Some(Value::String(p)) if p.starts_with(&format!("${{{STATE_DIR_VAR}}}/")) => {}
+            other => fail(
+                path,
+                format!(
+                    "must live on the Buddy's persistent state (\"${{{STATE_DIR_VAR}}}/...\"): the root filesystem is reset on every restart; found {}",
+                    show(other)
+                ),
+            ),
+        }
+    }
+    match get(config, "update.checkOnStart") {
+        Some(Value::Bool(false)) => {}
+        other => fail(
+            "update.checkOnStart",
+            format!(
+                "must be false: a Buddy's gateway version is pinned by its image; found {}",
+                show(other)
+            ),
+        ),
+    }
+    out
+}
+
+fn show(v: Option<&Value>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(v) => {
+            let s = v.to_string();
+            if s.len() > 80 {
+                format!("{}...", &s[..s.floor_char_boundary(77)])
+            } else {
+                s
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Rendering a Buddy's `clawdbot.json`: template + personal config, merged,
+//! checked against the MyBuddy policy, `${VAR}`s substituted, token filled in.
+//!
+//! The pure part ([`prepare`], [`Prepared::substitute`]) is shared by the boot
+//! (`supervisor run`), `supervisor render` and `supervisor check-config`, so a
+//! Buddy that passes CI renders the same way when it boots.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::buddy::{self, BuddyDir};
+use crate::jsonfile;
+use crate::policy::{self, STATE_DIR_VAR};
+use crate::problem::{PathSeg, Problem, Problems};
+use crate::secrets::{self, Resolved, Substituted};
+use crate::token::{self, AUTO_GENERATED, TokenSource};
+
+pub const CONFIG_FILE_NAME: &str = "clawdbot.json";
+pub const DEFAULT_PORT: u16 = 18789;
+
+/// Variables the renderer itself provides; never secrets an operator sets.
+pub const BUILTIN_VARS: [&str; 2] = [AUTO_GENERATED, STATE_DIR_VAR];
+
+/// The template beside a Buddy directory: `DIR/../_template/config.json`.
+pub fn default_template(buddy_dir: &Path) -> PathBuf {
+    let parent = match buddy_dir.parent() {
+        // `buddies/x` -> `buddies`; a bare `.` or `/` has no usable parent.
+        Some(p) if buddy_dir.file_name().is_some() => p.to_path_buf(),
+        _ => buddy_dir.join(".."),
+    };
+    parent.join("_template").join(buddy::CONFIG_FILE)
+}
+
+/// A merged config that passed the policy, before substitution.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub buddy: BuddyDir,
+    pub template_path: PathBuf,
+    pub personal_path: PathBuf,
+    personal: Value,
+    pub merged: Value,
+}
+
+/// Loads both files and the identity, merges, and checks the policy. All
+/// problems of all three files are reported together.
+pub fn prepare(buddy_dir: &Path, template_path: &Path) -> Result<Prepared, Problems> {
+    let headline = format!("Buddy {} does not render", buddy_dir.display());
+    let mut problems = Vec::new();
+    let buddy = buddy::load(buddy_dir).map_err(|p| problems.extend(p.items)).ok();
+    let personal_path = buddy_dir.join(buddy::CONFIG_FILE);
+    let template = jsonfile::read_json_object(template_path)
+        .map_err(|p| problems.push(p))
+        .ok();
+    let personal = jsonfile::read_json_object(&personal_path)
+        .map_err(|p| problems.push(p))
+        .ok();
+    let (Some(buddy), Some(template), Some(personal)) = (buddy, template, personal) else {
+        return Err(Problems::new(headline, problems));
+    };
+    let mut merged = template;
+    // RFC 7396: objects merge recursively, the personal config wins, arrays
+    // are replaced whole, null deletes.
+    json_patch::merge(&mut merged, &personal);
+    let prepared = Prepared {
+        buddy,
+        template_path: template_path.to_path_buf(),
+        personal_path,
+        personal,
+        merged,
+    };
+    problems.extend(policy::check(
+        &prepared.merged,
+        &prepared.buddy.identity,
+        &|p: &[PathSeg]| prepared.source_of(p),
+    ));
+    if problems.is_empty() {
+        Ok(prepared)
+    } else {
+        Err(Problems::new(headline, problems))
+    }
+}
+
+impl Prepared {
+    /// Which file a merged value came from: the personal config if it holds
+    /// that path (it wins the merge), otherwise the template.
+    pub fn source_of(&self, path: &[PathSeg]) -> PathBuf {
+        let mut v = &self.personal;
+        for seg in path {
+            let next = match seg {
+                PathSeg::Key(k) => v.get(k.as_str()),
+                PathSeg::Index(_) => {
+                    // Arrays are replaced whole, so whoever holds the array holds the item.
+                    return self.personal_path.clone();
+                }
+            };
+            match next {
+                Some(n) => v = n,
+                None => return self.template_path.clone(),
+            }
+        }
+        self.personal_path.clone()
+    }
+
+    /// The environment variables this Buddy needs from its operator: every
+    /// reference except the ones the renderer provides.
+    pub fn secret_vars(&self) -> BTreeSet<String> {
+        secrets::referenced_vars(&self.merged)
+            .into_iter()
+            .filter(|v| !BUILTIN_VARS.contains(&v.as_str()))
+            .collect()
+    }
+
+    /// Whether the config asks for the auto-generated gateway token.
+    pub fn wants_generated_token(&self) -> bool {
+        secrets::referenced_vars(&self.merged).contains(AUTO_GENERATED)
+    }
+
+    /// Substitutes every reference: `${AUTO_GENERATED}` from `token`,
+    /// `${MYBUDDY_STATE_DIR}` from `state_dir`, the rest from `env`.
+    pub fn substitute(
+        &self,
+        state_dir: &Path,
+        token: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Substituted, Problems> {
+        let state = state_dir.to_string_lossy().into_owned();
+        let lookup = |name: &str| -> Option<Resolved> {
+            match name {
+                AUTO_GENERATED => token.map(|t| Resolved {
+                    value: t.to_string(),
+                    secret: true,
+                }),
+                STATE_DIR_VAR => Some(Resolved {
+                    value: state.clone(),
+                    secret: false,
+                }),
+                other => env(other).map(|value| Resolved {
+                    value,
+                    secret: true,
+                }),
+            }
+        };
+        secrets::substitute(&self.merged, &lookup, &|p: &[PathSeg]| self.source_of(p)).map_err(
+            |items| {
+                Problems::new(
+                    format!(
+                        "Buddy {} is missing {} environment value{}",
+                        self.buddy.dir.display(),
+                        items.len(),
+                        if items.len() == 1 { "" } else { "s" }
+                    ),
+                    items,
+                )
+            },
+        )
+    }
+}
+
+/// A string that must never be printed: Debug and Display show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(secrets::REDACTED)
+    }
+}
+
+/// A fully rendered config, ready to write.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub prepared: Prepared,
+    pub output: Substituted,
+    pub token: Option<Secret>,
+    pub token_source: Option<TokenSource>,
+}
+
+impl Rendered {
+    /// The port the gateway listens on (`gateway.port`, else Clawdbot's default).
+    pub fn port(&self) -> u16 {
+        self.output
+            .rendered
+            .pointer("/gateway/port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(DEFAULT_PORT)
+    }
+
+    /// Turns Telegram and WhatsApp off in the output (local runs). The
+    /// policy has already checked the Buddy's real channel settings.
+    pub fn disable_channels(&mut self) {
+        for out in [&mut self.output.rendered, &mut self.output.redacted] {
+            if let Some(entries) = out
+                .pointer_mut("/plugins/entries")
+                .and_then(Value::as_object_mut)
+            {
+                for channel in ["telegram", "whatsapp"] {
+                    entries.insert(channel.into(), serde_json::json!({ "enabled": false }));
+                }
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        pretty(&self.output.rendered)
+    }
+
+    pub fn to_redacted_json(&self) -> String {
+        pretty(&self.output.redacted)
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{0}")]
+    Problems(#[from] Problems),
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
+    #[error("cannot write {path}: {source} (is the directory writable and the disk not full?)")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Options of a render for real (boot or `supervisor render`).
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    pub buddy_dir: PathBuf,
+    pub template: PathBuf,
+    pub state_dir: PathBuf,
+    pub rotate_token: bool,
+}
+
+/// The whole render: prepare, obtain the token, substitute from `env`.
+pub fn render(
+    opts: &RenderOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Rendered, RenderError> {
+    let prepared = prepare(&opts.buddy_dir, &opts.template)?;
+    // Check every variable before the token is touched, so a broken Buddy
+    // leaves no new state behind and all missing variables show at once.
+    prepared.substitute(&opts.state_dir, Some("probe"), env)?;
+    let (token, source) = if prepared.wants_generated_token() {
+        let explicit = env(&prepared.buddy.identity.gateway_token_var());
+        let (t, s) = token::obtain(&opts.state_dir, explicit, opts.rotate_token)?;
+        (Some(t), Some(s))
+    } else {
+        (None, None)
+    };
+    let output = prepared.substitute(&opts.state_dir, token.as_deref(), env)?;
+    Ok(Rendered {
+        prepared,
+        output,
+        token: token.map(Secret),
+        token_source: source,
+    })
+}
+
+/// Writes the rendered config atomically with mode 0600 (it holds secrets).
+pub fn write_config(rendered: &Rendered, path: &Path) -> Result<(), RenderError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| RenderError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    jsonfile::write_atomic(path, rendered.to_json().as_bytes(), 0o600).map_err(|source| {
+        RenderError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The process environment as a lookup.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Problems from a failed render, for callers that report them as a list.
+pub fn problems_of(err: &RenderError) -> Vec<Problem> {
+    match err {
+        RenderError::Problems(p) => p.items.clone(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,141 @@
+//! The Buddy's persistent state dir (its Fly volume, `/data` in the image):
+//! config, gateway token, workspace, WhatsApp credentials, logs, and the
+//! gateway's TMPDIR (its compile cache and lock live there, so both survive a
+//! restart and a warm start takes seconds instead of tens of seconds).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid};
+
+use crate::sys;
+
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Self {
+        Layout {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join(crate::render::CONFIG_FILE_NAME)
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn workspace(&self) -> PathBuf {
+        self.root.join("workspace")
+    }
+    pub fn credentials(&self) -> PathBuf {
+        self.root.join("credentials")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("state dir {path}: {what}: {source}")]
+pub struct StateError {
+    pub path: PathBuf,
+    pub what: &'static str,
+    pub source: io::Error,
+}
+
+fn ctx<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// What `prepare` did, for the boot log.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub seeded_files: u64,
+    pub chowned: u64,
+}
+
+/// Creates the layout (0700 directories), seeds the workspace from the image
+/// without overwriting anything the Buddy has written since, and gives the
+/// whole tree to the gateway user (when we are root and have one).
+pub fn prepare(
+    layout: &Layout,
+    image_workspace: Option<&Path>,
+    owner: Option<(Uid, Gid)>,
+) -> Result<Prepared, StateError> {
+    let mut out = Prepared::default();
+    for dir in [
+        layout.root.clone(),
+        layout.tmp(),
+        layout.workspace(),
+        layout.credentials(),
+        layout.logs(),
+    ] {
+        fs::create_dir_all(&dir).map_err(ctx(&dir, "cannot create"))?;
+        // Clawdbot's doctor wants the state private; credentials above all.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(ctx(&dir, "cannot set mode 0700"))?;
+    }
+    if let Some(src) = image_workspace.filter(|p| p.is_dir()) {
+        out.seeded_files = seed(src, &layout.workspace())?;
+    }
+    if let Some((uid, gid)) = owner {
+        out.chowned = chown_tree(&layout.root, uid, gid)?;
+    }
+    Ok(out)
+}
+
+/// Copies what the image ships into `dest`, skipping every file that exists:
+/// the Buddy's memory and edits always win over the image's starter text.
+pub fn seed(src: &Path, dest: &Path) -> Result<u64, StateError> {
+    let before = count_files(dest);
+    let opts = fs_extra::dir::CopyOptions {
+        skip_exist: true,
+        content_only: true,
+        ..Default::default()
+    };
+    fs_extra::dir::copy(src, dest, &opts)
+        .map_err(|e| ctx(dest, "cannot seed from the image")(io::Error::other(e.to_string())))?;
+    Ok(count_files(dest).saturating_sub(before))
+}
+
+fn count_files(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Gives every entry not already owned by (uid, gid) to them; symlinks are
+/// not followed. Returns how many entries changed.
+pub fn chown_tree(root: &Path, uid: Uid, gid: Gid) -> Result<u64, StateError> {
+    let mut changed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).map_err(ctx(&p, "cannot stat"))?;
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        if md.uid() != uid.as_raw() || md.gid() != gid.as_raw() {
+            sys::chown(&p, uid, gid).map_err(ctx(&p, "cannot chown"))?;
+            changed += 1;
+        }
+        if md.is_dir() {
+            for e in fs::read_dir(&p).map_err(ctx(&p, "cannot list"))?.flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(changed)
+}

@@ -1,0 +1,349 @@
+//! The supervision loop: one thread, one signalfd, one reaper.
+//!
+//! Everything that happens to the supervisor arrives as a signal on the
+//! signalfd (SIGCHLD included) or as a deadline passing (stop timeout, restart
+//! backoff). The loop reaps with `waitpid(-1)` and routes the gateway's status
+//! to the restart policy; orphans are reaped and logged. No threads, no async
+//! runtime: nothing else can wait on a child, so nothing races the reaper.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::unistd::Pid;
+use tracing::{debug, error, info, warn};
+
+use crate::sys::{self, Exit, SpawnSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RestartPolicy {
+    /// Restart whenever the gateway exits (it has no reason to).
+    Always,
+    /// Restart after a non-zero exit or a death by signal.
+    OnFailure,
+    /// Exit with the gateway's status, like tini.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub restart: RestartPolicy,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A run at least this long counts as healthy and resets the backoff.
+    pub reset_after: Duration,
+    pub stop_timeout: Duration,
+}
+
+/// What the boot provides to the loop.
+pub trait Hooks {
+    /// SIGHUP: re-render the config in place.
+    fn reload(&mut self);
+    /// Before every (re)start: clear what a dead gateway left behind.
+    fn before_start(&mut self);
+}
+
+struct Running {
+    pid: Pid,
+    started: Instant,
+}
+
+/// A stop or a final exit in progress: the group gets until `deadline`, then
+/// SIGKILL. `code` is known once the gateway itself has ended.
+struct Draining {
+    pgid: Pid,
+    deadline: Instant,
+    killed: bool,
+    code: Option<i32>,
+}
+
+pub struct Supervisor<'a> {
+    sfd: &'a SignalFd,
+    mask: SigSet,
+    spec: SpawnSpec,
+    policy: Policy,
+    hooks: &'a mut dyn Hooks,
+    gateway: Option<Running>,
+    draining: Option<Draining>,
+    restart_at: Option<Instant>,
+    crashes: VecDeque<Instant>,
+    consecutive: u32,
+    starts: u32,
+    stop_requested: bool,
+}
+
+/// After SIGKILL, how long to wait for the kernel to finish the group off
+/// before exiting anyway.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+impl<'a> Supervisor<'a> {
+    pub fn new(
+        sfd: &'a SignalFd,
+        mask: SigSet,
+        spec: SpawnSpec,
+        policy: Policy,
+        hooks: &'a mut dyn Hooks,
+    ) -> Self {
+        Supervisor {
+            sfd,
+            mask,
+            spec,
+            policy,
+            hooks,
+            gateway: None,
+            draining: None,
+            restart_at: None,
+            crashes: VecDeque::new(),
+            consecutive: 0,
+            starts: 0,
+            stop_requested: false,
+        }
+    }
+
+    /// Runs until the supervisor should exit; returns its exit code.
+    pub fn run(mut self) -> i32 {
+        if let Err(code) = self.start() {
+            return code;
+        }
+        loop {
+            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            sys::wait_readable(self.sfd, timeout);
+            for sig in sys::read_signals(self.sfd) {
+                if let Some(code) = self.on_signal(sig) {
+                    return code;
+                }
+            }
+            if let Some(code) = self.on_timers() {
+                return code;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let drain = self.draining.as_ref().map(|d| {
+            if d.code.is_some() && !d.killed {
+                // The gateway is gone; poll for the rest of its group.
+                d.deadline.min(Instant::now() + Duration::from_millis(50))
+            } else {
+                d.deadline
+            }
+        });
+        [drain, self.restart_at].into_iter().flatten().min()
+    }
+
+    /// Starts the gateway. Err carries the exit code when it cannot start.
+    fn start(&mut self) -> Result<(), i32> {
+        self.hooks.before_start();
+        match sys::spawn(&self.spec, &self.mask) {
+            Ok(pid) => {
+                self.starts += 1;
+                info!(pid = pid.as_raw(), program = %self.spec.program.display(), start = self.starts, "gateway started");
+                self.gateway = Some(Running {
+                    pid,
+                    started: Instant::now(),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let code = if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                error!(program = %self.spec.program.display(), error = %e, exit = code, "cannot start the gateway");
+                Err(code)
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: Signal) -> Option<i32> {
+        match sig {
+            Signal::SIGCHLD => return self.on_children(),
+            Signal::SIGTERM | Signal::SIGINT => return self.on_stop(sig),
+            Signal::SIGHUP => {
+                info!("SIGHUP: reloading the config");
+                self.hooks.reload();
+            }
+            other => match &self.gateway {
+                Some(g) => {
+                    info!(signal = other.as_str(), pid = g.pid.as_raw(), "forwarding signal to the gateway");
+                    if let Err(e) = sys::signal_pid(g.pid, other) {
+                        warn!(signal = other.as_str(), error = %e, "forwarding failed");
+                    }
+                }
+                None => info!(signal = other.as_str(), "signal dropped: no gateway running"),
+            },
+        }
+        None
+    }
+
+    fn on_stop(&mut self, sig: Signal) -> Option<i32> {
+        if self.stop_requested {
+            if let Some(g) = &self.gateway {
+                info!(signal = sig.as_str(), "stop already in progress; forwarding again");
+                let _ = sys::signal_group(g.pid, sig);
+            }
+            return None;
+        }
+        self.stop_requested = true;
+        self.restart_at = None;
+        match &self.gateway {
+            Some(g) => {
+                info!(signal = sig.as_str(), pid = g.pid.as_raw(), timeout_ms = self.policy.stop_timeout.as_millis() as u64, "stopping the gateway");
+                if let Err(e) = sys::signal_group(g.pid, sig) {
+                    warn!(error = %e, "cannot signal the gateway group");
+                }
+                self.draining = Some(Draining {
+                    pgid: g.pid,
+                    deadline: Instant::now() + self.policy.stop_timeout,
+                    killed: false,
+                    code: None,
+                });
+                None
+            }
+            None => match &mut self.draining {
+                // A final exit is already draining the group: just hurry it.
+                Some(d) => {
+                    d.deadline = d.deadline.min(Instant::now());
+                    None
+                }
+                None => {
+                    info!(signal = sig.as_str(), "stop requested while no gateway runs; exiting");
+                    Some(0)
+                }
+            },
+        }
+    }
+
+    fn on_children(&mut self) -> Option<i32> {
+        for (pid, exit) in sys::reap_all() {
+            match &self.gateway {
+                Some(g) if g.pid == pid => {
+                    let ran = g.started.elapsed();
+                    self.gateway = None;
+                    if let Some(code) = self.on_gateway_exit(pid, exit, ran) {
+                        return Some(code);
+                    }
+                }
+                _ => debug!(pid = pid.as_raw(), status = %exit, "reaped orphan"),
+            }
+        }
+        self.check_drained()
+    }
+
+    fn on_gateway_exit(&mut self, pid: Pid, exit: Exit, ran: Duration) -> Option<i32> {
+        let ran_ms = ran.as_millis() as u64;
+        if let Some(d) = &mut self.draining {
+            info!(pid = pid.as_raw(), status = %exit, ran_ms, "gateway stopped");
+            d.code = Some(exit.code());
+            return None;
+        }
+        let restart = match self.policy.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            info!(pid = pid.as_raw(), status = %exit, ran_ms, policy = ?self.policy.restart, "gateway exited; not restarting");
+            return self.begin_final_drain(pid, exit.code());
+        }
+        let now = Instant::now();
+        if ran >= self.policy.reset_after {
+            self.consecutive = 0;
+        }
+        self.consecutive += 1;
+        self.crashes.push_back(now);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.restart_window)
+        {
+            self.crashes.pop_front();
+        }
+        if self.crashes.len() as u32 > self.policy.max_restarts {
+            let code = if exit.success() { 1 } else { exit.code() };
+            error!(
+                pid = pid.as_raw(), status = %exit, crashes = self.crashes.len(),
+                window_s = self.policy.restart_window.as_secs(), exit = code,
+                "gateway is crash-looping; giving up so the platform can replace the machine"
+            );
+            return self.begin_final_drain(pid, code);
+        }
+        // Leftovers of the dead gateway's group would hold its ports.
+        if sys::group_alive(pid) {
+            warn!(pgid = pid.as_raw(), "killing what is left of the dead gateway's process group");
+            let _ = sys::signal_group(pid, Signal::SIGKILL);
+        }
+        let delay = self.backoff();
+        info!(
+            pid = pid.as_raw(), status = %exit, ran_ms, restart_in_ms = delay.as_millis() as u64,
+            attempt = self.consecutive, "gateway exited; restarting"
+        );
+        self.restart_at = Some(now + delay);
+        None
+    }
+
+    fn backoff(&self) -> Duration {
+        let shift = self.consecutive.saturating_sub(1).min(30);
+        self.policy
+            .backoff_initial
+            .saturating_mul(1u32 << shift)
+            .min(self.policy.backoff_max)
+    }
+
+    /// The gateway has ended for good: give the rest of its group a stop
+    /// timeout to finish, SIGTERM first.
+    fn begin_final_drain(&mut self, pgid: Pid, code: i32) -> Option<i32> {
+        self.draining = Some(Draining {
+            pgid,
+            deadline: Instant::now() + self.policy.stop_timeout,
+            killed: false,
+            code: Some(code),
+        });
+        if sys::group_alive(pgid) {
+            info!(pgid = pgid.as_raw(), "terminating the rest of the gateway's process group");
+            let _ = sys::signal_group(pgid, Signal::SIGTERM);
+        }
+        self.check_drained()
+    }
+
+    fn check_drained(&mut self) -> Option<i32> {
+        let d = self.draining.as_ref()?;
+        let code = d.code?;
+        if sys::group_alive(d.pgid) {
+            return None;
+        }
+        sys::reap_all();
+        info!(exit = code, "supervisor exiting");
+        Some(code)
+    }
+
+    fn on_timers(&mut self) -> Option<i32> {
+        let now = Instant::now();
+        if let Some(d) = &mut self.draining {
+            if now >= d.deadline {
+                if !d.killed {
+                    warn!(pgid = d.pgid.as_raw(), timeout_ms = self.policy.stop_timeout.as_millis() as u64, "stop timeout reached; killing the gateway's process group");
+                    let _ = sys::signal_group(d.pgid, Signal::SIGKILL);
+                    d.killed = true;
+                    d.deadline = now + KILL_GRACE;
+                } else {
+                    let code = d.code.unwrap_or(128 + Signal::SIGKILL as i32);
+                    error!(pgid = d.pgid.as_raw(), exit = code, "process group still alive after SIGKILL; exiting anyway");
+                    return Some(code);
+                }
+            }
+            return self.check_drained();
+        }
+        if self.restart_at.is_some_and(|t| now >= t) {
+            self.restart_at = None;
+            if let Err(code) = self.start() {
+                return Some(code);
+            }
+        }
+        None
+    }
+}
