@@ -38,6 +38,9 @@ pub struct RunConfig {
     /// Local runs: render the channels disabled so a workstation never
     /// competes with the deployed Buddy for its Telegram updates.
     pub channels_off: bool,
+    /// A warm gateway compile cache shipped in the image, seeded into the
+    /// state's TMPDIR so the first start on a fresh volume is fast.
+    pub warm_cache: Option<PathBuf>,
     pub policy: Policy,
     /// Empty: the real gateway.
     pub command: Vec<String>,
@@ -265,9 +268,10 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     let owner = boot.creds.as_ref().map(|c| (c.uid, c.gid));
     let workspace = rendered.prepared.buddy.workspace_path();
     if let Err(code) = step("state", || -> Result<(), String> {
-        let p = state::prepare(&boot.layout, Some(&workspace), owner).map_err(|e| e.to_string())?;
+        let warm = boot.cfg.warm_cache.as_deref().filter(|p| p.is_dir());
+        let p = state::prepare(&boot.layout, Some(&workspace), warm, owner).map_err(|e| e.to_string())?;
         boot.write(&rendered)?;
-        info!(state = %boot.cfg.state_dir.display(), seeded_files = p.seeded_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
+        info!(state = %boot.cfg.state_dir.display(), seeded_files = p.seeded_files, warm_cache_files = p.warm_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
         Ok(())
     }) {
         return code;

@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// `off` renders Telegram and WhatsApp disabled (local runs must not steal the deployed Buddy's updates)
     #[arg(long, env = "MYBUDDY_CHANNELS", value_enum, default_value_t = Channels::On)]
     pub channels: Channels,
+    /// A warm gateway compile cache to seed into the state's TMPDIR (skipped if missing)
+    #[arg(long, env = "MYBUDDY_WARM_CACHE", default_value = "/opt/mybuddy/warm/jiti")]
+    pub warm_cache: PathBuf,
     /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -168,6 +171,7 @@ fn run_config(a: RunArgs) -> RunConfig {
         env_file: a.env_file,
         rotate_token: a.rotate_token,
         channels_off: a.channels == Channels::Off,
+        warm_cache: Some(a.warm_cache),
         policy: Policy {
             restart: a.restart,
             max_restarts: a.max_restarts,

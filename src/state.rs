@@ -59,6 +59,7 @@ fn ctx<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Stat
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub seeded_files: u64,
+    pub warm_files: u64,
     pub chowned: u64,
 }
 
@@ -68,6 +69,7 @@ pub struct Prepared {
 pub fn prepare(
     layout: &Layout,
     image_workspace: Option<&Path>,
+    warm_cache: Option<&Path>,
     owner: Option<(Uid, Gid)>,
 ) -> Result<Prepared, StateError> {
     let mut out = Prepared::default();
@@ -85,6 +87,11 @@ pub fn prepare(
     }
     if let Some(src) = image_workspace.filter(|p| p.is_dir()) {
         out.seeded_files = seed(src, &layout.workspace())?;
+    }
+    if let Some(src) = warm_cache {
+        let dest = layout.tmp().join("jiti");
+        fs::create_dir_all(&dest).map_err(ctx(&dest, "cannot create"))?;
+        out.warm_files = seed(src, &dest)?;
     }
     if let Some((uid, gid)) = owner {
         out.chowned = chown_tree(&layout.root, uid, gid)?;
