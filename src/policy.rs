@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::buddy::Identity;
-use crate::problem::{PathSeg, Problem};
+use crate::problem::{Problem, parse_json_path};
 use crate::secrets::Provenance;
 
 pub const MODEL_PREFIX: &str = "google/gemini-";
@@ -15,10 +15,6 @@ pub const MODEL_PREFIX: &str = "google/gemini-";
 pub const STATE_DIR_VAR: &str = "MYBUDDY_STATE_DIR";
 /// Plugins MyBuddy removes; `moltbook` is replaced by MyBuddyBook.
 pub const FORBIDDEN_PLUGINS: [&str; 3] = ["beekeeper", "swarm-manager", "moltbook"];
-
-fn segs(path: &str) -> Vec<PathSeg> {
-    path.split('.').map(|k| PathSeg::Key(k.to_string())).collect()
-}
 
 fn get<'a>(config: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(config, |v, k| v.get(k))
@@ -28,7 +24,7 @@ fn get<'a>(config: &'a Value, path: &str) -> Option<&'a Value> {
 pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut fail = |path: &str, msg: String| {
-        out.push(Problem::new(&provenance(&segs(path)), path, msg));
+        out.push(Problem::new(&provenance(&parse_json_path(path)), path, msg));
     };
 
     // Models: the swarm runs on Gemini.

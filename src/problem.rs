@@ -97,6 +97,27 @@ pub fn json_path(segments: &[PathSeg]) -> String {
     out
 }
 
+/// The inverse of [`json_path`]: `a.b[0].c` -> segments.
+pub fn parse_json_path(path: &str) -> Vec<PathSeg> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            out.push(PathSeg::Key(key.to_string()));
+        }
+        while let Some(end) = rest.find(']') {
+            if let Ok(i) = rest[1..end].parse() {
+                out.push(PathSeg::Index(i));
+            }
+            rest = &rest[end + 1..];
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathSeg {
     Key(String),

@@ -1,0 +1,308 @@
+//! Shared helpers for the integration tests: fixtures with a copy of the
+//! repository's Buddies, the supervisor run for real (optionally as PID 1 of a
+//! new PID namespace), and the pinned gateway installed by the project script.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn supervisor() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_supervisor"))
+}
+
+/// Copies a directory tree (test fixtures only).
+pub fn copy_tree(src: &Path, dest: &Path) {
+    fs::create_dir_all(dest).unwrap();
+    for e in fs::read_dir(src).unwrap().flatten() {
+        let to = dest.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A temporary world: a copy of `buddies/`, a state dir and a swarm dir.
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub buddies: PathBuf,
+    pub state: PathBuf,
+    pub swarm: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let tmp = tempfile::Builder::new().prefix("mybuddy-test-").tempdir().unwrap();
+        // Other users (the gateway's uid) must be able to traverse it.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let buddies = tmp.path().join("buddies");
+        copy_tree(&repo().join("buddies"), &buddies);
+        let state = tmp.path().join("state");
+        let swarm = tmp.path().join("swarm");
+        fs::create_dir_all(&swarm).unwrap();
+        Fixture {
+            tmp,
+            buddies,
+            state,
+            swarm,
+        }
+    }
+
+    pub fn buddy(&self, slug: &str) -> PathBuf {
+        self.buddies.join(slug)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+}
+
+/// The variables a Buddy needs, as the real `supervisor secrets` lists them.
+pub fn secret_names(buddy: &Path) -> Vec<String> {
+    let out = Command::new(supervisor())
+        .args(["secrets", "--buddy"])
+        .arg(buddy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "secrets failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A recognisable value per secret: any output that contains one leaked it.
+pub fn marker(name: &str) -> String {
+    format!("MARKER{}x9q", name.len() * 7919 % 100000)
+}
+
+pub fn marker_env(buddy: &Path) -> Vec<(String, String)> {
+    secret_names(buddy)
+        .into_iter()
+        .map(|n| {
+            let v = marker(&n);
+            (n, v)
+        })
+        .collect()
+}
+
+/// A base environment for the supervisor: PATH and HOME, nothing else.
+pub fn base_env() -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())),
+        ("HOME".into(), "/root".into()),
+    ]
+}
+
+/// Waits for `f` to return Some, polling every 20 ms, up to `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `supervisor run`, directly or as PID 1 of a new PID namespace.
+pub struct Sup {
+    pub child: Child,
+    pub pid1: bool,
+    pub stderr: PathBuf,
+    pub stdout: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Sup {
+    /// Starts `supervisor run ARGS` with exactly `env`.
+    pub fn start(dir: &Path, pid1: bool, args: &[String], env: &[(String, String)]) -> Sup {
+        let stderr = dir.join(format!("sup-{}.err", unique()));
+        let stdout = dir.join(format!("sup-{}.out", unique()));
+        let mut cmd = if pid1 {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc"]).arg(supervisor());
+            c
+        } else {
+            Command::new(supervisor())
+        };
+        cmd.arg("run")
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap());
+        let child = cmd.spawn().expect("start supervisor");
+        Sup {
+            child,
+            pid1,
+            stderr,
+            stdout,
+            status: None,
+        }
+    }
+
+    /// The supervisor's pid as seen from here.
+    pub fn pid(&self) -> i32 {
+        if !self.pid1 {
+            return self.child.id() as i32;
+        }
+        let unshare = self.child.id();
+        wait_for(Duration::from_secs(5), || {
+            let kids = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
+            kids.split_whitespace().next()?.parse().ok()
+        })
+        .expect("the supervisor inside the namespace")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} failed");
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn out(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Waits until the supervisor's log contains `needle` `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || (self.log().matches(needle).count() >= n).then_some(())).is_some()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    pub fn wait_out(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || self.out().contains(needle).then_some(())).is_some()
+    }
+
+    /// Waits for the exit and returns the code (128+n for a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        if self.status.is_none() {
+            let child = &mut self.child;
+            self.status = wait_for(timeout, || child.try_wait().ok().flatten());
+        }
+        self.status.map(|s| {
+            use std::os::unix::process::ExitStatusExt;
+            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+        })
+    }
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let pid = self.pid();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Processes whose parent is `ppid`, with their state letter.
+pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else { continue };
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if f.len() > 2 && f[1].parse::<i32>() == Ok(ppid) {
+            out.push((pid, f[0].chars().next().unwrap_or('?')));
+        }
+    }
+    out
+}
+
+/// A status field of /proc/<pid>/status (Uid, Groups, SigBlk, NoNewPrivs...).
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+}
+
+/// The pinned gateway, installed (once, cached) by the project's own script.
+pub fn gateway_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(d) = std::env::var("MYBUDDY_GATEWAY_DIR") {
+            return PathBuf::from(d);
+        }
+        let out = Command::new(repo().join("scripts/install-gateway"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/install-gateway");
+        assert!(out.status.success(), "scripts/install-gateway failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// PATH with the pinned Node 22 and clawdbot first.
+pub fn gateway_path() -> String {
+    format!(
+        "{}:{}",
+        gateway_dir().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A loopback port with the three after it free too (the gateway also binds
+/// port+2 and port+3).
+pub fn free_port_block() -> u16 {
+    use std::net::TcpListener;
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        if p > 60000 {
+            continue;
+        }
+        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+/// A shell script fault-injection child, written to `dir/name`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
