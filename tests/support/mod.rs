@@ -64,6 +64,17 @@ impl Fixture {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.tmp.path().join(rel)
     }
+
+    /// A world-writable dir (mode 1777) for files the gateway-uid child writes.
+    pub fn scratch(&self, rel: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let d = self.tmp.path().join("scratch");
+        if !d.exists() {
+            fs::create_dir_all(&d).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).unwrap();
+        }
+        d.join(rel)
+    }
 }
 
 /// The variables a Buddy needs, as the real `supervisor secrets` lists them.

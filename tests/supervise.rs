@@ -1,0 +1,402 @@
+//! `supervisor run` with fault-injection children, as PID 1 of a fresh PID
+//! namespace and as a plain child (subreaper). Real processes, real signals,
+//! real /proc; the children are small shell scripts.
+
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+struct Case {
+    f: Fixture,
+    env: Vec<(String, String)>,
+    buddy: &'static str,
+}
+
+impl Case {
+    fn new(buddy: &'static str) -> Case {
+        let f = Fixture::new();
+        let mut env = base_env();
+        env.extend(marker_env(&f.buddy(buddy)));
+        env.push(("MYBUDDY_LOG".into(), "debug".into()));
+        Case { f, env, buddy }
+    }
+
+    fn args(&self, extra: &[&str], child: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--buddy".into(),
+            self.f.buddy(self.buddy).display().to_string(),
+            "--state-dir".into(),
+            self.f.state.display().to_string(),
+            "--swarm".into(),
+            self.f.swarm.display().to_string(),
+            "--swarm-dir-unmounted".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("--".into());
+        a.extend(child.iter().map(|s| s.to_string()));
+        a
+    }
+
+    fn start(&self, pid1: bool, extra: &[&str], child: &[&str]) -> Sup {
+        Sup::start(self.f.tmp.path(), pid1, &self.args(extra, child), &self.env)
+    }
+
+    fn script(&self, name: &str, body: &str) -> String {
+        script(self.f.tmp.path(), name, body).display().to_string()
+    }
+}
+
+fn orphans_are_all_reaped(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let child = c.script(
+        "orphans.sh",
+        r#"trap 'exit 0' TERM
+i=0
+while [ $i -lt 1000 ]; do (sleep 0.2 &); i=$((i+1)); done
+echo spawned
+sleep 1000 & wait"#,
+    );
+    let mut s = c.start(pid1, &[], &[&child]);
+    assert!(s.wait_out("spawned", T), "child never spawned its orphans:\n{}", s.log());
+    assert!(
+        s.wait_log_count("reaped orphan", 1000, T),
+        "only {} of 1000 orphans reaped:\n{}",
+        s.log().matches("reaped orphan").count(),
+        s.log().lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    let zombies: Vec<_> = children_of(s.pid()).into_iter().filter(|(_, st)| *st == 'Z').collect();
+    assert!(zombies.is_empty(), "zombies left: {zombies:?}");
+    assert_eq!(s.log().matches("reaped orphan").count(), 1000);
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+}
+
+#[test]
+fn orphans_are_all_reaped_as_pid1() {
+    orphans_are_all_reaped(true);
+}
+#[test]
+fn orphans_are_all_reaped_as_subreaper() {
+    orphans_are_all_reaped(false);
+}
+
+fn sigterm_reaches_a_trapping_child(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let child = c.script("trap.sh", "trap 'echo trapped TERM; exit 0' TERM\necho ready\nsleep 1000 & wait");
+    let mut s = c.start(pid1, &[], &[&child]);
+    assert!(s.wait_out("ready", T));
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert!(s.out().contains("trapped TERM"));
+    assert!(s.log().contains("stopping the gateway signal=\"SIGTERM\""));
+}
+
+#[test]
+fn sigterm_reaches_a_trapping_child_as_pid1() {
+    sigterm_reaches_a_trapping_child(true);
+}
+#[test]
+fn sigterm_reaches_a_trapping_child_as_subreaper() {
+    sigterm_reaches_a_trapping_child(false);
+}
+
+fn sigint_stops_like_fly_default(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let child = c.script("int.sh", "trap 'echo trapped INT; kill $!; exit 0' INT\necho ready\nsleep 1000 & wait");
+    let mut s = c.start(pid1, &[], &[&child]);
+    assert!(s.wait_out("ready", T));
+    s.signal("INT");
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert!(s.out().contains("trapped INT"));
+}
+
+#[test]
+fn sigint_stops_like_fly_default_as_pid1() {
+    sigint_stops_like_fly_default(true);
+}
+#[test]
+fn sigint_stops_like_fly_default_as_subreaper() {
+    sigint_stops_like_fly_default(false);
+}
+
+fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let pidfile = c.f.scratch("grandchild.pid");
+    let child = c.script(
+        "ignore.sh",
+        &format!("trap '' TERM\nsleep 1000 &\necho $! > {}\necho ready\nwait", pidfile.display()),
+    );
+    let mut s = c.start(pid1, &["--stop-timeout", "1"], &[&child]);
+    assert!(s.wait_out("ready", T));
+    let grandchild: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // In a PID namespace the file holds the inner pid; find the host one by parentage.
+    let gc_host = if pid1 {
+        let gw = children_of(s.pid())[0].0;
+        children_of(gw).first().map(|c| c.0).expect("the grandchild")
+    } else {
+        grandchild
+    };
+    assert!(std::path::Path::new(&format!("/proc/{gc_host}")).exists());
+    let t = Instant::now();
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(137), "{}", s.log());
+    assert!(t.elapsed() >= Duration::from_millis(900), "killed before the stop timeout");
+    assert!(s.log().contains("stop timeout reached; killing the gateway's process group"));
+    let gone = wait_for(T, || {
+        let st = fs::read_to_string(format!("/proc/{gc_host}/stat")).ok();
+        (st.is_none() || st.unwrap().contains(") Z")).then_some(())
+    });
+    assert!(gone.is_some(), "the grandchild survived the stop");
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren_as_pid1() {
+    a_child_ignoring_sigterm_is_killed_with_its_grandchildren(true);
+}
+#[test]
+fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren_as_subreaper() {
+    a_child_ignoring_sigterm_is_killed_with_its_grandchildren(false);
+}
+
+fn usr_signals_are_forwarded_and_hup_rerenders_without_restart(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let env_file = c.f.path("secrets.env");
+    fs::write(&env_file, "GEMINI_API_KEY=first-value\n").unwrap();
+    let child = c.script(
+        "usr.sh",
+        "trap 'echo got USR1' USR1\ntrap 'echo got USR2' USR2\ntrap 'echo got HUP' HUP\ntrap 'exit 0' TERM\necho ready\nwhile :; do sleep 1000 & wait $!; done",
+    );
+    let mut s = c.start(pid1, &["--env-file", env_file.to_str().unwrap()], &[&child]);
+    assert!(s.wait_out("ready", T));
+    let config = c.f.state.join("clawdbot.json");
+    assert!(fs::read_to_string(&config).unwrap().contains("first-value"));
+    s.signal("USR1");
+    assert!(s.wait_out("got USR1", T), "USR1 not forwarded:\n{}", s.log());
+    s.signal("USR2");
+    assert!(s.wait_out("got USR2", T), "USR2 not forwarded:\n{}", s.log());
+    fs::write(&env_file, "GEMINI_API_KEY=second-value\n").unwrap();
+    s.signal("HUP");
+    assert!(s.wait_log("reload: config re-rendered", T), "{}", s.log());
+    assert!(fs::read_to_string(&config).unwrap().contains("second-value"));
+    assert!(s.log().contains("changed=true"));
+    s.signal("HUP");
+    assert!(s.wait_log("(unchanged)", T), "{}", s.log());
+    assert!(!s.out().contains("got HUP"), "SIGHUP must not reach the gateway");
+    assert_eq!(s.log().matches("gateway started").count(), 1, "the gateway was restarted");
+    assert!(!s.log().contains("second-value") && !s.log().contains("first-value"));
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(0));
+}
+
+#[test]
+fn usr_signals_are_forwarded_and_hup_rerenders_without_restart_as_pid1() {
+    usr_signals_are_forwarded_and_hup_rerenders_without_restart(true);
+}
+#[test]
+fn usr_signals_are_forwarded_and_hup_rerenders_without_restart_as_subreaper() {
+    usr_signals_are_forwarded_and_hup_rerenders_without_restart(false);
+}
+
+fn a_crashing_child_restarts_with_growing_delays_then_gives_up(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let child = c.script("crash.sh", "echo started\nexit 3");
+    let mut s = c.start(
+        pid1,
+        &["--backoff-initial-ms", "100", "--backoff-max-ms", "300", "--max-restarts", "3", "--restart-window", "60"],
+        &[&child],
+    );
+    assert_eq!(s.wait_exit(T), Some(3), "{}", s.log());
+    let log = s.log();
+    assert_eq!(log.matches("gateway started").count(), 4, "{log}");
+    let delays: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("restart_in_ms=").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(delays, ["100", "200", "300"], "{log}");
+    assert!(log.contains("gateway is crash-looping; giving up"));
+    assert_eq!(s.out().matches("started").count(), 4);
+}
+
+#[test]
+fn a_crashing_child_restarts_with_growing_delays_then_gives_up_as_pid1() {
+    a_crashing_child_restarts_with_growing_delays_then_gives_up(true);
+}
+#[test]
+fn a_crashing_child_restarts_with_growing_delays_then_gives_up_as_subreaper() {
+    a_crashing_child_restarts_with_growing_delays_then_gives_up(false);
+}
+
+fn exit_codes_pass_through_under_policy_never(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    for (body, want) in [("exit 0", 0), ("exit 42", 42), ("exit 255", 255), ("kill -USR2 $$", 140), ("kill -QUIT $$", 131)] {
+        let child = c.script("code.sh", body);
+        let mut s = c.start(pid1, &["--restart", "never"], &[&child]);
+        assert_eq!(s.wait_exit(T), Some(want), "{body}: {}", s.log());
+    }
+    let mut s = c.start(pid1, &["--restart", "never"], &["/nonexistent/gateway"]);
+    assert_eq!(s.wait_exit(T), Some(127));
+    assert!(s.log().contains("cannot start the gateway"));
+}
+
+#[test]
+fn exit_codes_pass_through_under_policy_never_as_pid1() {
+    exit_codes_pass_through_under_policy_never(true);
+}
+#[test]
+fn exit_codes_pass_through_under_policy_never_as_subreaper() {
+    exit_codes_pass_through_under_policy_never(false);
+}
+
+#[test]
+fn on_failure_restarts_only_failures() {
+    let c = Case::new("roelbuddy-galahad");
+    let count = c.f.scratch("count");
+    let child = c.script(
+        "onfail.sh",
+        &format!("echo x >> {0}\nif [ $(wc -l < {0}) -lt 3 ]; then exit 1; fi\nexit 0", count.display()),
+    );
+    let mut s = c.start(false, &["--restart", "on-failure", "--backoff-initial-ms", "10"], &[&child]);
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 3);
+}
+
+#[test]
+fn the_gateway_gets_clean_signals_dropped_privileges_and_only_its_own_env() {
+    let c = Case::new("roelbuddy-galahad");
+    let mut env = c.env.clone();
+    // Another Buddy's secret and the Fly API token are in the supervisor's
+    // environment (all Machines of an app see all secrets): a Buddy's gateway gets neither.
+    env.push(("ESTHERBUDDY_KAZEH_TELEGRAM_TOKEN".into(), "other-buddys-secret".into()));
+    env.push(("FLY_API_TOKEN".into(), "fly-api-token-value".into()));
+    env.push(("FLY_REGION".into(), "ams".into()));
+    let child = c.script(
+        "inspect.sh",
+        "grep -E '^(SigBlk|SigIgn|Uid|Gid|Groups|NoNewPrivs):' /proc/$$/status\nsed -n 's/^SigIgn:/ParentSigIgn:/p' /proc/$PPID/status\necho ENV-BEGIN\nenv | sort\necho ENV-END\nexit 0",
+    );
+    let mut s = Sup::start(c.f.tmp.path(), false, &c.args(&["--restart", "never"], &[&child]), &env);
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    let out = s.out();
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("SigBlk"), "0000000000000000", "the child inherited a blocked mask");
+    // Exactly the supervisor's ignored set, except SIGPIPE, which Rust's
+    // runtime ignores in every Rust program and std restores in a child.
+    let parent = u64::from_str_radix(&field("ParentSigIgn"), 16).unwrap();
+    let sigpipe = 1u64 << (13 - 1);
+    assert_eq!(u64::from_str_radix(&field("SigIgn"), 16).unwrap(), parent & !sigpipe);
+    assert_eq!(field("Uid"), "10001 10001 10001 10001");
+    assert_eq!(field("Gid"), "10001 10001 10001 10001");
+    assert_eq!(field("Groups"), "10100", "a Buddy-role gateway is in mybuddybook only");
+    assert_eq!(field("NoNewPrivs"), "1");
+    let envs: Vec<&str> = out
+        .split("ENV-BEGIN\n")
+        .nth(1)
+        .unwrap()
+        .split("ENV-END")
+        .next()
+        .unwrap()
+        .lines()
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    let state = c.f.state.display().to_string();
+    assert!(out.contains(&format!("HOME={state}\n")));
+    assert!(out.contains("CLAWDBOT_NO_RESPAWN=1\n"));
+    assert!(out.contains(&format!("CLAWDBOT_CONFIG_PATH={state}/clawdbot.json\n")));
+    assert!(out.contains("FLY_REGION=ams\n"));
+    for forbidden in ["other-buddys-secret", "fly-api-token-value", "MYBUDDY_LOG"] {
+        assert!(!out.contains(forbidden), "{forbidden} reached the gateway");
+    }
+    let mut allowed = vec![
+        "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "PWD", "SHLVL", "_", "CLAWDBOT_STATE_DIR",
+        "CLAWDBOT_CONFIG_PATH", "CLAWDBOT_NO_RESPAWN", "CLAWDBOT_DISABLE_BONJOUR", "FLY_REGION",
+    ];
+    let own = secret_names(&c.f.buddy("roelbuddy-galahad"));
+    allowed.extend(own.iter().map(String::as_str));
+    for e in envs {
+        assert!(allowed.contains(&e), "unexpected variable {e} in the gateway's environment");
+    }
+}
+
+#[test]
+fn a_magicians_gateway_gets_the_magicians_group_and_the_fly_token() {
+    let c = Case::new("roelbuddy-emrys");
+    let mut env = c.env.clone();
+    env.push(("FLY_API_TOKEN".into(), "fly-api-token-value".into()));
+    let child = c.script("inspect.sh", "grep -E '^Groups:' /proc/self/status\nenv | grep FLY_API_TOKEN\nexit 0");
+    let mut s = Sup::start(c.f.tmp.path(), false, &c.args(&["--restart", "never"], &[&child]), &env);
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert!(s.out().contains("Groups:\t10100 10101"), "{}", s.out());
+    assert!(s.out().contains("FLY_API_TOKEN=fly-api-token-value"));
+}
+
+#[test]
+fn stale_gateway_locks_are_cleared_and_live_ones_kept() {
+    let c = Case::new("roelbuddy-galahad");
+    let dir = c.f.state.join("tmp/clawdbot-10001");
+    fs::create_dir_all(&dir).unwrap();
+    // A dead owner: a process that has exited.
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    fs::write(dir.join("gateway.dead0001.lock"), format!(r#"{{"pid":{dead_pid},"createdAt":"x","configPath":"/c"}}"#)).unwrap();
+    // A live owner with its real start time: this test process.
+    let me = std::process::id();
+    let stat = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(19).unwrap().parse().unwrap();
+    fs::write(dir.join("gateway.live0001.lock"), format!(r#"{{"pid":{me},"createdAt":"x","configPath":"/c","startTime":{start}}}"#)).unwrap();
+    // Our pid but another start time: the pid was reused.
+    fs::write(dir.join("gateway.reus0001.lock"), format!(r#"{{"pid":{me},"createdAt":"x","configPath":"/c","startTime":{}}}"#, start + 1)).unwrap();
+    let child = c.script("ok.sh", "exit 0");
+    let mut s = c.start(false, &["--restart", "never"], &[&child]);
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert!(!dir.join("gateway.dead0001.lock").exists());
+    assert!(!dir.join("gateway.reus0001.lock").exists());
+    assert!(dir.join("gateway.live0001.lock").exists(), "a live owner's lock was removed");
+    let log = s.log();
+    assert!(log.contains("owner process is gone"), "{log}");
+    assert!(log.contains("pid reused by another process"), "{log}");
+    assert!(log.contains("held by a live process"), "{log}");
+}
+
+#[test]
+fn a_stop_during_backoff_exits_at_once() {
+    let c = Case::new("roelbuddy-galahad");
+    let child = c.script("crash.sh", "exit 1");
+    let mut s = c.start(false, &["--backoff-initial-ms", "20000"], &[&child]);
+    assert!(s.wait_log("restart_in_ms=20000", T), "{}", s.log());
+    let t = Instant::now();
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn json_logs_one_object_per_line() {
+    let c = Case::new("roelbuddy-galahad");
+    let mut env = c.env.clone();
+    env.push(("MYBUDDY_LOG_FORMAT".into(), "json".into()));
+    let child = c.script("ok.sh", "exit 0");
+    let mut s = Sup::start(c.f.tmp.path(), false, &c.args(&["--restart", "never"], &[&child]), &env);
+    assert_eq!(s.wait_exit(T), Some(0));
+    let log = s.log();
+    let mut steps = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["message"] == "boot step done" {
+            steps.push(v["step"].as_str().unwrap().to_string());
+            assert!(v["ms"].is_number());
+        }
+    }
+    assert_eq!(steps, ["signals", "privileges", "render", "state"]);
+}
