@@ -141,15 +141,29 @@ pub struct Sup {
 impl Sup {
     /// Starts `supervisor run ARGS` with exactly `env`.
     pub fn start(dir: &Path, pid1: bool, args: &[String], env: &[(String, String)]) -> Sup {
+        Self::start_wrapped(dir, pid1, false, args, env)
+    }
+
+    /// Like `start`; `offline` runs it in a new network namespace with no
+    /// route anywhere, for a gateway that would try to reach the internet.
+    pub fn start_wrapped(
+        dir: &Path,
+        pid1: bool,
+        offline: bool,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
         let stderr = dir.join(format!("sup-{}.err", unique()));
         let stdout = dir.join(format!("sup-{}.out", unique()));
-        let mut cmd = if pid1 {
-            let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--mount-proc"]).arg(supervisor());
-            c
-        } else {
-            Command::new(supervisor())
-        };
+        let mut cmd = Command::new("unshare");
+        if offline {
+            // Without --fork unshare execs the supervisor: same pid.
+            cmd.arg("--net");
+        }
+        if pid1 {
+            cmd.args(["--pid", "--fork", "--mount-proc"]);
+        }
+        cmd.arg(supervisor());
         cmd.arg("run")
             .args(args)
             .env_clear()
@@ -316,4 +330,65 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+/// Result of the gateway's connect handshake.
+#[derive(Debug)]
+pub enum Handshake {
+    HelloOk,
+    Refused(String),
+}
+
+/// Connects to the gateway's WebSocket on 127.0.0.1, answers its
+/// `connect.challenge` with `token`, and reports the answer.
+pub fn gateway_handshake(port: u16, token: Option<&str>) -> Result<Handshake, String> {
+    use tungstenite::Message;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream).map_err(|e| e.to_string())?;
+    let mut challenged = false;
+    loop {
+        let msg = ws.read().map_err(|e| e.to_string())?;
+        let Message::Text(text) = msg else { continue };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if v["event"] == "connect.challenge" && !challenged {
+            challenged = true;
+            let mut params = serde_json::json!({
+                "minProtocol": 3, "maxProtocol": 3,
+                "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"}
+            });
+            if let Some(t) = token {
+                params["auth"] = serde_json::json!({"token": t});
+            }
+            let req = serde_json::json!({"type": "req", "id": "c1", "method": "connect", "params": params});
+            ws.send(Message::Text(req.to_string().into())).map_err(|e| e.to_string())?;
+        } else if v["type"] == "res" && v["id"] == "c1" {
+            let _ = ws.close(None);
+            return Ok(if v["ok"] == true && v["payload"]["type"] == "hello-ok" {
+                Handshake::HelloOk
+            } else {
+                Handshake::Refused(format!("{} {}", v["error"]["code"], v["error"]["message"]))
+            });
+        }
+    }
+}
+
+/// Whether something listens on 0.0.0.0:port (a `lan` bind), per /proc/net/tcp.
+pub fn listens_on_all_interfaces(port: u16) -> bool {
+    let want = format!("00000000:{port:04X}");
+    fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+}
+
+/// Sets `gateway.port` in a Buddy's personal config.
+pub fn set_buddy_port(buddy: &Path, port: u16) {
+    let p = buddy.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+    v["gateway"] = serde_json::json!({"port": port});
+    fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }

@@ -1,0 +1,124 @@
+//! `supervisor run` with the real, pinned Clawdbot gateway on 127.0.0.1.
+
+mod support;
+
+use std::fs;
+use std::time::Duration;
+
+use support::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+struct Live {
+    f: Fixture,
+    port: u16,
+    sup: Sup,
+}
+
+fn start(slug: &str, extra: &[&str]) -> Live {
+    start_in(slug, extra, false)
+}
+
+fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
+    let f = Fixture::new();
+    let b = f.buddy(slug);
+    let port = free_port_block();
+    set_buddy_port(&b, port);
+    let mut env = marker_env(&b);
+    env.push(("PATH".into(), gateway_path()));
+    env.push(("HOME".into(), "/root".into()));
+    let mut args: Vec<String> = [
+        "--buddy", b.to_str().unwrap(), "--state-dir", f.state.to_str().unwrap(),
+        "--swarm", f.swarm.to_str().unwrap(), "--swarm-dir-unmounted",
+        "--warm-cache", gateway_dir().join("warm/jiti").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let sup = Sup::start_wrapped(f.tmp.path(), false, offline, &args, &env);
+    Live { f, port, sup }
+}
+
+impl Live {
+    fn token(&self) -> String {
+        fs::read_to_string(self.f.state.join("gateway-token")).unwrap().trim().to_string()
+    }
+    fn wait_listening(&self) {
+        let ok = wait_for(BOOT, || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).ok().map(|_| ())
+        });
+        assert!(ok.is_some(), "the gateway never listened:\n{}\n{}", self.sup.log(), self.sup.out());
+    }
+    fn gateway_pid(&self) -> i32 {
+        let line = self.sup.log().lines().rev().find(|l| l.contains("gateway started")).unwrap().to_string();
+        line.split("pid=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+#[test]
+fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
+    let mut g = start("roelbuddy-emrys", &["--channels", "off"]);
+    g.wait_listening();
+    assert!(listens_on_all_interfaces(g.port), "not bound to lan (0.0.0.0:{})", g.port);
+    let token = g.token();
+    match gateway_handshake(g.port, Some(&token)).unwrap() {
+        Handshake::HelloOk => {}
+        other => panic!("right token refused: {other:?}"),
+    }
+    match gateway_handshake(g.port, Some("wrong-token")).unwrap() {
+        Handshake::Refused(why) => assert!(why.contains("token mismatch"), "{why}"),
+        other => panic!("wrong token accepted: {other:?}"),
+    }
+    match gateway_handshake(g.port, None).unwrap() {
+        Handshake::Refused(why) => assert!(why.contains("NOT_PAIRED"), "{why}"),
+        other => panic!("no token accepted: {other:?}"),
+    }
+    // The gateway runs as the unprivileged user, without its respawn wrapper:
+    // the supervisor's only child is the gateway itself.
+    let gw = g.gateway_pid();
+    assert_eq!(proc_status(gw, "Uid").unwrap().split_whitespace().next(), Some("10001"));
+    assert_eq!(children_of(g.sup.pid()).len(), 1);
+    assert!(fs::read_to_string(format!("/proc/{gw}/cmdline")).unwrap().contains("gateway"));
+    assert!(!fs::read_to_string(format!("/proc/{gw}/cmdline")).unwrap().contains(&token), "token in the process listing");
+    g.sup.signal("TERM");
+    assert_eq!(g.sup.wait_exit(Duration::from_secs(30)), Some(0), "{}", g.sup.log());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "still listening after stop");
+    assert!(!std::path::Path::new(&format!("/proc/{gw}")).exists());
+}
+
+#[test]
+fn a_killed_gateway_is_restarted_and_answers_again() {
+    let mut g = start("estherbuddy-kazeh", &["--channels", "off", "--backoff-initial-ms", "200"]);
+    g.wait_listening();
+    let first = g.gateway_pid();
+    let token = g.token();
+    std::process::Command::new("kill").args(["-KILL", &first.to_string()]).status().unwrap();
+    assert!(g.sup.wait_log_count("gateway started", 2, BOOT), "{}", g.sup.log());
+    assert!(g.sup.log().contains("status=signal SIGKILL"));
+    let second = g.gateway_pid();
+    assert_ne!(first, second);
+    let answered = wait_for(BOOT, || match gateway_handshake(g.port, Some(&token)) {
+        Ok(Handshake::HelloOk) => Some(()),
+        _ => None,
+    });
+    assert!(answered.is_some(), "the restarted gateway does not answer:\n{}", g.sup.log());
+    g.sup.signal("INT");
+    assert_eq!(g.sup.wait_exit(Duration::from_secs(30)), Some(0), "{}", g.sup.log());
+}
+
+#[test]
+fn with_telegram_unreachable_the_gateway_crashes_and_the_crash_loop_ends_the_supervisor() {
+    // In a network namespace with no route: with its Telegram channel on, the
+    // real gateway dies at start ("fetch failed"), a real crash loop to supervise.
+    let mut g = start_in(
+        "roelbuddy-galahad",
+        &["--backoff-initial-ms", "100", "--max-restarts", "1", "--restart-window", "600"],
+        true,
+    );
+    let code = g.sup.wait_exit(Duration::from_secs(240));
+    assert_eq!(code, Some(1), "{}", g.sup.log());
+    let log = g.sup.log();
+    assert_eq!(log.matches("gateway started").count(), 2, "{log}");
+    assert!(log.contains("gateway is crash-looping; giving up"), "{log}");
+}
