@@ -58,7 +58,11 @@ fn step<T, E: std::fmt::Display>(name: &str, f: impl FnOnce() -> Result<T, E>) -
             Ok(v)
         }
         Err(e) => {
-            error!(step = name, ms = round_ms(t.elapsed()), "boot step failed:\n{e}");
+            error!(
+                step = name,
+                ms = round_ms(t.elapsed()),
+                "boot step failed:\n{e}"
+            );
             Err(BOOT_FAILED)
         }
     }
@@ -129,7 +133,8 @@ impl Boot {
         }
         render::write_config(r, &path).map_err(|e| e.to_string())?;
         if let Some(c) = &self.creds {
-            sys::chown(&path, c.uid, c.gid).map_err(|e| format!("{}: cannot chown: {e}", path.display()))?;
+            sys::chown(&path, c.uid, c.gid)
+                .map_err(|e| format!("{}: cannot chown: {e}", path.display()))?;
         }
         Ok(true)
     }
@@ -143,14 +148,22 @@ impl Hooks for Boot {
                 changed,
                 ms = round_ms(t.elapsed()),
                 "reload: config re-rendered{}",
-                if changed { "; the gateway applies it through its file watcher" } else { " (unchanged)" }
+                if changed {
+                    "; the gateway applies it through its file watcher"
+                } else {
+                    " (unchanged)"
+                }
             ),
             Err(e) => error!("reload failed; the gateway keeps its current config:\n{e}"),
         }
     }
 
     fn before_start(&mut self) {
-        let uid = self.creds.as_ref().map(|c| c.uid.as_raw()).unwrap_or_else(|| nix::unistd::getuid().as_raw());
+        let uid = self
+            .creds
+            .as_ref()
+            .map(|c| c.uid.as_raw())
+            .unwrap_or_else(|| nix::unistd::getuid().as_raw());
         let dir = gateway_lock::lock_dir(&self.layout.tmp(), uid);
         for (path, verdict) in gateway_lock::clear_stale(&dir) {
             match verdict {
@@ -167,17 +180,32 @@ impl Hooks for Boot {
 }
 
 /// The environment the gateway gets: only what it needs.
-fn child_env(cfg: &RunConfig, layout: &Layout, r: &Rendered, creds: Option<&Credentials>, secret_values: &BTreeMap<String, String>) -> Vec<(String, String)> {
+fn child_env(
+    cfg: &RunConfig,
+    layout: &Layout,
+    r: &Rendered,
+    creds: Option<&Credentials>,
+    secret_values: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     env.insert("PATH".into(), path);
     env.insert("HOME".into(), cfg.state_dir.display().to_string());
-    let user = creds.map(|c| c.user.clone()).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "root".into());
+    let user = creds
+        .map(|c| c.user.clone())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".into());
     env.insert("USER".into(), user.clone());
     env.insert("LOGNAME".into(), user);
     env.insert("TMPDIR".into(), layout.tmp().display().to_string());
-    env.insert("CLAWDBOT_STATE_DIR".into(), cfg.state_dir.display().to_string());
-    env.insert("CLAWDBOT_CONFIG_PATH".into(), layout.config().display().to_string());
+    env.insert(
+        "CLAWDBOT_STATE_DIR".into(),
+        cfg.state_dir.display().to_string(),
+    );
+    env.insert(
+        "CLAWDBOT_CONFIG_PATH".into(),
+        layout.config().display().to_string(),
+    );
     // One supervisor, one process tree: no respawning wrapper in between.
     env.insert("CLAWDBOT_NO_RESPAWN".into(), "1".into());
     // mDNS advertising inside a Fly VM or container reaches nobody.
@@ -221,7 +249,9 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     }
 
     let root = sys::is_root();
-    let role_guess = crate::buddy::load(&cfg.buddy_dir).map(|b| b.identity.role).unwrap_or(Role::Buddy);
+    let role_guess = crate::buddy::load(&cfg.buddy_dir)
+        .map(|b| b.identity.role)
+        .unwrap_or(Role::Buddy);
     let creds = match step("privileges", || -> Result<Option<Credentials>, String> {
         let spec = match (&cfg.user, root) {
             (Some(u), _) => Some(u.clone()),
@@ -250,7 +280,9 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     let mut boot = Boot {
         layout,
         creds,
-        source: SecretSource { env_file: cfg.env_file.clone() },
+        source: SecretSource {
+            env_file: cfg.env_file.clone(),
+        },
         cfg,
     };
 
@@ -259,7 +291,9 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         Err(code) => return code,
     };
     if boot.cfg.channels_off {
-        warn!("channels are off for this run (--channels off): Telegram and WhatsApp stay disconnected");
+        warn!(
+            "channels are off for this run (--channels off): Telegram and WhatsApp stay disconnected"
+        );
     }
     if stop_pending(&sfd, &mut deferred) {
         return 0;
@@ -269,7 +303,8 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     let workspace = rendered.prepared.buddy.workspace_path();
     if let Err(code) = step("state", || -> Result<(), String> {
         let warm = boot.cfg.warm_cache.as_deref().filter(|p| p.is_dir());
-        let p = state::prepare(&boot.layout, Some(&workspace), warm, owner).map_err(|e| e.to_string())?;
+        let p = state::prepare(&boot.layout, Some(&workspace), warm, owner)
+            .map_err(|e| e.to_string())?;
         boot.write(&rendered)?;
         info!(state = %boot.cfg.state_dir.display(), seeded_files = p.seeded_files, warm_cache_files = p.warm_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
         Ok(())
@@ -282,14 +317,29 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
 
     let mask_dir = None;
     let secret_values = boot.source.snapshot().unwrap_or_default();
-    let env = child_env(&boot.cfg, &boot.layout, &rendered, boot.creds.as_ref(), &secret_values);
+    let env = child_env(
+        &boot.cfg,
+        &boot.layout,
+        &rendered,
+        boot.creds.as_ref(),
+        &secret_values,
+    );
     let (program, args) = if boot.cfg.command.is_empty() {
         (
             PathBuf::from("clawdbot"),
-            vec!["gateway".into(), "--bind".into(), "lan".into(), "--port".into(), rendered.port().to_string()],
+            vec![
+                "gateway".into(),
+                "--bind".into(),
+                "lan".into(),
+                "--port".into(),
+                rendered.port().to_string(),
+            ],
         )
     } else {
-        (PathBuf::from(&boot.cfg.command[0]), boot.cfg.command[1..].to_vec())
+        (
+            PathBuf::from(&boot.cfg.command[0]),
+            boot.cfg.command[1..].to_vec(),
+        )
     };
     let spec = SpawnSpec {
         program,

@@ -167,8 +167,8 @@ impl BuddyDir {
 pub fn load(dir: &Path) -> Result<BuddyDir, Problems> {
     let path = dir.join(IDENTITY_FILE);
     let headline = format!("Buddy {} has an invalid identity", dir.display());
-    let value = jsonfile::read_json_object(&path)
-        .map_err(|p| Problems::new(headline.clone(), vec![p]))?;
+    let value =
+        jsonfile::read_json_object(&path).map_err(|p| Problems::new(headline.clone(), vec![p]))?;
     let identity = parse_identity(&path, value).map_err(|p| Problems::new(headline.clone(), p))?;
     let mut problems = identity.check(&path);
     if problems.is_empty() {
@@ -243,7 +243,13 @@ fn parse_identity(path: &Path, value: Value) -> Result<Identity, Vec<Problem>> {
     }
     let human: Option<String> = field(path, &obj, "human", "a name like \"Roel\"", &mut problems);
     let name: Option<String> = field(path, &obj, "name", "a name like \"Emrys\"", &mut problems);
-    let role: Option<Role> = field(path, &obj, "role", "\"buddy\" or \"magician\"", &mut problems);
+    let role: Option<Role> = field(
+        path,
+        &obj,
+        "role",
+        "\"buddy\" or \"magician\"",
+        &mut problems,
+    );
     let channels: Option<Channels> = field(
         path,
         &obj,
@@ -259,7 +265,9 @@ fn parse_identity(path: &Path, value: Value) -> Result<Identity, Vec<Problem>> {
         &mut problems,
     );
     match (human, name, role, channels, status) {
-        (Some(human), Some(name), Some(role), Some(channels), Some(status)) if problems.is_empty() => {
+        (Some(human), Some(name), Some(role), Some(channels), Some(status))
+            if problems.is_empty() =>
+        {
             Ok(Identity {
                 human,
                 name,

@@ -46,7 +46,11 @@ pub struct RunArgs {
     #[arg(long, env = "MYBUDDY_STATE_DIR", default_value = IMAGE_STATE_DIR)]
     pub state_dir: PathBuf,
     /// The swarm share (MyBuddyBook and SpellBook)
-    #[arg(long = "swarm", env = "MYBUDDY_SWARM_DIR", default_value = "/mnt/swarm")]
+    #[arg(
+        long = "swarm",
+        env = "MYBUDDY_SWARM_DIR",
+        default_value = "/mnt/swarm"
+    )]
     pub swarm_dir: PathBuf,
     /// Accept a swarm dir that is not a mount point (local development; warns)
     #[arg(long, env = "MYBUDDY_SWARM_UNMOUNTED")]
@@ -85,7 +89,11 @@ pub struct RunArgs {
     #[arg(long, env = "MYBUDDY_CHANNELS", value_enum, default_value_t = Channels::On)]
     pub channels: Channels,
     /// A warm gateway compile cache to seed into the state's TMPDIR (skipped if missing)
-    #[arg(long, env = "MYBUDDY_WARM_CACHE", default_value = "/opt/mybuddy/warm/jiti")]
+    #[arg(
+        long,
+        env = "MYBUDDY_WARM_CACHE",
+        default_value = "/opt/mybuddy/warm/jiti"
+    )]
     pub warm_cache: PathBuf,
     /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
     #[arg(last = true)]

@@ -59,7 +59,14 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
             if entries.contains_key(name) {
                 fail(
                     &format!("plugins.entries.{name}"),
-                    format!("the {name} plugin is not part of MyBuddy{}; remove this entry", if name == "moltbook" { " (Buddies share knowledge through MyBuddyBook)" } else { "" }),
+                    format!(
+                        "the {name} plugin is not part of MyBuddy{}; remove this entry",
+                        if name == "moltbook" {
+                            " (Buddies share knowledge through MyBuddyBook)"
+                        } else {
+                            ""
+                        }
+                    ),
                 );
             }
         }
@@ -67,13 +74,13 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
     for list in ["plugins.allow", "plugins.load.paths"] {
         if let Some(Value::Array(items)) = get(config, list) {
             for (i, item) in items.iter().enumerate() {
-                if let Some(s) = item.as_str() {
-                    if let Some(bad) = FORBIDDEN_PLUGINS.iter().find(|p| s.contains(*p)) {
-                        fail(
-                            &format!("{list}[{i}]"),
-                            format!("the {bad} plugin is not part of MyBuddy; remove it"),
-                        );
-                    }
+                if let Some(s) = item.as_str()
+                    && let Some(bad) = FORBIDDEN_PLUGINS.iter().find(|p| s.contains(*p))
+                {
+                    fail(
+                        &format!("{list}[{i}]"),
+                        format!("the {bad} plugin is not part of MyBuddy; remove it"),
+                    );
                 }
             }
         }
@@ -101,7 +108,9 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
         if !wanted && get(config, &section).is_some() {
             fail(
                 &section,
-                format!("{channel} is configured but buddy.json does not enable it; remove the section or enable the channel"),
+                format!(
+                    "{channel} is configured but buddy.json does not enable it; remove the section or enable the channel"
+                ),
             );
         }
     }
@@ -148,13 +157,13 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
             ),
         ),
     }
-    if let Some(port) = get(config, "gateway.port") {
-        if !port.as_u64().is_some_and(|p| (1..=65535).contains(&p)) {
-            fail(
-                "gateway.port",
-                format!("must be a port number 1-65535, found {}", show(Some(port))),
-            );
-        }
+    if let Some(port) = get(config, "gateway.port")
+        && !port.as_u64().is_some_and(|p| (1..=65535).contains(&p))
+    {
+        fail(
+            "gateway.port",
+            format!("must be a port number 1-65535, found {}", show(Some(port))),
+        );
     }
 
     // What a container needs: state on the volume, no start-up update check.

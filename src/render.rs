@@ -49,7 +49,9 @@ pub struct Prepared {
 pub fn prepare(buddy_dir: &Path, template_path: &Path) -> Result<Prepared, Problems> {
     let headline = format!("Buddy {} does not render", buddy_dir.display());
     let mut problems = Vec::new();
-    let buddy = buddy::load(buddy_dir).map_err(|p| problems.extend(p.items)).ok();
+    let buddy = buddy::load(buddy_dir)
+        .map_err(|p| problems.extend(p.items))
+        .ok();
     let personal_path = buddy_dir.join(buddy::CONFIG_FILE);
     let template = jsonfile::read_json_object(template_path)
         .map_err(|p| problems.push(p))

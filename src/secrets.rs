@@ -49,16 +49,15 @@ pub fn parse(s: &str) -> Result<Vec<Piece<'_>>, String> {
             continue;
         }
         // `$${NAME}`: a literal `${NAME}`.
-        if s[i..].starts_with("$${") {
-            if let Some(name) = braced_name(s, i + 3) {
-                if is_var_name(name) {
-                    lit.push_str("${");
-                    lit.push_str(name);
-                    lit.push('}');
-                    i += 3 + name.len() + 1;
-                    continue;
-                }
-            }
+        if s[i..].starts_with("$${")
+            && let Some(name) = braced_name(s, i + 3)
+            && is_var_name(name)
+        {
+            lit.push_str("${");
+            lit.push_str(name);
+            lit.push('}');
+            i += 3 + name.len() + 1;
+            continue;
         }
         if s[i..].starts_with("${") {
             match braced_name(s, i + 2) {
@@ -77,7 +76,8 @@ pub fn parse(s: &str) -> Result<Vec<Piece<'_>>, String> {
                 }
                 None => {
                     return Err(
-                        "\"${\" without a closing \"}\" (write \"$${\" for a literal \"${\")".into(),
+                        "\"${\" without a closing \"}\" (write \"$${\" for a literal \"${\")"
+                            .into(),
                     );
                 }
             }
@@ -102,16 +102,15 @@ pub fn escape_for_gateway(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
-        if s[i..].starts_with("${") {
-            if let Some(name) = braced_name(s, i + 2) {
-                if is_var_name(name) {
-                    out.push_str("$${");
-                    out.push_str(name);
-                    out.push('}');
-                    i += 2 + name.len() + 1;
-                    continue;
-                }
-            }
+        if s[i..].starts_with("${")
+            && let Some(name) = braced_name(s, i + 2)
+            && is_var_name(name)
+        {
+            out.push_str("$${");
+            out.push_str(name);
+            out.push('}');
+            i += 2 + name.len() + 1;
+            continue;
         }
         let ch = s[i..].chars().next().unwrap_or_default();
         out.push(ch);
@@ -258,6 +257,41 @@ pub fn referenced_vars(config: &Value) -> BTreeSet<String> {
     out
 }
 
+/// Reads an env file: `NAME=value` per line, `#` comments and blank lines
+/// ignored, the value taken verbatim up to the end of the line (no quoting, so
+/// a secret with quotes or `$` needs no escaping). Values are never shown in
+/// an error: only the line number.
+pub fn read_env_file(
+    path: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, String>, Problem> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Problem::new(path, "", format!("cannot read the env file: {e}")))?;
+    let mut out = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = trimmed.split_once('=') else {
+            return Err(Problem::new(
+                path,
+                format!("line {}", i + 1),
+                "expected NAME=value",
+            ));
+        };
+        let name = name.trim().trim_start_matches("export ").trim();
+        if !is_var_name(name) {
+            return Err(Problem::new(
+                path,
+                format!("line {}", i + 1),
+                "the name must be UPPER_CASE letters, digits and _",
+            ));
+        }
+        out.insert(name.to_string(), value.to_string());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,21 +315,20 @@ mod tests {
                 let end = (start..chars.len()).find(|&j| chars[j] == '}')?;
                 Some((end, chars[start..end].iter().collect()))
             };
-            if next == Some('$') && after == Some('{') {
-                if let Some((end, name)) = find(i + 3) {
-                    if is_var_name(&name) {
-                        out.push_str(&format!("${{{name}}}"));
-                        i = end + 1;
-                        continue;
-                    }
-                }
+            if next == Some('$')
+                && after == Some('{')
+                && let Some((end, name)) = find(i + 3)
+                && is_var_name(&name)
+            {
+                out.push_str(&format!("${{{name}}}"));
+                i = end + 1;
+                continue;
             }
-            if next == Some('{') {
-                if let Some((_, name)) = find(i + 2) {
-                    if is_var_name(&name) {
-                        panic!("the gateway would expand ${{{name}}} in {value:?}");
-                    }
-                }
+            if next == Some('{')
+                && let Some((_, name)) = find(i + 2)
+                && is_var_name(&name)
+            {
+                panic!("the gateway would expand ${{{name}}} in {value:?}");
             }
             out.push('$');
             i += 1;
@@ -335,11 +368,11 @@ mod tests {
                 Piece::Literal("c".into())
             ]
         );
+        assert_eq!(parse("$${B}").unwrap(), vec![Piece::Literal("${B}".into())]);
         assert_eq!(
-            parse("$${B}").unwrap(),
-            vec![Piece::Literal("${B}".into())]
+            parse("$5 and $").unwrap(),
+            vec![Piece::Literal("$5 and $".into())]
         );
-        assert_eq!(parse("$5 and $").unwrap(), vec![Piece::Literal("$5 and $".into())]);
         assert!(parse("${bot_token}").unwrap_err().contains("UPPER_CASE"));
         assert!(parse("x ${OPEN").unwrap_err().contains("closing"));
     }
@@ -353,39 +386,4 @@ mod tests {
         assert!(!is_var_name("a"));
         assert!(!is_var_name("A-B"));
     }
-}
-
-/// Reads an env file: `NAME=value` per line, `#` comments and blank lines
-/// ignored, the value taken verbatim up to the end of the line (no quoting, so
-/// a secret with quotes or `$` needs no escaping). Values are never shown in
-/// an error: only the line number.
-pub fn read_env_file(
-    path: &std::path::Path,
-) -> Result<std::collections::BTreeMap<String, String>, Problem> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Problem::new(path, "", format!("cannot read the env file: {e}")))?;
-    let mut out = std::collections::BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let Some((name, value)) = trimmed.split_once('=') else {
-            return Err(Problem::new(
-                path,
-                format!("line {}", i + 1),
-                "expected NAME=value",
-            ));
-        };
-        let name = name.trim().trim_start_matches("export ").trim();
-        if !is_var_name(name) {
-            return Err(Problem::new(
-                path,
-                format!("line {}", i + 1),
-                "the name must be UPPER_CASE letters, digits and _",
-            ));
-        }
-        out.insert(name.to_string(), value.to_string());
-    }
-    Ok(out)
 }

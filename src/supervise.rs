@@ -109,7 +109,9 @@ impl<'a> Supervisor<'a> {
             return code;
         }
         loop {
-            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             sys::wait_readable(self.sfd, timeout);
             for sig in sys::read_signals(self.sfd) {
                 if let Some(code) = self.on_signal(sig) {
@@ -169,12 +171,19 @@ impl<'a> Supervisor<'a> {
             }
             other => match &self.gateway {
                 Some(g) => {
-                    info!(signal = other.as_str(), pid = g.pid.as_raw(), "forwarding signal to the gateway");
+                    info!(
+                        signal = other.as_str(),
+                        pid = g.pid.as_raw(),
+                        "forwarding signal to the gateway"
+                    );
                     if let Err(e) = sys::signal_pid(g.pid, other) {
                         warn!(signal = other.as_str(), error = %e, "forwarding failed");
                     }
                 }
-                None => info!(signal = other.as_str(), "signal dropped: no gateway running"),
+                None => info!(
+                    signal = other.as_str(),
+                    "signal dropped: no gateway running"
+                ),
             },
         }
         None
@@ -183,7 +192,10 @@ impl<'a> Supervisor<'a> {
     fn on_stop(&mut self, sig: Signal) -> Option<i32> {
         if self.stop_requested {
             if let Some(g) = &self.gateway {
-                info!(signal = sig.as_str(), "stop already in progress; forwarding again");
+                info!(
+                    signal = sig.as_str(),
+                    "stop already in progress; forwarding again"
+                );
                 let _ = sys::signal_group(g.pid, sig);
             }
             return None;
@@ -192,7 +204,12 @@ impl<'a> Supervisor<'a> {
         self.restart_at = None;
         match &self.gateway {
             Some(g) => {
-                info!(signal = sig.as_str(), pid = g.pid.as_raw(), timeout_ms = self.policy.stop_timeout.as_millis() as u64, "stopping the gateway");
+                info!(
+                    signal = sig.as_str(),
+                    pid = g.pid.as_raw(),
+                    timeout_ms = self.policy.stop_timeout.as_millis() as u64,
+                    "stopping the gateway"
+                );
                 if let Err(e) = sys::signal_group(g.pid, sig) {
                     warn!(error = %e, "cannot signal the gateway group");
                 }
@@ -211,7 +228,10 @@ impl<'a> Supervisor<'a> {
                     None
                 }
                 None => {
-                    info!(signal = sig.as_str(), "stop requested while no gateway runs; exiting");
+                    info!(
+                        signal = sig.as_str(),
+                        "stop requested while no gateway runs; exiting"
+                    );
                     Some(0)
                 }
             },
@@ -274,7 +294,10 @@ impl<'a> Supervisor<'a> {
         }
         // Leftovers of the dead gateway's group would hold its ports.
         if sys::group_alive(pid) {
-            warn!(pgid = pid.as_raw(), "killing what is left of the dead gateway's process group");
+            warn!(
+                pgid = pid.as_raw(),
+                "killing what is left of the dead gateway's process group"
+            );
             let _ = sys::signal_group(pid, Signal::SIGKILL);
         }
         let delay = self.backoff();
@@ -304,7 +327,10 @@ impl<'a> Supervisor<'a> {
             code: Some(code),
         });
         if sys::group_alive(pgid) {
-            info!(pgid = pgid.as_raw(), "terminating the rest of the gateway's process group");
+            info!(
+                pgid = pgid.as_raw(),
+                "terminating the rest of the gateway's process group"
+            );
             let _ = sys::signal_group(pgid, Signal::SIGTERM);
         }
         self.check_drained()
@@ -326,13 +352,21 @@ impl<'a> Supervisor<'a> {
         if let Some(d) = &mut self.draining {
             if now >= d.deadline {
                 if !d.killed {
-                    warn!(pgid = d.pgid.as_raw(), timeout_ms = self.policy.stop_timeout.as_millis() as u64, "stop timeout reached; killing the gateway's process group");
+                    warn!(
+                        pgid = d.pgid.as_raw(),
+                        timeout_ms = self.policy.stop_timeout.as_millis() as u64,
+                        "stop timeout reached; killing the gateway's process group"
+                    );
                     let _ = sys::signal_group(d.pgid, Signal::SIGKILL);
                     d.killed = true;
                     d.deadline = now + KILL_GRACE;
                 } else {
                     let code = d.code.unwrap_or(128 + Signal::SIGKILL as i32);
-                    error!(pgid = d.pgid.as_raw(), exit = code, "process group still alive after SIGKILL; exiting anyway");
+                    error!(
+                        pgid = d.pgid.as_raw(),
+                        exit = code,
+                        "process group still alive after SIGKILL; exiting anyway"
+                    );
                     return Some(code);
                 }
             }

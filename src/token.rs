@@ -30,12 +30,16 @@ pub enum TokenSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read the gateway token {path}: {source} (fix its permissions, or pass --rotate-token to replace it)")]
+    #[error(
+        "cannot read the gateway token {path}: {source} (fix its permissions, or pass --rotate-token to replace it)"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write the gateway token {path}: {source} (is the state dir writable and not full?)")]
+    #[error(
+        "cannot write the gateway token {path}: {source} (is the state dir writable and not full?)"
+    )]
     Write {
         path: PathBuf,
         source: std::io::Error,

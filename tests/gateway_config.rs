@@ -54,7 +54,12 @@ fn the_real_gateway_accepts_every_buddy_and_reads_back_the_secrets() {
     // A secret that the naive `jq | envsubst` entrypoint would corrupt, and
     // that the gateway would expand if we wrote it unescaped.
     let nasty = "q\"uo\\te\nline ${HOME} $${X} end";
-    for slug in ["roelbuddy-emrys", "roelbuddy-galahad", "estherbuddy-kazeh", "estherbuddy-morgan"] {
+    for slug in [
+        "roelbuddy-emrys",
+        "roelbuddy-galahad",
+        "estherbuddy-kazeh",
+        "estherbuddy-morgan",
+    ] {
         let b = f.buddy(slug);
         let mut env = marker_env(&b);
         env.retain(|(k, _)| k != "GEMINI_API_KEY");
@@ -62,13 +67,23 @@ fn the_real_gateway_accepts_every_buddy_and_reads_back_the_secrets() {
         let state = f.state.join(slug);
         let config = render_to(&b, &state, &env);
         let prefix = slug.to_uppercase().replace('-', "_");
-        let got_env = clawdbot_get(&state, &config, "env").unwrap_or_else(|e| panic!("{slug}: the gateway rejects the config:\n{e}"));
+        let got_env = clawdbot_get(&state, &config, "env")
+            .unwrap_or_else(|e| panic!("{slug}: the gateway rejects the config:\n{e}"));
         assert_eq!(got_env["GEMINI_API_KEY"], json!(nasty), "{slug}");
-        assert_eq!(got_env["CLAWDBOT_TELEGRAM_TOKEN"], json!(marker(&format!("{prefix}_TELEGRAM_TOKEN"))));
+        assert_eq!(
+            got_env["CLAWDBOT_TELEGRAM_TOKEN"],
+            json!(marker(&format!("{prefix}_TELEGRAM_TOKEN")))
+        );
         let channels = clawdbot_get(&state, &config, "channels").unwrap();
-        assert_eq!(channels["telegram"]["botToken"], json!(marker(&format!("{prefix}_TELEGRAM_TOKEN"))));
+        assert_eq!(
+            channels["telegram"]["botToken"],
+            json!(marker(&format!("{prefix}_TELEGRAM_TOKEN")))
+        );
         if slug == "roelbuddy-emrys" || slug == "estherbuddy-kazeh" {
-            assert_eq!(channels["whatsapp"]["allowFrom"], json!([marker(&format!("{prefix}_HUMAN_PHONE"))]));
+            assert_eq!(
+                channels["whatsapp"]["allowFrom"],
+                json!([marker(&format!("{prefix}_HUMAN_PHONE"))])
+            );
         }
         let token = fs::read_to_string(state.join("gateway-token")).unwrap();
         let gw = clawdbot_get(&state, &config, "gateway").unwrap();
@@ -77,7 +92,7 @@ fn the_real_gateway_accepts_every_buddy_and_reads_back_the_secrets() {
         // The gateway did not have to rewrite the file (it does so for a
         // channel whose plugin is not explicitly enabled or disabled).
         let after: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
-        assert_eq!(after["plugins"]["entries"]["whatsapp"]["enabled"].is_boolean(), true);
+        assert!(after["plugins"]["entries"]["whatsapp"]["enabled"].is_boolean());
     }
 }
 
@@ -93,5 +108,8 @@ fn the_check_has_teeth_the_gateway_rejects_the_documents_invalid_key() {
     v["channels"]["whatsapp"]["enabled"] = json!(true);
     fs::write(&config, serde_json::to_string(&v).unwrap()).unwrap();
     let err = clawdbot_get(&state, &config, "gateway").expect_err("the gateway must refuse");
-    assert!(err.contains("channels.whatsapp") && err.contains("enabled"), "{err}");
+    assert!(
+        err.contains("channels.whatsapp") && err.contains("enabled"),
+        "{err}"
+    );
 }

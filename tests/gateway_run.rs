@@ -28,9 +28,15 @@ fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
     env.push(("PATH".into(), gateway_path()));
     env.push(("HOME".into(), "/root".into()));
     let mut args: Vec<String> = [
-        "--buddy", b.to_str().unwrap(), "--state-dir", f.state.to_str().unwrap(),
-        "--swarm", f.swarm.to_str().unwrap(), "--swarm-dir-unmounted",
-        "--warm-cache", gateway_dir().join("warm/jiti").to_str().unwrap(),
+        "--buddy",
+        b.to_str().unwrap(),
+        "--state-dir",
+        f.state.to_str().unwrap(),
+        "--swarm",
+        f.swarm.to_str().unwrap(),
+        "--swarm-dir-unmounted",
+        "--warm-cache",
+        gateway_dir().join("warm/jiti").to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -42,17 +48,41 @@ fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
 
 impl Live {
     fn token(&self) -> String {
-        fs::read_to_string(self.f.state.join("gateway-token")).unwrap().trim().to_string()
+        fs::read_to_string(self.f.state.join("gateway-token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
     fn wait_listening(&self) {
         let ok = wait_for(BOOT, || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).ok().map(|_| ())
+            std::net::TcpStream::connect(("127.0.0.1", self.port))
+                .ok()
+                .map(|_| ())
         });
-        assert!(ok.is_some(), "the gateway never listened:\n{}\n{}", self.sup.log(), self.sup.out());
+        assert!(
+            ok.is_some(),
+            "the gateway never listened:\n{}\n{}",
+            self.sup.log(),
+            self.sup.out()
+        );
     }
     fn gateway_pid(&self) -> i32 {
-        let line = self.sup.log().lines().rev().find(|l| l.contains("gateway started")).unwrap().to_string();
-        line.split("pid=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+        let line = self
+            .sup
+            .log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("gateway started"))
+            .unwrap()
+            .to_string();
+        line.split("pid=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 }
 
@@ -60,7 +90,11 @@ impl Live {
 fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
     let mut g = start("roelbuddy-emrys", &["--channels", "off"]);
     g.wait_listening();
-    assert!(listens_on_all_interfaces(g.port), "not bound to lan (0.0.0.0:{})", g.port);
+    assert!(
+        listens_on_all_interfaces(g.port),
+        "not bound to lan (0.0.0.0:{})",
+        g.port
+    );
     let token = g.token();
     match gateway_handshake(g.port, Some(&token)).unwrap() {
         Handshake::HelloOk => {}
@@ -77,24 +111,54 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
     // The gateway runs as the unprivileged user, without its respawn wrapper:
     // the supervisor's only child is the gateway itself.
     let gw = g.gateway_pid();
-    assert_eq!(proc_status(gw, "Uid").unwrap().split_whitespace().next(), Some("10001"));
+    assert_eq!(
+        proc_status(gw, "Uid").unwrap().split_whitespace().next(),
+        Some("10001")
+    );
     assert_eq!(children_of(g.sup.pid()).len(), 1);
-    assert!(fs::read_to_string(format!("/proc/{gw}/cmdline")).unwrap().contains("gateway"));
-    assert!(!fs::read_to_string(format!("/proc/{gw}/cmdline")).unwrap().contains(&token), "token in the process listing");
+    assert!(
+        fs::read_to_string(format!("/proc/{gw}/cmdline"))
+            .unwrap()
+            .contains("gateway")
+    );
+    assert!(
+        !fs::read_to_string(format!("/proc/{gw}/cmdline"))
+            .unwrap()
+            .contains(&token),
+        "token in the process listing"
+    );
     g.sup.signal("TERM");
-    assert_eq!(g.sup.wait_exit(Duration::from_secs(30)), Some(0), "{}", g.sup.log());
-    assert!(std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(), "still listening after stop");
+    assert_eq!(
+        g.sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        g.sup.log()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(),
+        "still listening after stop"
+    );
     assert!(!std::path::Path::new(&format!("/proc/{gw}")).exists());
 }
 
 #[test]
 fn a_killed_gateway_is_restarted_and_answers_again() {
-    let mut g = start("estherbuddy-kazeh", &["--channels", "off", "--backoff-initial-ms", "200"]);
+    let mut g = start(
+        "estherbuddy-kazeh",
+        &["--channels", "off", "--backoff-initial-ms", "200"],
+    );
     g.wait_listening();
     let first = g.gateway_pid();
     let token = g.token();
-    std::process::Command::new("kill").args(["-KILL", &first.to_string()]).status().unwrap();
-    assert!(g.sup.wait_log_count("gateway started", 2, BOOT), "{}", g.sup.log());
+    std::process::Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        g.sup.wait_log_count("gateway started", 2, BOOT),
+        "{}",
+        g.sup.log()
+    );
     assert!(g.sup.log().contains("status=signal SIGKILL"));
     let second = g.gateway_pid();
     assert_ne!(first, second);
@@ -102,9 +166,18 @@ fn a_killed_gateway_is_restarted_and_answers_again() {
         Ok(Handshake::HelloOk) => Some(()),
         _ => None,
     });
-    assert!(answered.is_some(), "the restarted gateway does not answer:\n{}", g.sup.log());
+    assert!(
+        answered.is_some(),
+        "the restarted gateway does not answer:\n{}",
+        g.sup.log()
+    );
     g.sup.signal("INT");
-    assert_eq!(g.sup.wait_exit(Duration::from_secs(30)), Some(0), "{}", g.sup.log());
+    assert_eq!(
+        g.sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        g.sup.log()
+    );
 }
 
 #[test]
@@ -113,7 +186,14 @@ fn with_telegram_unreachable_the_gateway_crashes_and_the_crash_loop_ends_the_sup
     // real gateway dies at start ("fetch failed"), a real crash loop to supervise.
     let mut g = start_in(
         "roelbuddy-galahad",
-        &["--backoff-initial-ms", "100", "--max-restarts", "1", "--restart-window", "600"],
+        &[
+            "--backoff-initial-ms",
+            "100",
+            "--max-restarts",
+            "1",
+            "--restart-window",
+            "600",
+        ],
         true,
     );
     let code = g.sup.wait_exit(Duration::from_secs(240));

@@ -38,11 +38,21 @@ fn write_json(p: &Path, v: &Value) {
 #[test]
 fn every_swarm_member_renders_with_its_secrets() {
     let f = Fixture::new();
-    for slug in ["roelbuddy-emrys", "roelbuddy-galahad", "estherbuddy-kazeh", "estherbuddy-morgan"] {
+    for slug in [
+        "roelbuddy-emrys",
+        "roelbuddy-galahad",
+        "estherbuddy-kazeh",
+        "estherbuddy-morgan",
+    ] {
         let b = f.buddy(slug);
         let env = marker_env(&b);
         let out_file = f.state.join(slug).join("clawdbot.json");
-        let o = render(&b, &f.state.join(slug), &env, &["--out", out_file.to_str().unwrap()]);
+        let o = render(
+            &b,
+            &f.state.join(slug),
+            &env,
+            &["--out", out_file.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{slug}: {}", text(&o));
         let v: Value = serde_json::from_str(&fs::read_to_string(&out_file).unwrap()).unwrap();
         let prefix = slug.to_uppercase().replace('-', "_");
@@ -51,7 +61,11 @@ fn every_swarm_member_renders_with_its_secrets() {
             json!(marker(&format!("{prefix}_TELEGRAM_TOKEN")))
         );
         let wa = slug == "roelbuddy-emrys" || slug == "estherbuddy-kazeh";
-        assert_eq!(v["plugins"]["entries"]["whatsapp"]["enabled"], json!(wa), "{slug}");
+        assert_eq!(
+            v["plugins"]["entries"]["whatsapp"]["enabled"],
+            json!(wa),
+            "{slug}"
+        );
         assert_eq!(v["channels"]["whatsapp"].is_object(), wa, "{slug}");
         assert_eq!(v["gateway"]["bind"], json!("lan"));
         let state = f.state.join(slug);
@@ -75,13 +89,19 @@ fn merge_is_rfc7396_personal_wins_arrays_replaced_null_deletes() {
     personal["gateway"] = json!({"port": 19999});
     write_json(&b.join("config.json"), &personal);
     let env = marker_env(&b);
-    assert!(!env.iter().any(|(k, _)| k == "BRAVE_API_KEY"), "a deleted key needs no secret");
+    assert!(
+        !env.iter().any(|(k, _)| k == "BRAVE_API_KEY"),
+        "a deleted key needs no secret"
+    );
     let out_file = f.path("out.json");
     let o = render(&b, &f.state, &env, &["--out", out_file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let v: Value = serde_json::from_str(&fs::read_to_string(&out_file).unwrap()).unwrap();
     // Nested objects merge: the template's primary survives beside the new fallbacks.
-    assert_eq!(v["agents"]["defaults"]["model"]["primary"], json!("google/gemini-3-flash-preview"));
+    assert_eq!(
+        v["agents"]["defaults"]["model"]["primary"],
+        json!("google/gemini-3-flash-preview")
+    );
     assert_eq!(
         v["agents"]["defaults"]["model"]["fallbacks"],
         json!(["google/gemini-2.5-pro", "google/gemini-2.5-flash"])
@@ -111,16 +131,34 @@ fn every_missing_variable_is_listed_with_file_and_path() {
     let personal = b.join("config.json");
     for (file, path, var) in [
         (&template, "env.GEMINI_API_KEY", "GEMINI_API_KEY"),
-        (&personal, "channels.whatsapp.allowFrom[0]", "ROELBUDDY_EMRYS_HUMAN_PHONE"),
-        (&personal, "channels.telegram.botToken", "ROELBUDDY_EMRYS_TELEGRAM_TOKEN"),
-        (&personal, "env.CLAWDBOT_TELEGRAM_TOKEN", "ROELBUDDY_EMRYS_TELEGRAM_TOKEN"),
+        (
+            &personal,
+            "channels.whatsapp.allowFrom[0]",
+            "ROELBUDDY_EMRYS_HUMAN_PHONE",
+        ),
+        (
+            &personal,
+            "channels.telegram.botToken",
+            "ROELBUDDY_EMRYS_TELEGRAM_TOKEN",
+        ),
+        (
+            &personal,
+            "env.CLAWDBOT_TELEGRAM_TOKEN",
+            "ROELBUDDY_EMRYS_TELEGRAM_TOKEN",
+        ),
     ] {
         let line = format!("{}: {path}: ${{{var}}}", file.display());
         assert!(t.contains(&line), "missing line {line:?} in:\n{t}");
     }
     assert!(t.contains("(4 problems)"), "{t}");
-    assert!(!out_file.exists(), "nothing is written when the render fails");
-    assert!(!f.state.join("gateway-token").exists(), "a failed render leaves no token");
+    assert!(
+        !out_file.exists(),
+        "nothing is written when the render fails"
+    );
+    assert!(
+        !f.state.join("gateway-token").exists(),
+        "a failed render leaves no token"
+    );
 }
 
 #[test]
@@ -137,7 +175,10 @@ fn secrets_with_quotes_backslashes_newlines_and_references_stay_literal() {
     let v: Value = serde_json::from_str(&fs::read_to_string(&out_file).unwrap()).unwrap();
     // Written escaped for the gateway's own ${VAR} expansion; the real gateway
     // reading it back is proven in tests/gateway_config.rs.
-    assert_eq!(v["env"]["GEMINI_API_KEY"], json!("a\"b\\c\nd $${OTHER} $$${X} }{ é"));
+    assert_eq!(
+        v["env"]["GEMINI_API_KEY"],
+        json!("a\"b\\c\nd $${OTHER} $$${X} }{ é")
+    );
 }
 
 #[test]
@@ -154,9 +195,15 @@ fn token_is_256_bits_urlsafe_0600_persisted_overridable_and_rotatable() {
     assert!(render(&b, &f.state, &env, &args).status.success());
     let t1 = read_token();
     assert_eq!(t1.len(), 43, "32 bytes, URL-safe base64 without padding");
-    assert!(t1.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    assert!(
+        t1.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
     let file = f.state.join("gateway-token");
-    assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert!(render(&b, &f.state, &env, &args).status.success());
     assert_eq!(read_token(), t1, "restarts keep the token");
     let mut rot = args.to_vec();
@@ -166,10 +213,17 @@ fn token_is_256_bits_urlsafe_0600_persisted_overridable_and_rotatable() {
     assert_ne!(t2, t1);
     assert_eq!(fs::read_to_string(&file).unwrap().trim(), t2);
     let mut with_secret = env.clone();
-    with_secret.push(("ESTHERBUDDY_MORGAN_GATEWAY_TOKEN".into(), "explicit-token-value".into()));
+    with_secret.push((
+        "ESTHERBUDDY_MORGAN_GATEWAY_TOKEN".into(),
+        "explicit-token-value".into(),
+    ));
     assert!(render(&b, &f.state, &with_secret, &args).status.success());
     assert_eq!(read_token(), "explicit-token-value");
-    assert_eq!(fs::read_to_string(&file).unwrap().trim(), t2, "the secret does not replace the file");
+    assert_eq!(
+        fs::read_to_string(&file).unwrap().trim(),
+        t2,
+        "the secret does not replace the file"
+    );
 }
 
 #[test]
@@ -180,7 +234,10 @@ fn out_is_0600_and_stdout_is_redacted() {
     let out = f.path("deep/dir/clawdbot.json");
     let o = render(&b, &f.state, &env, &["--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let leftovers: Vec<_> = fs::read_dir(out.parent().unwrap())
         .unwrap()
         .flatten()
@@ -194,7 +251,11 @@ fn out_is_0600_and_stdout_is_redacted() {
     assert_eq!(shown["gateway"]["auth"]["token"], json!("***"));
     assert_eq!(shown["channels"]["whatsapp"]["allowFrom"], json!(["***"]));
     assert_eq!(shown["env"]["GEMINI_API_KEY"], json!("***"));
-    assert_eq!(shown["gateway"]["mode"], json!("local"), "non-secrets are shown");
+    assert_eq!(
+        shown["gateway"]["mode"],
+        json!("local"),
+        "non-secrets are shown"
+    );
 }
 
 #[test]
@@ -216,11 +277,18 @@ fn secrets_command_lists_exactly_the_buddys_variables() {
 fn malformed_json_names_file_line_column_and_expectation() {
     let f = Fixture::new();
     let b = f.buddy("roelbuddy-galahad");
-    fs::write(b.join("config.json"), "{\n  \"env\": {\n    \"A\": \"b\"\n    \"C\": 1\n  }\n}\n").unwrap();
+    fs::write(
+        b.join("config.json"),
+        "{\n  \"env\": {\n    \"A\": \"b\"\n    \"C\": 1\n  }\n}\n",
+    )
+    .unwrap();
     let o = render(&b, &f.state, &marker_env(&f.buddy("roelbuddy-emrys")), &[]);
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
-    let want = format!("{}: line 4 column 5: invalid JSON: expected `,` or `}}`", b.join("config.json").display());
+    let want = format!(
+        "{}: line 4 column 5: invalid JSON: expected `,` or `}}`",
+        b.join("config.json").display()
+    );
     assert!(t.contains(&want), "{t}");
 }
 
@@ -261,7 +329,10 @@ fn policy_violations_are_all_reported_with_their_paths() {
         "gateway.mode",
         "gateway.auth.token",
     ] {
-        assert!(t.contains(&format!("{}: {path}: ", b.join("config.json").display())), "no problem at {path}:\n{t}");
+        assert!(
+            t.contains(&format!("{}: {path}: ", b.join("config.json").display())),
+            "no problem at {path}:\n{t}"
+        );
     }
     assert!(t.contains("(13 problems)"), "{t}");
 }
@@ -277,14 +348,24 @@ fn whatsapp_allowlist_needs_a_non_empty_allow_from() {
     write_json(&b.join("config.json"), &personal);
     let o = render(&b, &f.state, &env, &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("channels.whatsapp.allowFrom: dmPolicy \"allowlist\" needs a non-empty allowFrom"), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "channels.whatsapp.allowFrom: dmPolicy \"allowlist\" needs a non-empty allowFrom"
+        ),
+        "{}",
+        text(&o)
+    );
     // And a WhatsApp Buddy must enable the plugin explicitly.
     personal["channels"]["whatsapp"]["allowFrom"] = json!(["${ESTHERBUDDY_KAZEH_HUMAN_PHONE}"]);
     personal["plugins"] = Value::Null;
     write_json(&b.join("config.json"), &personal);
     let o = render(&b, &f.state, &env, &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("plugins.entries.whatsapp.enabled: must be true"), "{}", text(&o));
+    assert!(
+        text(&o).contains("plugins.entries.whatsapp.enabled: must be true"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -295,13 +376,23 @@ fn bad_identity_reports_every_field_and_the_directory_name() {
     let o = render(&b, &f.state, &[], &[]);
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
-    for needle in ["colour: unknown field", "role: unknown variant `wizard`", "status: missing"] {
+    for needle in [
+        "colour: unknown field",
+        "role: unknown variant `wizard`",
+        "status: missing",
+    ] {
         assert!(t.contains(needle), "{needle:?} not in:\n{t}");
     }
     fs::write(b.join("buddy.json"), r#"{"human": "roel", "name": "../x", "role": "buddy", "channels": {"telegram": true}, "status": "active"}"#).unwrap();
     let t = text(&render(&b, &f.state, &[], &[]));
-    assert!(t.contains("human: \"roel\" must be one capitalised word"), "{t}");
-    assert!(t.contains("name: \"../x\" must be one capitalised word"), "{t}");
+    assert!(
+        t.contains("human: \"roel\" must be one capitalised word"),
+        "{t}"
+    );
+    assert!(
+        t.contains("name: \"../x\" must be one capitalised word"),
+        "{t}"
+    );
     fs::write(b.join("buddy.json"), r#"{"human": "Roel", "name": "Percival", "role": "buddy", "channels": {"telegram": true}, "status": "active"}"#).unwrap();
     let t = text(&render(&b, &f.state, &[], &[]));
     assert!(t.contains("the directory is named \"roelbuddy-galahad\" but the id RoelBuddy-Percival needs \"roelbuddy-percival\""), "{t}");
@@ -317,7 +408,13 @@ fn malformed_reference_is_an_error_not_a_literal() {
     write_json(&b.join("config.json"), &personal);
     let o = render(&b, &f.state, &marker_env(&f.buddy("roelbuddy-emrys")), &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("channels.telegram.botToken: \"${roelbuddy_token}\" is not a valid variable reference"), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "channels.telegram.botToken: \"${roelbuddy_token}\" is not a valid variable reference"
+        ),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -329,24 +426,42 @@ fn no_secret_value_appears_in_any_output() {
     let mut outputs = Vec::new();
     let out = f.path("out.json");
     outputs.push(text(&render(&b, &f.state, &env, &[])));
-    outputs.push(text(&render(&b, &f.state, &env, &["--out", out.to_str().unwrap()])));
+    outputs.push(text(&render(
+        &b,
+        &f.state,
+        &env,
+        &["--out", out.to_str().unwrap()],
+    )));
     let mut json_logs = env.clone();
     json_logs.push(("MYBUDDY_LOG_FORMAT".into(), "json".into()));
     json_logs.push(("MYBUDDY_LOG".into(), "trace".into()));
-    outputs.push(text(&render(&b, &f.state, &json_logs, &["--out", out.to_str().unwrap()])));
+    outputs.push(text(&render(
+        &b,
+        &f.state,
+        &json_logs,
+        &["--out", out.to_str().unwrap()],
+    )));
     // An error path with every secret set: a policy failure.
     let mut personal: Value =
         serde_json::from_str(&fs::read_to_string(b.join("config.json")).unwrap()).unwrap();
     personal["update"] = json!({"checkOnStart": true});
     write_json(&b.join("config.json"), &personal);
-    outputs.push(text(&render(&b, &f.state, &env, &["--out", out.to_str().unwrap()])));
+    outputs.push(text(&render(
+        &b,
+        &f.state,
+        &env,
+        &["--out", out.to_str().unwrap()],
+    )));
     // A missing-variable failure with the others set.
     let partial: Vec<_> = env.iter().skip(1).cloned().collect();
     outputs.push(text(&render(&b, &f.state, &partial, &[])));
     let token = fs::read_to_string(f.state.join("gateway-token")).unwrap();
     for (i, o) in outputs.iter().enumerate() {
         assert!(!o.is_empty() || i == 1, "output {i} is empty");
-        for m in markers.iter().chain(std::iter::once(&token.trim().to_string())) {
+        for m in markers
+            .iter()
+            .chain(std::iter::once(&token.trim().to_string()))
+        {
             assert!(!o.contains(m.as_str()), "output {i} leaks a secret:\n{o}");
         }
     }

@@ -62,14 +62,21 @@ echo spawned
 sleep 1000 & wait"#,
     );
     let mut s = c.start(pid1, &[], &[&child]);
-    assert!(s.wait_out("spawned", T), "child never spawned its orphans:\n{}", s.log());
+    assert!(
+        s.wait_out("spawned", T),
+        "child never spawned its orphans:\n{}",
+        s.log()
+    );
     assert!(
         s.wait_log_count("reaped orphan", 1000, T),
         "only {} of 1000 orphans reaped:\n{}",
         s.log().matches("reaped orphan").count(),
         s.log().lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
-    let zombies: Vec<_> = children_of(s.pid()).into_iter().filter(|(_, st)| *st == 'Z').collect();
+    let zombies: Vec<_> = children_of(s.pid())
+        .into_iter()
+        .filter(|(_, st)| *st == 'Z')
+        .collect();
     assert!(zombies.is_empty(), "zombies left: {zombies:?}");
     assert_eq!(s.log().matches("reaped orphan").count(), 1000);
     s.signal("TERM");
@@ -87,7 +94,10 @@ fn orphans_are_all_reaped_as_subreaper() {
 
 fn sigterm_reaches_a_trapping_child(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
-    let child = c.script("trap.sh", "trap 'echo trapped TERM; exit 0' TERM\necho ready\nsleep 1000 & wait");
+    let child = c.script(
+        "trap.sh",
+        "trap 'echo trapped TERM; exit 0' TERM\necho ready\nsleep 1000 & wait",
+    );
     let mut s = c.start(pid1, &[], &[&child]);
     assert!(s.wait_out("ready", T));
     s.signal("TERM");
@@ -107,7 +117,10 @@ fn sigterm_reaches_a_trapping_child_as_subreaper() {
 
 fn sigint_stops_like_fly_default(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
-    let child = c.script("int.sh", "trap 'echo trapped INT; kill $!; exit 0' INT\necho ready\nsleep 1000 & wait");
+    let child = c.script(
+        "int.sh",
+        "trap 'echo trapped INT; kill $!; exit 0' INT\necho ready\nsleep 1000 & wait",
+    );
     let mut s = c.start(pid1, &[], &[&child]);
     assert!(s.wait_out("ready", T));
     s.signal("INT");
@@ -129,15 +142,25 @@ fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren(pid1: bool) {
     let pidfile = c.f.scratch("grandchild.pid");
     let child = c.script(
         "ignore.sh",
-        &format!("trap '' TERM\nsleep 1000 &\necho $! > {}\necho ready\nwait", pidfile.display()),
+        &format!(
+            "trap '' TERM\nsleep 1000 &\necho $! > {}\necho ready\nwait",
+            pidfile.display()
+        ),
     );
     let mut s = c.start(pid1, &["--stop-timeout", "1"], &[&child]);
     assert!(s.wait_out("ready", T));
-    let grandchild: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let grandchild: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // In a PID namespace the file holds the inner pid; find the host one by parentage.
     let gc_host = if pid1 {
         let gw = children_of(s.pid())[0].0;
-        children_of(gw).first().map(|c| c.0).expect("the grandchild")
+        children_of(gw)
+            .first()
+            .map(|c| c.0)
+            .expect("the grandchild")
     } else {
         grandchild
     };
@@ -145,8 +168,14 @@ fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren(pid1: bool) {
     let t = Instant::now();
     s.signal("TERM");
     assert_eq!(s.wait_exit(T), Some(137), "{}", s.log());
-    assert!(t.elapsed() >= Duration::from_millis(900), "killed before the stop timeout");
-    assert!(s.log().contains("stop timeout reached; killing the gateway's process group"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "killed before the stop timeout"
+    );
+    assert!(
+        s.log()
+            .contains("stop timeout reached; killing the gateway's process group")
+    );
     let gone = wait_for(T, || {
         let st = fs::read_to_string(format!("/proc/{gc_host}/stat")).ok();
         (st.is_none() || st.unwrap().contains(") Z")).then_some(())
@@ -176,18 +205,37 @@ fn usr_signals_are_forwarded_and_hup_rerenders_without_restart(pid1: bool) {
     let config = c.f.state.join("clawdbot.json");
     assert!(fs::read_to_string(&config).unwrap().contains("first-value"));
     s.signal("USR1");
-    assert!(s.wait_out("got USR1", T), "USR1 not forwarded:\n{}", s.log());
+    assert!(
+        s.wait_out("got USR1", T),
+        "USR1 not forwarded:\n{}",
+        s.log()
+    );
     s.signal("USR2");
-    assert!(s.wait_out("got USR2", T), "USR2 not forwarded:\n{}", s.log());
+    assert!(
+        s.wait_out("got USR2", T),
+        "USR2 not forwarded:\n{}",
+        s.log()
+    );
     fs::write(&env_file, "GEMINI_API_KEY=second-value\n").unwrap();
     s.signal("HUP");
     assert!(s.wait_log("reload: config re-rendered", T), "{}", s.log());
-    assert!(fs::read_to_string(&config).unwrap().contains("second-value"));
+    assert!(
+        fs::read_to_string(&config)
+            .unwrap()
+            .contains("second-value")
+    );
     assert!(s.log().contains("changed=true"));
     s.signal("HUP");
     assert!(s.wait_log("(unchanged)", T), "{}", s.log());
-    assert!(!s.out().contains("got HUP"), "SIGHUP must not reach the gateway");
-    assert_eq!(s.log().matches("gateway started").count(), 1, "the gateway was restarted");
+    assert!(
+        !s.out().contains("got HUP"),
+        "SIGHUP must not reach the gateway"
+    );
+    assert_eq!(
+        s.log().matches("gateway started").count(),
+        1,
+        "the gateway was restarted"
+    );
     assert!(!s.log().contains("second-value") && !s.log().contains("first-value"));
     s.signal("TERM");
     assert_eq!(s.wait_exit(T), Some(0));
@@ -207,7 +255,16 @@ fn a_crashing_child_restarts_with_growing_delays_then_gives_up(pid1: bool) {
     let child = c.script("crash.sh", "echo started\nexit 3");
     let mut s = c.start(
         pid1,
-        &["--backoff-initial-ms", "100", "--backoff-max-ms", "300", "--max-restarts", "3", "--restart-window", "60"],
+        &[
+            "--backoff-initial-ms",
+            "100",
+            "--backoff-max-ms",
+            "300",
+            "--max-restarts",
+            "3",
+            "--restart-window",
+            "60",
+        ],
         &[&child],
     );
     assert_eq!(s.wait_exit(T), Some(3), "{}", s.log());
@@ -234,7 +291,13 @@ fn a_crashing_child_restarts_with_growing_delays_then_gives_up_as_subreaper() {
 
 fn exit_codes_pass_through_under_policy_never(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
-    for (body, want) in [("exit 0", 0), ("exit 42", 42), ("exit 255", 255), ("kill -USR2 $$", 140), ("kill -QUIT $$", 131)] {
+    for (body, want) in [
+        ("exit 0", 0),
+        ("exit 42", 42),
+        ("exit 255", 255),
+        ("kill -USR2 $$", 140),
+        ("kill -QUIT $$", 131),
+    ] {
         let child = c.script("code.sh", body);
         let mut s = c.start(pid1, &["--restart", "never"], &[&child]);
         assert_eq!(s.wait_exit(T), Some(want), "{body}: {}", s.log());
@@ -259,9 +322,16 @@ fn on_failure_restarts_only_failures() {
     let count = c.f.scratch("count");
     let child = c.script(
         "onfail.sh",
-        &format!("echo x >> {0}\nif [ $(wc -l < {0}) -lt 3 ]; then exit 1; fi\nexit 0", count.display()),
+        &format!(
+            "echo x >> {0}\nif [ $(wc -l < {0}) -lt 3 ]; then exit 1; fi\nexit 0",
+            count.display()
+        ),
     );
-    let mut s = c.start(false, &["--restart", "on-failure", "--backoff-initial-ms", "10"], &[&child]);
+    let mut s = c.start(
+        false,
+        &["--restart", "on-failure", "--backoff-initial-ms", "10"],
+        &[&child],
+    );
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
     assert_eq!(fs::read_to_string(&count).unwrap().lines().count(), 3);
 }
@@ -272,14 +342,22 @@ fn the_gateway_gets_clean_signals_dropped_privileges_and_only_its_own_env() {
     let mut env = c.env.clone();
     // Another Buddy's secret and the Fly API token are in the supervisor's
     // environment (all Machines of an app see all secrets): a Buddy's gateway gets neither.
-    env.push(("ESTHERBUDDY_KAZEH_TELEGRAM_TOKEN".into(), "other-buddys-secret".into()));
+    env.push((
+        "ESTHERBUDDY_KAZEH_TELEGRAM_TOKEN".into(),
+        "other-buddys-secret".into(),
+    ));
     env.push(("FLY_API_TOKEN".into(), "fly-api-token-value".into()));
     env.push(("FLY_REGION".into(), "ams".into()));
     let child = c.script(
         "inspect.sh",
         "grep -E '^(SigBlk|SigIgn|Uid|Gid|Groups|NoNewPrivs):' /proc/$$/status\nsed -n 's/^SigIgn:/ParentSigIgn:/p' /proc/$PPID/status\necho ENV-BEGIN\nenv | sort\necho ENV-END\nexit 0",
     );
-    let mut s = Sup::start(c.f.tmp.path(), false, &c.args(&["--restart", "never"], &[&child]), &env);
+    let mut s = Sup::start(
+        c.f.tmp.path(),
+        false,
+        &c.args(&["--restart", "never"], &[&child]),
+        &env,
+    );
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
     let out = s.out();
     let field = |name: &str| {
@@ -288,15 +366,26 @@ fn the_gateway_gets_clean_signals_dropped_privileges_and_only_its_own_env() {
             .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
             .unwrap_or_default()
     };
-    assert_eq!(field("SigBlk"), "0000000000000000", "the child inherited a blocked mask");
+    assert_eq!(
+        field("SigBlk"),
+        "0000000000000000",
+        "the child inherited a blocked mask"
+    );
     // Exactly the supervisor's ignored set, except SIGPIPE, which Rust's
     // runtime ignores in every Rust program and std restores in a child.
     let parent = u64::from_str_radix(&field("ParentSigIgn"), 16).unwrap();
     let sigpipe = 1u64 << (13 - 1);
-    assert_eq!(u64::from_str_radix(&field("SigIgn"), 16).unwrap(), parent & !sigpipe);
+    assert_eq!(
+        u64::from_str_radix(&field("SigIgn"), 16).unwrap(),
+        parent & !sigpipe
+    );
     assert_eq!(field("Uid"), "10001 10001 10001 10001");
     assert_eq!(field("Gid"), "10001 10001 10001 10001");
-    assert_eq!(field("Groups"), "10100", "a Buddy-role gateway is in mybuddybook only");
+    assert_eq!(
+        field("Groups"),
+        "10100",
+        "a Buddy-role gateway is in mybuddybook only"
+    );
     assert_eq!(field("NoNewPrivs"), "1");
     let envs: Vec<&str> = out
         .split("ENV-BEGIN\n")
@@ -317,13 +406,27 @@ fn the_gateway_gets_clean_signals_dropped_privileges_and_only_its_own_env() {
         assert!(!out.contains(forbidden), "{forbidden} reached the gateway");
     }
     let mut allowed = vec![
-        "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "PWD", "SHLVL", "_", "CLAWDBOT_STATE_DIR",
-        "CLAWDBOT_CONFIG_PATH", "CLAWDBOT_NO_RESPAWN", "CLAWDBOT_DISABLE_BONJOUR", "FLY_REGION",
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "PWD",
+        "SHLVL",
+        "_",
+        "CLAWDBOT_STATE_DIR",
+        "CLAWDBOT_CONFIG_PATH",
+        "CLAWDBOT_NO_RESPAWN",
+        "CLAWDBOT_DISABLE_BONJOUR",
+        "FLY_REGION",
     ];
     let own = secret_names(&c.f.buddy("roelbuddy-galahad"));
     allowed.extend(own.iter().map(String::as_str));
     for e in envs {
-        assert!(allowed.contains(&e), "unexpected variable {e} in the gateway's environment");
+        assert!(
+            allowed.contains(&e),
+            "unexpected variable {e} in the gateway's environment"
+        );
     }
 }
 
@@ -332,8 +435,16 @@ fn a_magicians_gateway_gets_the_magicians_group_and_the_fly_token() {
     let c = Case::new("roelbuddy-emrys");
     let mut env = c.env.clone();
     env.push(("FLY_API_TOKEN".into(), "fly-api-token-value".into()));
-    let child = c.script("inspect.sh", "grep -E '^Groups:' /proc/self/status\nenv | grep FLY_API_TOKEN\nexit 0");
-    let mut s = Sup::start(c.f.tmp.path(), false, &c.args(&["--restart", "never"], &[&child]), &env);
+    let child = c.script(
+        "inspect.sh",
+        "grep -E '^Groups:' /proc/self/status\nenv | grep FLY_API_TOKEN\nexit 0",
+    );
+    let mut s = Sup::start(
+        c.f.tmp.path(),
+        false,
+        &c.args(&["--restart", "never"], &[&child]),
+        &env,
+    );
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
     assert!(s.out().contains("Groups:\t10100 10101"), "{}", s.out());
     assert!(s.out().contains("FLY_API_TOKEN=fly-api-token-value"));
@@ -349,20 +460,43 @@ fn stale_gateway_locks_are_cleared_and_live_ones_kept() {
     let dead_pid = dead.id();
     let mut dead = dead;
     dead.wait().unwrap();
-    fs::write(dir.join("gateway.dead0001.lock"), format!(r#"{{"pid":{dead_pid},"createdAt":"x","configPath":"/c"}}"#)).unwrap();
+    fs::write(
+        dir.join("gateway.dead0001.lock"),
+        format!(r#"{{"pid":{dead_pid},"createdAt":"x","configPath":"/c"}}"#),
+    )
+    .unwrap();
     // A live owner with its real start time: this test process.
     let me = std::process::id();
     let stat = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
-    let start: u64 = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(19).unwrap().parse().unwrap();
-    fs::write(dir.join("gateway.live0001.lock"), format!(r#"{{"pid":{me},"createdAt":"x","configPath":"/c","startTime":{start}}}"#)).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    fs::write(
+        dir.join("gateway.live0001.lock"),
+        format!(r#"{{"pid":{me},"createdAt":"x","configPath":"/c","startTime":{start}}}"#),
+    )
+    .unwrap();
     // Our pid but another start time: the pid was reused.
-    fs::write(dir.join("gateway.reus0001.lock"), format!(r#"{{"pid":{me},"createdAt":"x","configPath":"/c","startTime":{}}}"#, start + 1)).unwrap();
+    fs::write(
+        dir.join("gateway.reus0001.lock"),
+        format!(
+            r#"{{"pid":{me},"createdAt":"x","configPath":"/c","startTime":{}}}"#,
+            start + 1
+        ),
+    )
+    .unwrap();
     let child = c.script("ok.sh", "exit 0");
     let mut s = c.start(false, &["--restart", "never"], &[&child]);
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
     assert!(!dir.join("gateway.dead0001.lock").exists());
     assert!(!dir.join("gateway.reus0001.lock").exists());
-    assert!(dir.join("gateway.live0001.lock").exists(), "a live owner's lock was removed");
+    assert!(
+        dir.join("gateway.live0001.lock").exists(),
+        "a live owner's lock was removed"
+    );
     let log = s.log();
     assert!(log.contains("owner process is gone"), "{log}");
     assert!(log.contains("pid reused by another process"), "{log}");
@@ -387,12 +521,18 @@ fn json_logs_one_object_per_line() {
     let mut env = c.env.clone();
     env.push(("MYBUDDY_LOG_FORMAT".into(), "json".into()));
     let child = c.script("ok.sh", "exit 0");
-    let mut s = Sup::start(c.f.tmp.path(), false, &c.args(&["--restart", "never"], &[&child]), &env);
+    let mut s = Sup::start(
+        c.f.tmp.path(),
+        false,
+        &c.args(&["--restart", "never"], &[&child]),
+        &env,
+    );
     assert_eq!(s.wait_exit(T), Some(0));
     let log = s.log();
     let mut steps = Vec::new();
     for line in log.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         if v["message"] == "boot step done" {
             steps.push(v["step"].as_str().unwrap().to_string());
             assert!(v["ms"].is_number());

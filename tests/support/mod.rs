@@ -40,7 +40,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
-        let tmp = tempfile::Builder::new().prefix("mybuddy-test-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("mybuddy-test-")
+            .tempdir()
+            .unwrap();
         // Other users (the gateway's uid) must be able to traverse it.
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -84,7 +87,11 @@ pub fn secret_names(buddy: &Path) -> Vec<String> {
         .arg(buddy)
         .output()
         .unwrap();
-    assert!(out.status.success(), "secrets failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "secrets failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -110,7 +117,10 @@ pub fn marker_env(buddy: &Path) -> Vec<(String, String)> {
 /// A base environment for the supervisor: PATH and HOME, nothing else.
 pub fn base_env() -> Vec<(String, String)> {
     vec![
-        ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())),
+        (
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        ),
         ("HOME".into(), "/root".into()),
     ]
 }
@@ -188,7 +198,8 @@ impl Sup {
         }
         let unshare = self.child.id();
         wait_for(Duration::from_secs(5), || {
-            let kids = fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
+            let kids =
+                fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
             kids.split_whitespace().next()?.parse().ok()
         })
         .expect("the supervisor inside the namespace")
@@ -213,7 +224,10 @@ impl Sup {
 
     /// Waits until the supervisor's log contains `needle` `n` times.
     pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
-        wait_for(timeout, || (self.log().matches(needle).count() >= n).then_some(())).is_some()
+        wait_for(timeout, || {
+            (self.log().matches(needle).count() >= n).then_some(())
+        })
+        .is_some()
     }
 
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
@@ -241,7 +255,9 @@ impl Drop for Sup {
     fn drop(&mut self) {
         if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
             let pid = self.pid();
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -264,7 +280,9 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         if f.len() > 2 && f[1].parse::<i32>() == Ok(ppid) {
             out.push((pid, f[0].chars().next().unwrap_or('?')));
@@ -276,8 +294,10 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
 /// A status field of /proc/<pid>/status (Uid, Groups, SigBlk, NoNewPrivs...).
 pub fn proc_status(pid: i32, field: &str) -> Option<String> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+    s.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
 }
 
 /// The pinned gateway, installed (once, cached) by the project's own script.
@@ -345,7 +365,8 @@ pub fn gateway_handshake(port: u16, token: Option<&str>) -> Result<Handshake, St
     use tungstenite::Message;
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(Duration::from_secs(15))).ok();
-    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream).map_err(|e| e.to_string())?;
+    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream)
+        .map_err(|e| e.to_string())?;
     let mut challenged = false;
     loop {
         let msg = ws.read().map_err(|e| e.to_string())?;
@@ -361,7 +382,8 @@ pub fn gateway_handshake(port: u16, token: Option<&str>) -> Result<Handshake, St
                 params["auth"] = serde_json::json!({"token": t});
             }
             let req = serde_json::json!({"type": "req", "id": "c1", "method": "connect", "params": params});
-            ws.send(Message::Text(req.to_string().into())).map_err(|e| e.to_string())?;
+            ws.send(Message::Text(req.to_string().into()))
+                .map_err(|e| e.to_string())?;
         } else if v["type"] == "res" && v["id"] == "c1" {
             let _ = ws.close(None);
             return Ok(if v["ok"] == true && v["payload"]["type"] == "hello-ok" {
@@ -391,4 +413,77 @@ pub fn set_buddy_port(buddy: &Path, port: u16) {
     let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
     v["gateway"] = serde_json::json!({"port": port});
     fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// The supervisor built static (for images without libc): from scripts/test,
+/// or built here into its own target dir.
+pub fn static_supervisor() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("MYBUDDY_STATIC_SUPERVISOR") {
+            return PathBuf::from(p);
+        }
+        let target = repo().join("target/static");
+        let st = Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--bin",
+                "supervisor",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .current_dir(repo())
+            .status()
+            .expect("cargo build");
+        assert!(st.success(), "static build failed");
+        target.join("x86_64-unknown-linux-gnu/release/supervisor")
+    })
+    .clone()
+}
+
+/// Runs a command, asserting success, returning stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A container removed when dropped.
+pub struct Container(pub String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+impl Container {
+    pub fn logs(&self) -> String {
+        let o = Command::new("docker")
+            .args(["logs", &self.0])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+    pub fn exit_code(&self) -> i32 {
+        sh(Command::new("docker").args(["inspect", "-f", "{{.State.ExitCode}}", &self.0]))
+            .parse()
+            .unwrap()
+    }
+    pub fn wait_logs(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || self.logs().contains(needle).then_some(())).is_some()
+    }
 }
