@@ -1,7 +1,7 @@
 //! `supervisor run`: the boot sequence, then the supervision loop.
 //!
 //! Boot is a list of named steps, each logged with its duration:
-//! signals → render → state → swarm → privileges → supervise.
+//! signals → privileges → render → state → swarm → register → supervise.
 //! The first step takes the signals before anything else can happen (as PID 1
 //! an unhandled SIGTERM would otherwise be dropped); a stop that arrives during
 //! boot is honoured between steps.
@@ -18,7 +18,9 @@ use crate::buddy::Role;
 use crate::gateway_lock;
 use crate::privileges::{self, Credentials};
 use crate::render::{self, RenderOptions, Rendered};
+use crate::registry;
 use crate::secrets;
+use crate::swarm;
 use crate::state::{self, Layout};
 use crate::supervise::{Hooks, Policy, Supervisor};
 use crate::sys::{self, SpawnSpec};
@@ -41,6 +43,8 @@ pub struct RunConfig {
     /// A warm gateway compile cache shipped in the image, seeded into the
     /// state's TMPDIR so the first start on a fresh volume is fast.
     pub warm_cache: Option<PathBuf>,
+    /// What the image ships to seed a new swarm share.
+    pub swarm_seed: Option<PathBuf>,
     pub policy: Policy,
     /// Empty: the real gateway.
     pub command: Vec<String>,
@@ -315,7 +319,34 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         return 0;
     }
 
-    let mask_dir = None;
+    let identity = rendered.prepared.buddy.identity.clone();
+    let swarm_opts = swarm::Options {
+        root: boot.cfg.swarm_dir.clone(),
+        allow_unmounted: boot.cfg.swarm_unmounted_ok,
+        repair: true,
+        seeds: swarm::Seeds {
+            share: boot.cfg.swarm_seed.clone(),
+            template_dir: boot.cfg.template.parent().map(|p| p.to_path_buf()),
+        },
+    };
+    let report = match step("swarm", || swarm::prepare(&swarm_opts, boot.creds.as_ref())) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    // A Buddy-role gateway does not even see the SpellBook where we can mount.
+    let mask_dir = (report.can_mask && identity.role == Role::Buddy)
+        .then(|| swarm::Paths::new(&boot.cfg.swarm_dir).spellbook());
+    info!(
+        verified = report.verified, created = report.created.len(), repaired = report.repairs.len(),
+        spellbook_masked = mask_dir.is_some(), "swarm ready"
+    );
+    if let Err(code) = step("register", || register(&boot.cfg.swarm_dir, &identity)) {
+        return code;
+    }
+    if stop_pending(&sfd, &mut deferred) {
+        return 0;
+    }
+
     let secret_values = boot.source.snapshot().unwrap_or_default();
     let env = child_env(
         &boot.cfg,
@@ -357,6 +388,24 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         let _ = nix::sys::signal::raise(s);
     }
     Supervisor::new(&sfd, original_mask, spec, policy, &mut boot).run()
+}
+
+/// Upserts this Buddy's registry entry. The registry's status is the live
+/// truth (spells and migrations move it), so an existing entry keeps its
+/// status; a new one starts with buddy.json's.
+fn register(swarm_dir: &std::path::Path, identity: &crate::buddy::Identity) -> Result<(), String> {
+    let book = swarm::Paths::new(swarm_dir).book();
+    let mut l = registry::lock(&book).map_err(|e| e.to_string())?;
+    let mut entry = registry::Entry::from_identity(identity);
+    if let Some(old) = l.registry.buddies.get(&identity.slug()) {
+        entry.status = old.status;
+    }
+    entry.version = Some(std::env::var("MYBUDDY_IMAGE_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()));
+    entry.last_boot = Some(registry::now_rfc3339());
+    entry.machine = std::env::var("FLY_MACHINE_ID").ok();
+    info!(id = %entry.id, status = %entry.status, "registered in the swarm");
+    l.registry.buddies.insert(identity.slug(), entry);
+    l.commit().map_err(|e| e.to_string())
 }
 
 fn round_ms(d: std::time::Duration) -> f64 {

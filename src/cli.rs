@@ -34,6 +34,11 @@ pub enum Command {
     Render(RenderArgs),
     /// Print the names of the environment variables (secrets) a Buddy needs, one per line
     Secrets(SecretsArgs),
+    /// The swarm share: prepare and check it alone (the boot's swarm steps)
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
+    /// List the swarm's Buddies from registry.json
+    Registry(RegistryArgs),
     /// Boot the Buddy and supervise its gateway (the image's ENTRYPOINT; PID 1 or subreaper)
     Run(RunArgs),
 }
@@ -88,6 +93,9 @@ pub struct RunArgs {
     /// `off` renders Telegram and WhatsApp disabled (local runs must not steal the deployed Buddy's updates)
     #[arg(long, env = "MYBUDDY_CHANNELS", value_enum, default_value_t = Channels::On)]
     pub channels: Channels,
+    /// What the image ships to seed a new swarm share (spawn_buddy.md...; skipped if missing)
+    #[arg(long, env = "MYBUDDY_SWARM_SEED", default_value = "/opt/mybuddy/swarm-seed")]
+    pub swarm_seed: PathBuf,
     /// A warm gateway compile cache to seed into the state's TMPDIR (skipped if missing)
     #[arg(
         long,
@@ -98,6 +106,49 @@ pub struct RunArgs {
     /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SwarmCommand {
+    /// Verify the mount, create the layout, repair and probe permissions
+    Check(SwarmCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SwarmDirArg {
+    /// The swarm share (MyBuddyBook and SpellBook)
+    #[arg(long = "swarm", env = "MYBUDDY_SWARM_DIR", default_value = "/mnt/swarm")]
+    pub swarm_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SwarmCheckArgs {
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
+    /// Accept a swarm dir that is not a mount point (local development; warns)
+    #[arg(long, env = "MYBUDDY_SWARM_UNMOUNTED")]
+    pub swarm_dir_unmounted: bool,
+    /// Report wrong groups and modes instead of repairing them
+    #[arg(long)]
+    pub no_repair: bool,
+    /// The gateways' user for the access probe, USER or UID[:GID] [default: buddy when root]
+    #[arg(long, env = "MYBUDDY_USER")]
+    pub user: Option<String>,
+    /// Seed for a new share
+    #[arg(long, env = "MYBUDDY_SWARM_SEED", default_value = "/opt/mybuddy/swarm-seed")]
+    pub swarm_seed: PathBuf,
+    /// The Buddy template directory copied into mybuddybook/templates/_template
+    #[arg(long)]
+    pub template_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
+    /// Print the registry as JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,6 +207,8 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Render(a) => cmd_render(a),
         Command::Secrets(a) => cmd_secrets(a),
+        Command::Swarm(SwarmCommand::Check(a)) => cmd_swarm_check(a),
+        Command::Registry(a) => cmd_registry(a),
         Command::Run(a) => match early {
             Some(Ok((sfd, mask))) => boot::run(run_config(a), sfd, mask),
             Some(Err(e)) => fail(format!("cannot take signals: {e}")),
@@ -180,6 +233,7 @@ fn run_config(a: RunArgs) -> RunConfig {
         rotate_token: a.rotate_token,
         channels_off: a.channels == Channels::Off,
         warm_cache: Some(a.warm_cache),
+        swarm_seed: Some(a.swarm_seed),
         policy: Policy {
             restart: a.restart,
             max_restarts: a.max_restarts,
@@ -243,4 +297,56 @@ fn cmd_secrets(a: SecretsArgs) -> i32 {
         println!("{name}");
     }
     0
+}
+
+fn cmd_swarm_check(a: SwarmCheckArgs) -> i32 {
+    let root = crate::sys::is_root();
+    let creds = match (&a.user, root) {
+        (Some(u), true) => Some(u.clone()),
+        (None, true) => Some(crate::privileges::GATEWAY_USER.to_string()),
+        _ => None,
+    }
+    .map(|u| crate::privileges::resolve(&u, crate::buddy::Role::Buddy));
+    let creds = match creds.transpose() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let opts = crate::swarm::Options {
+        root: a.swarm.swarm_dir.clone(),
+        allow_unmounted: a.swarm_dir_unmounted,
+        repair: !a.no_repair,
+        seeds: crate::swarm::Seeds {
+            share: Some(a.swarm_seed),
+            template_dir: a.template_dir,
+        },
+    };
+    match crate::swarm::prepare(&opts, creds.as_ref()) {
+        Ok(r) => {
+            println!(
+                "swarm {} ok: {} created, {} repaired, access {}, SpellBook mask {}",
+                a.swarm.swarm_dir.display(),
+                r.created.len(),
+                r.repairs.len(),
+                if r.verified { "verified" } else { "not verified (not root)" },
+                if r.can_mask { "available" } else { "not available (permissions only)" }
+            );
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn cmd_registry(a: RegistryArgs) -> i32 {
+    let book = crate::swarm::Paths::new(&a.swarm.swarm_dir).book();
+    match crate::registry::read(&book) {
+        Ok(r) if a.json => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            0
+        }
+        Ok(r) => {
+            print!("{}", crate::registry::table(&r));
+            0
+        }
+        Err(e) => fail(e),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -251,6 +251,9 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
                 nix::unistd::setuid(c.uid)?;
             }
             nix::sys::prctl::set_no_new_privs()?;
+            // Files the gateway creates in MyBuddyBook (setgid dirs) stay
+            // writable by every Buddy's gateway, and readable by nobody else.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
             Ok(())
         });
     }
@@ -285,7 +288,48 @@ pub fn wait_helper(pid: Pid) -> io::Result<Exit> {
     }
 }
 
-/// Raw fd of the signalfd (for tests that poll it).
-pub fn raw(fd: &SignalFd) -> i32 {
-    fd.as_raw_fd()
+/// Runs `f` in a forked child that has dropped to `creds` (groups, gid, uid)
+/// and returns what `f` returned (0-255). Boot only: the program is still
+/// single-threaded (so the child may allocate) and no supervision loop runs
+/// yet, so waiting for this one pid steals nobody's status.
+pub fn run_as(creds: &Credentials, f: impl FnOnce() -> i32) -> io::Result<i32> {
+    let groups = creds.groups.clone();
+    let (uid, gid) = (creds.uid, creds.gid);
+    // SAFETY: single-threaded at this point; the child only drops privileges,
+    // runs `f` and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            let ok = nix::unistd::setgroups(&groups).is_ok()
+                && nix::unistd::setgid(gid).is_ok()
+                && nix::unistd::setuid(uid).is_ok();
+            let code = if ok { f() & 0x7f } else { 0x80 };
+            unsafe { nix::libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => match wait_helper(child)? {
+            Exit::Code(0x80) => Err(io::Error::other("the probe could not drop privileges")),
+            Exit::Code(c) => Ok(c),
+            Exit::Signal(s) => Err(io::Error::other(format!("the probe died by {}", s.as_str()))),
+        },
+    }
+}
+
+/// Whether this process may give a child a private mount namespace with a
+/// tmpfs over `dir` (CAP_SYS_ADMIN, as on a Fly Machine; not under plain
+/// Docker). Tried for real in a throw-away child.
+pub fn can_mask(dir: &Path) -> bool {
+    let Ok(target) = path_cstring(dir) else {
+        return false;
+    };
+    // SAFETY: as in run_as; the child makes three syscalls and _exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            use nix::mount::{MsFlags, mount};
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
+                && mount(None::<&std::ffi::CStr>, c"/", None::<&std::ffi::CStr>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&std::ffi::CStr>).is_ok()
+                && mount(Some(c"tmpfs"), target.as_c_str(), Some(c"tmpfs"), MsFlags::MS_RDONLY, Some(c"mode=000,size=4k")).is_ok();
+            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => matches!(wait_helper(child), Ok(Exit::Code(0))),
+        Err(_) => false,
+    }
 }

@@ -35,6 +35,8 @@ fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
         "--swarm",
         f.swarm.to_str().unwrap(),
         "--swarm-dir-unmounted",
+        "--swarm-seed",
+        repo().join("images/swarm-seed").to_str().unwrap(),
         "--warm-cache",
         gateway_dir().join("warm/jiti").to_str().unwrap(),
     ]

@@ -35,6 +35,8 @@ impl Case {
             "--swarm".into(),
             self.f.swarm.display().to_string(),
             "--swarm-dir-unmounted".into(),
+            "--swarm-seed".into(),
+            repo().join("images/swarm-seed").display().to_string(),
         ];
         a.extend(extra.iter().map(|s| s.to_string()));
         a.push("--".into());
@@ -538,5 +540,5 @@ fn json_logs_one_object_per_line() {
             assert!(v["ms"].is_number());
         }
     }
-    assert_eq!(steps, ["signals", "privileges", "render", "state"]);
+    assert_eq!(steps, ["signals", "privileges", "render", "state", "swarm", "register"]);
 }
