@@ -17,12 +17,12 @@ use tracing::{error, info, warn};
 use crate::buddy::Role;
 use crate::gateway_lock;
 use crate::privileges::{self, Credentials};
-use crate::render::{self, RenderOptions, Rendered};
 use crate::registry;
+use crate::render::{self, RenderOptions, Rendered};
 use crate::secrets;
-use crate::swarm;
 use crate::state::{self, Layout};
 use crate::supervise::{Hooks, Policy, Supervisor};
+use crate::swarm;
 use crate::sys::{self, SpawnSpec};
 
 /// Everything `supervisor run` needs; the CLI fills it from flags and env.
@@ -337,8 +337,11 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     let mask_dir = (report.can_mask && identity.role == Role::Buddy)
         .then(|| swarm::Paths::new(&boot.cfg.swarm_dir).spellbook());
     info!(
-        verified = report.verified, created = report.created.len(), repaired = report.repairs.len(),
-        spellbook_masked = mask_dir.is_some(), "swarm ready"
+        verified = report.verified,
+        created = report.created.len(),
+        repaired = report.repairs.len(),
+        spellbook_masked = mask_dir.is_some(),
+        "swarm ready"
     );
     if let Err(code) = step("register", || register(&boot.cfg.swarm_dir, &identity)) {
         return code;
@@ -400,7 +403,10 @@ fn register(swarm_dir: &std::path::Path, identity: &crate::buddy::Identity) -> R
     if let Some(old) = l.registry.buddies.get(&identity.slug()) {
         entry.status = old.status;
     }
-    entry.version = Some(std::env::var("MYBUDDY_IMAGE_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()));
+    entry.version = Some(
+        std::env::var("MYBUDDY_IMAGE_VERSION")
+            .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
+    );
     entry.last_boot = Some(registry::now_rfc3339());
     entry.machine = std::env::var("FLY_MACHINE_ID").ok();
     info!(id = %entry.id, status = %entry.status, "registered in the swarm");

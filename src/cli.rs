@@ -94,7 +94,11 @@ pub struct RunArgs {
     #[arg(long, env = "MYBUDDY_CHANNELS", value_enum, default_value_t = Channels::On)]
     pub channels: Channels,
     /// What the image ships to seed a new swarm share (spawn_buddy.md...; skipped if missing)
-    #[arg(long, env = "MYBUDDY_SWARM_SEED", default_value = "/opt/mybuddy/swarm-seed")]
+    #[arg(
+        long,
+        env = "MYBUDDY_SWARM_SEED",
+        default_value = "/opt/mybuddy/swarm-seed"
+    )]
     pub swarm_seed: PathBuf,
     /// A warm gateway compile cache to seed into the state's TMPDIR (skipped if missing)
     #[arg(
@@ -117,7 +121,11 @@ pub enum SwarmCommand {
 #[derive(Debug, Args)]
 pub struct SwarmDirArg {
     /// The swarm share (MyBuddyBook and SpellBook)
-    #[arg(long = "swarm", env = "MYBUDDY_SWARM_DIR", default_value = "/mnt/swarm")]
+    #[arg(
+        long = "swarm",
+        env = "MYBUDDY_SWARM_DIR",
+        default_value = "/mnt/swarm"
+    )]
     pub swarm_dir: PathBuf,
 }
 
@@ -135,7 +143,11 @@ pub struct SwarmCheckArgs {
     #[arg(long, env = "MYBUDDY_USER")]
     pub user: Option<String>,
     /// Seed for a new share
-    #[arg(long, env = "MYBUDDY_SWARM_SEED", default_value = "/opt/mybuddy/swarm-seed")]
+    #[arg(
+        long,
+        env = "MYBUDDY_SWARM_SEED",
+        default_value = "/opt/mybuddy/swarm-seed"
+    )]
     pub swarm_seed: PathBuf,
     /// The Buddy template directory copied into mybuddybook/templates/_template
     #[arg(long)]
@@ -149,6 +161,45 @@ pub struct RegistryArgs {
     /// Print the registry as JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<RegistryCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Add or update a Buddy's entry from its directory (keeps a registered status)
+    Register {
+        /// The Buddy's directory (buddy.json)
+        #[arg(long = "buddy")]
+        buddy_dir: PathBuf,
+        /// Set this status instead of keeping the registered one
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+    },
+    /// Change a registered Buddy's status (e.g. migration -> active)
+    SetStatus {
+        /// The Buddy's id (RoelBuddy-Emrys or roelbuddy-emrys)
+        id: String,
+        #[arg(value_enum)]
+        status: StatusArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusArg {
+    Active,
+    Planned,
+    Migration,
+}
+
+impl From<StatusArg> for crate::buddy::Status {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Active => crate::buddy::Status::Active,
+            StatusArg::Planned => crate::buddy::Status::Planned,
+            StatusArg::Migration => crate::buddy::Status::Migration,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -327,8 +378,16 @@ fn cmd_swarm_check(a: SwarmCheckArgs) -> i32 {
                 a.swarm.swarm_dir.display(),
                 r.created.len(),
                 r.repairs.len(),
-                if r.verified { "verified" } else { "not verified (not root)" },
-                if r.can_mask { "available" } else { "not available (permissions only)" }
+                if r.verified {
+                    "verified"
+                } else {
+                    "not verified (not root)"
+                },
+                if r.can_mask {
+                    "available"
+                } else {
+                    "not available (permissions only)"
+                }
             );
             0
         }
@@ -338,6 +397,50 @@ fn cmd_swarm_check(a: SwarmCheckArgs) -> i32 {
 
 fn cmd_registry(a: RegistryArgs) -> i32 {
     let book = crate::swarm::Paths::new(&a.swarm.swarm_dir).book();
+    match a.command {
+        Some(RegistryCommand::Register { buddy_dir, status }) => {
+            let b = match crate::buddy::load(&buddy_dir) {
+                Ok(b) => b,
+                Err(e) => return fail(e),
+            };
+            let entry = crate::registry::Entry::from_identity(&b.identity);
+            let r = crate::registry::lock(&book).and_then(|mut l| {
+                let slug = b.identity.slug();
+                let mut entry = entry;
+                match (status, l.registry.buddies.get(&slug)) {
+                    (Some(s), _) => entry.status = s.into(),
+                    (None, Some(old)) => entry.status = old.status,
+                    (None, None) => {}
+                }
+                if let Some(old) = l.registry.buddies.get(&slug) {
+                    entry.last_boot = old.last_boot.clone();
+                    entry.version = old.version.clone();
+                    entry.machine = old.machine.clone();
+                }
+                l.registry.buddies.insert(slug, entry);
+                l.commit()
+            });
+            return match r {
+                Ok(()) => 0,
+                Err(e) => fail(e),
+            };
+        }
+        Some(RegistryCommand::SetStatus { id, status }) => {
+            let slug = id.to_lowercase();
+            return match crate::registry::update(&book, &slug, |e| e.status = status.into()) {
+                Ok(true) => {
+                    println!("{slug}: status {}", crate::buddy::Status::from(status));
+                    0
+                }
+                Ok(false) => fail(format!(
+                    "{slug} is not in {}",
+                    crate::registry::path_in(&book).display()
+                )),
+                Err(e) => fail(e),
+            };
+        }
+        None => {}
+    }
     match crate::registry::read(&book) {
         Ok(r) if a.json => {
             println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());

@@ -125,10 +125,19 @@ pub fn lock(book: &Path) -> Result<Locked, RegistryError> {
         .create(true)
         .truncate(false)
         .write(true)
-        .mode(0o664)
+        .mode(0o660)
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
     file.lock().map_err(io_err(&lock_path))?;
+    // Every registry write happens under this lock, so a temp file seen now
+    // was left by a writer that died mid-write (kill -9, power cut).
+    if let Ok(rd) = fs::read_dir(book) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
     let registry = read(book)?;
     Ok(Locked {
         _lock: file,
@@ -143,7 +152,7 @@ impl Locked {
         let path = path_in(&self.book);
         let mut text = serde_json::to_string_pretty(&self.registry).unwrap_or_default();
         text.push('\n');
-        jsonfile::write_atomic(&path, text.as_bytes(), 0o664).map_err(io_err(&path))
+        jsonfile::write_atomic(&path, text.as_bytes(), 0o660).map_err(io_err(&path))
     }
 }
 
@@ -155,11 +164,7 @@ pub fn upsert(book: &Path, entry: Entry) -> Result<(), RegistryError> {
 }
 
 /// Changes one entry under the lock; false when the id is not registered.
-pub fn update(
-    book: &Path,
-    slug: &str,
-    f: impl FnOnce(&mut Entry),
-) -> Result<bool, RegistryError> {
+pub fn update(book: &Path, slug: &str, f: impl FnOnce(&mut Entry)) -> Result<bool, RegistryError> {
     let mut l = lock(book)?;
     let Some(e) = l.registry.buddies.get_mut(slug) else {
         return Ok(false);

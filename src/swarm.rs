@@ -100,7 +100,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -155,14 +158,22 @@ pub fn ensure_layout(p: &Paths, seeds: &Seeds) -> Result<Vec<PathBuf>, SwarmErro
     if let Some(src) = seeds.share.as_deref().filter(|s| s.is_dir()) {
         let before = list_files(&p.root);
         copy_missing(src, &p.root)?;
-        created.extend(list_files(&p.root).into_iter().filter(|f| !before.contains(f)));
+        created.extend(
+            list_files(&p.root)
+                .into_iter()
+                .filter(|f| !before.contains(f)),
+        );
     }
     if let Some(src) = seeds.template_dir.as_deref().filter(|s| s.is_dir()) {
         let dest = book.join("templates").join("_template");
         let before = list_files(&dest);
         fs::create_dir_all(&dest).map_err(io_ctx(&dest, "cannot create"))?;
         copy_missing(src, &dest)?;
-        created.extend(list_files(&dest).into_iter().filter(|f| !before.contains(f)));
+        created.extend(
+            list_files(&dest)
+                .into_iter()
+                .filter(|f| !before.contains(f)),
+        );
     }
     let changelog = p.changelog();
     match fs::OpenOptions::new()
@@ -247,10 +258,18 @@ pub fn enforce_permissions(
                 .map_err(io_ctx(&p.root, "cannot chmod"))?;
             repairs.push(Repair {
                 path: p.root.clone(),
-                what: format!("mode {:04o} -> {:04o}", md.mode() & 0o7777, want_root & 0o7777),
+                what: format!(
+                    "mode {:04o} -> {:04o}",
+                    md.mode() & 0o7777,
+                    want_root & 0o7777
+                ),
             });
         } else {
-            problems.push(Problem::new(&p.root, "", "must be traversable (a+x) by the gateways"));
+            problems.push(Problem::new(
+                &p.root,
+                "",
+                "must be traversable (a+x) by the gateways",
+            ));
         }
     }
     for (tree, gid) in [(p.book(), book_gid), (p.spellbook(), magicians_gid)] {
@@ -259,7 +278,11 @@ pub fn enforce_permissions(
             let md = fs::symlink_metadata(&path).map_err(io_ctx(&path, "cannot stat"))?;
             if md.file_type().is_symlink() {
                 // A link could point the gateway anywhere: not allowed in the share.
-                problems.push(Problem::new(&path, "", "symbolic links are not allowed in the swarm share; remove it"));
+                problems.push(Problem::new(
+                    &path,
+                    "",
+                    "symbolic links are not allowed in the swarm share; remove it",
+                ));
                 continue;
             }
             let mode = md.mode() & 0o7777;
@@ -272,13 +295,18 @@ pub fn enforce_permissions(
             };
             if md.gid() != gid.as_raw() {
                 if repair {
-                    nix::unistd::chown(&path, None, Some(gid)).map_err(|e| io_ctx(&path, "cannot chgrp")(e.into()))?;
+                    nix::unistd::chown(&path, None, Some(gid))
+                        .map_err(|e| io_ctx(&path, "cannot chgrp")(e.into()))?;
                     repairs.push(Repair {
                         path: path.clone(),
                         what: format!("group {} -> {}", md.gid(), gid.as_raw()),
                     });
                 } else {
-                    problems.push(Problem::new(&path, "", format!("group is {}, must be {}", md.gid(), gid.as_raw())));
+                    problems.push(Problem::new(
+                        &path,
+                        "",
+                        format!("group is {}, must be {}", md.gid(), gid.as_raw()),
+                    ));
                 }
             }
             if mode != want {
@@ -290,11 +318,18 @@ pub fn enforce_permissions(
                         what: format!("mode {mode:04o} -> {want:04o}"),
                     });
                 } else {
-                    problems.push(Problem::new(&path, "", format!("mode is {mode:04o}, must be {want:04o}")));
+                    problems.push(Problem::new(
+                        &path,
+                        "",
+                        format!("mode is {mode:04o}, must be {want:04o}"),
+                    ));
                 }
             }
             if md.is_dir() {
-                for e in fs::read_dir(&path).map_err(io_ctx(&path, "cannot list"))?.flatten() {
+                for e in fs::read_dir(&path)
+                    .map_err(io_ctx(&path, "cannot list"))?
+                    .flatten()
+                {
                     stack.push(e.path());
                 }
             }
@@ -366,11 +401,21 @@ pub fn probe(p: &Paths, creds: &Credentials) -> Result<Access, SwarmError> {
 }
 
 /// Checks both roles' access against the rules; every violation is listed.
-pub fn verify_access(p: &Paths, buddy: &Credentials, magician: &Credentials) -> Result<(Access, Access), SwarmError> {
+pub fn verify_access(
+    p: &Paths,
+    buddy: &Credentials,
+    magician: &Credentials,
+) -> Result<(Access, Access), SwarmError> {
     let b = probe(p, buddy)?;
     let m = probe(p, magician)?;
     let mut problems = Vec::new();
-    let who = |c: &Credentials| format!("uid {} with groups {:?}", c.uid, c.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>());
+    let who = |c: &Credentials| {
+        format!(
+            "uid {} with groups {:?}",
+            c.uid,
+            c.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>()
+        )
+    };
     if b.list_spellbook || b.read_spell || b.read_changelog {
         problems.push(Problem::new(
             &p.spellbook(),
@@ -382,7 +427,10 @@ pub fn verify_access(p: &Paths, buddy: &Credentials, magician: &Credentials) -> 
         problems.push(Problem::new(
             &p.spellbook(),
             "",
-            format!("a Magician's gateway ({}) cannot read the SpellBook and its spells", who(magician)),
+            format!(
+                "a Magician's gateway ({}) cannot read the SpellBook and its spells",
+                who(magician)
+            ),
         ));
     }
     for (role, a, c) in [("Buddy", b, buddy), ("Magician", m, magician)] {
@@ -390,7 +438,10 @@ pub fn verify_access(p: &Paths, buddy: &Credentials, magician: &Credentials) -> 
             problems.push(Problem::new(
                 &p.book(),
                 "",
-                format!("a {role}-role gateway ({}) cannot write MyBuddyBook or its registry", who(c)),
+                format!(
+                    "a {role}-role gateway ({}) cannot write MyBuddyBook or its registry",
+                    who(c)
+                ),
             ));
         }
     }
@@ -442,7 +493,9 @@ pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, 
             verify_access(&p, &buddy, &magician)?;
             let can_mask = sys::can_mask(&p.spellbook());
             if !can_mask {
-                info!("swarm: mounting is not allowed here (no CAP_SYS_ADMIN, as under plain Docker); the SpellBook is protected by its permissions alone");
+                info!(
+                    "swarm: mounting is not allowed here (no CAP_SYS_ADMIN, as under plain Docker); the SpellBook is protected by its permissions alone"
+                );
             }
             (true, can_mask)
         }

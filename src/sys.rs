@@ -308,7 +308,10 @@ pub fn run_as(creds: &Credentials, f: impl FnOnce() -> i32) -> io::Result<i32> {
         nix::unistd::ForkResult::Parent { child } => match wait_helper(child)? {
             Exit::Code(0x80) => Err(io::Error::other("the probe could not drop privileges")),
             Exit::Code(c) => Ok(c),
-            Exit::Signal(s) => Err(io::Error::other(format!("the probe died by {}", s.as_str()))),
+            Exit::Signal(s) => Err(io::Error::other(format!(
+                "the probe died by {}",
+                s.as_str()
+            ))),
         },
     }
 }
@@ -325,11 +328,27 @@ pub fn can_mask(dir: &Path) -> bool {
         Ok(nix::unistd::ForkResult::Child) => {
             use nix::mount::{MsFlags, mount};
             let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
-                && mount(None::<&std::ffi::CStr>, c"/", None::<&std::ffi::CStr>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&std::ffi::CStr>).is_ok()
-                && mount(Some(c"tmpfs"), target.as_c_str(), Some(c"tmpfs"), MsFlags::MS_RDONLY, Some(c"mode=000,size=4k")).is_ok();
+                && mount(
+                    None::<&std::ffi::CStr>,
+                    c"/",
+                    None::<&std::ffi::CStr>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&std::ffi::CStr>,
+                )
+                .is_ok()
+                && mount(
+                    Some(c"tmpfs"),
+                    target.as_c_str(),
+                    Some(c"tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    Some(c"mode=000,size=4k"),
+                )
+                .is_ok();
             unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => matches!(wait_helper(child), Ok(Exit::Code(0))),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            matches!(wait_helper(child), Ok(Exit::Code(0)))
+        }
         Err(_) => false,
     }
 }

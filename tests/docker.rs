@@ -129,3 +129,33 @@ fn docker_kill_usr1_reaches_the_child_and_hup_reloads() {
     sh(Command::new("docker").args(["stop", "-t", "20", &c.0]));
     assert_eq!(c.exit_code(), 0);
 }
+
+#[test]
+fn under_plain_docker_the_spellbook_is_closed_by_permissions_alone() {
+    // No CAP_SYS_ADMIN in a default container: no tmpfs mask, the supervisor
+    // says so, and the Buddy-role gateway is still refused by the modes.
+    let c = run(
+        "spellbook",
+        &[("MYBUDDY_RESTART", "never")],
+        "echo \"LIST: $(ls /mnt/swarm/spellbook 2>&1)\"; echo \"READ: $(cat /mnt/swarm/spellbook/changelog.md 2>&1)\"; echo x > /mnt/swarm/mybuddybook/wisdom/t.md && echo WRITE-OK",
+    );
+    let code = wait_for(Duration::from_secs(30), || {
+        let s = sh(Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", &c.0]));
+        (s == "false").then_some(())
+    });
+    assert!(code.is_some());
+    assert_eq!(c.exit_code(), 0, "{}", c.logs());
+    let logs = c.logs();
+    assert!(logs.contains("mounting is not allowed here"), "{logs}");
+    assert!(
+        logs.contains("LIST: ls: can't open '/mnt/swarm/spellbook': Permission denied"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(
+            "READ: cat: can't open '/mnt/swarm/spellbook/changelog.md': Permission denied"
+        ),
+        "{logs}"
+    );
+    assert!(logs.contains("WRITE-OK"), "{logs}");
+}

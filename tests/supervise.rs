@@ -540,5 +540,15 @@ fn json_logs_one_object_per_line() {
             assert!(v["ms"].is_number());
         }
     }
-    assert_eq!(steps, ["signals", "privileges", "render", "state", "swarm", "register"]);
+    assert_eq!(
+        steps,
+        [
+            "signals",
+            "privileges",
+            "render",
+            "state",
+            "swarm",
+            "register"
+        ]
+    );
 }

@@ -154,6 +154,46 @@ impl Sup {
         Self::start_wrapped(dir, pid1, false, args, env)
     }
 
+    /// Starts it in a private mount namespace with a fresh tmpfs mounted at
+    /// `tmpfs` first (a real mount point for the swarm share).
+    pub fn start_with_tmpfs(
+        dir: &Path,
+        pid1: bool,
+        tmpfs: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
+        let mut full = vec![
+            "-c".to_string(),
+            "mount -t tmpfs -o mode=0755 tmpfs \"$0\" && exec \"$@\"".to_string(),
+            tmpfs.display().to_string(),
+            supervisor().display().to_string(),
+            "run".to_string(),
+        ];
+        full.extend(args.iter().cloned());
+        let stderr = dir.join(format!("sup-{}.err", unique()));
+        let stdout = dir.join(format!("sup-{}.out", unique()));
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private"]);
+        if pid1 {
+            cmd.args(["--pid", "--fork", "--mount-proc"]);
+        }
+        cmd.arg("/bin/sh")
+            .args(&full)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap());
+        Sup {
+            child: cmd.spawn().expect("start supervisor"),
+            pid1,
+            stderr,
+            stdout,
+            status: None,
+        }
+    }
+
     /// Like `start`; `offline` runs it in a new network namespace with no
     /// route anywhere, for a gateway that would try to reach the internet.
     pub fn start_wrapped(
