@@ -40,6 +40,8 @@ pub struct RunConfig {
     /// Local runs: render the channels disabled so a workstation never
     /// competes with the deployed Buddy for its Telegram updates.
     pub channels_off: bool,
+    /// Overrides the config's `gateway.port`.
+    pub port: Option<u16>,
     /// A warm gateway compile cache shipped in the image, seeded into the
     /// state's TMPDIR so the first start on a fresh volume is fast.
     pub warm_cache: Option<PathBuf>,
@@ -124,6 +126,9 @@ impl Boot {
         let mut r = render::render(&opts, &lookup(&file)).map_err(|e| e.to_string())?;
         if self.cfg.channels_off {
             r.disable_channels();
+        }
+        if let Some(p) = self.cfg.port {
+            r.set_port(p);
         }
         Ok(r)
     }

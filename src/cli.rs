@@ -34,6 +34,8 @@ pub enum Command {
     Render(RenderArgs),
     /// Print the names of the environment variables (secrets) a Buddy needs, one per line
     Secrets(SecretsArgs),
+    /// Check every Buddy of the repository with the boot's own code (CI runs this)
+    CheckConfig(CheckConfigArgs),
     /// The swarm share: prepare and check it alone (the boot's swarm steps)
     #[command(subcommand)]
     Swarm(SwarmCommand),
@@ -93,6 +95,9 @@ pub struct RunArgs {
     /// `off` renders Telegram and WhatsApp disabled (local runs must not steal the deployed Buddy's updates)
     #[arg(long, env = "MYBUDDY_CHANNELS", value_enum, default_value_t = Channels::On)]
     pub channels: Channels,
+    /// Listen on this port instead of the config's gateway.port
+    #[arg(long, env = "MYBUDDY_GATEWAY_PORT")]
+    pub port: Option<u16>,
     /// What the image ships to seed a new swarm share (spawn_buddy.md...; skipped if missing)
     #[arg(
         long,
@@ -110,6 +115,22 @@ pub struct RunArgs {
     /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The repository (holding buddies/, Dockerfile, fly.toml)
+    #[arg(default_value = ".")]
+    pub repo: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +279,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Render(a) => cmd_render(a),
         Command::Secrets(a) => cmd_secrets(a),
+        Command::CheckConfig(a) => cmd_check_config(a),
         Command::Swarm(SwarmCommand::Check(a)) => cmd_swarm_check(a),
         Command::Registry(a) => cmd_registry(a),
         Command::Run(a) => match early {
@@ -283,6 +305,7 @@ fn run_config(a: RunArgs) -> RunConfig {
         env_file: a.env_file,
         rotate_token: a.rotate_token,
         channels_off: a.channels == Channels::Off,
+        port: a.port,
         warm_cache: Some(a.warm_cache),
         swarm_seed: Some(a.swarm_seed),
         policy: Policy {
@@ -452,4 +475,13 @@ fn cmd_registry(a: RegistryArgs) -> i32 {
         }
         Err(e) => fail(e),
     }
+}
+
+fn cmd_check_config(a: CheckConfigArgs) -> i32 {
+    let report = crate::check::check_repo(&a.repo);
+    match a.format {
+        Format::Text => print!("{}", crate::check::to_text(&report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+    }
+    i32::from(!report.problems.is_empty())
 }

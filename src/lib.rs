@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod buddy;
+pub mod check;
 pub mod cli;
 pub mod gateway_lock;
 pub mod jsonfile;

@@ -47,11 +47,20 @@ pub struct Prepared {
 /// Loads both files and the identity, merges, and checks the policy. All
 /// problems of all three files are reported together.
 pub fn prepare(buddy_dir: &Path, template_path: &Path) -> Result<Prepared, Problems> {
-    let headline = format!("Buddy {} does not render", buddy_dir.display());
+    match prepare_all(buddy_dir, template_path) {
+        (Some(p), problems) if problems.is_empty() => Ok(p),
+        (_, problems) => Err(Problems::new(
+            format!("Buddy {} does not render", buddy_dir.display()),
+            problems,
+        )),
+    }
+}
+
+/// Like [`prepare`], but returns the merged config even when the policy
+/// fails, so callers can go on and report substitution problems too.
+pub fn prepare_all(buddy_dir: &Path, template_path: &Path) -> (Option<Prepared>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let buddy = buddy::load(buddy_dir)
-        .map_err(|p| problems.extend(p.items))
-        .ok();
+    let buddy = buddy::load(buddy_dir).map_err(|p| problems.extend(p.items)).ok();
     let personal_path = buddy_dir.join(buddy::CONFIG_FILE);
     let template = jsonfile::read_json_object(template_path)
         .map_err(|p| problems.push(p))
@@ -60,7 +69,7 @@ pub fn prepare(buddy_dir: &Path, template_path: &Path) -> Result<Prepared, Probl
         .map_err(|p| problems.push(p))
         .ok();
     let (Some(buddy), Some(template), Some(personal)) = (buddy, template, personal) else {
-        return Err(Problems::new(headline, problems));
+        return (None, problems);
     };
     let mut merged = template;
     // RFC 7396: objects merge recursively, the personal config wins, arrays
@@ -78,11 +87,7 @@ pub fn prepare(buddy_dir: &Path, template_path: &Path) -> Result<Prepared, Probl
         &prepared.buddy.identity,
         &|p: &[PathSeg]| prepared.source_of(p),
     ));
-    if problems.is_empty() {
-        Ok(prepared)
-    } else {
-        Err(Problems::new(headline, problems))
-    }
+    (Some(prepared), problems)
 }
 
 impl Prepared {
@@ -206,6 +211,15 @@ impl Rendered {
         }
     }
 
+    /// Overrides `gateway.port` in the output (a second Buddy on one host).
+    pub fn set_port(&mut self, port: u16) {
+        for out in [&mut self.output.rendered, &mut self.output.redacted] {
+            if let Some(gw) = out.get_mut("gateway").and_then(Value::as_object_mut) {
+                gw.insert("port".into(), Value::from(port));
+            }
+        }
+    }
+
     pub fn to_json(&self) -> String {
         pretty(&self.output.rendered)
     }
@@ -248,10 +262,23 @@ pub fn render(
     opts: &RenderOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Rendered, RenderError> {
-    let prepared = prepare(&opts.buddy_dir, &opts.template)?;
-    // Check every variable before the token is touched, so a broken Buddy
-    // leaves no new state behind and all missing variables show at once.
-    prepared.substitute(&opts.state_dir, Some("probe"), env)?;
+    // Policy problems and missing variables are reported together, before the
+    // token is touched, so a broken Buddy leaves no new state behind.
+    let (prepared, mut problems) = prepare_all(&opts.buddy_dir, &opts.template);
+    if let Some(p) = &prepared {
+        if let Err(e) = p.substitute(&opts.state_dir, Some("probe"), env) {
+            problems.extend(e.items);
+        }
+    }
+    let prepared = match prepared {
+        Some(p) if problems.is_empty() => p,
+        _ => {
+            return Err(RenderError::Problems(Problems::new(
+                format!("Buddy {} does not render", opts.buddy_dir.display()),
+                problems,
+            )));
+        }
+    };
     let (token, source) = if prepared.wants_generated_token() {
         let explicit = env(&prepared.buddy.identity.gateway_token_var());
         let (t, s) = token::obtain(&opts.state_dir, explicit, opts.rotate_token)?;

@@ -296,6 +296,7 @@ fn malformed_json_names_file_line_column_and_expectation() {
 fn policy_violations_are_all_reported_with_their_paths() {
     let f = Fixture::new();
     let b = f.buddy("roelbuddy-galahad");
+    let env = marker_env(&b);
     let mut personal: Value =
         serde_json::from_str(&fs::read_to_string(b.join("config.json")).unwrap()).unwrap();
     personal["agents"] = json!({"defaults": {
@@ -311,7 +312,7 @@ fn policy_violations_are_all_reported_with_their_paths() {
     personal["update"] = json!({"checkOnStart": true});
     personal["gateway"] = json!({"mode": "remote", "auth": {"token": null}});
     write_json(&b.join("config.json"), &personal);
-    let o = render(&b, &f.state, &marker_env(&f.buddy("roelbuddy-emrys")), &[]);
+    let o = render(&b, &f.state, &env, &[]);
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
     for path in [

@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# The MyBuddyTalk base image: the static supervisor as ENTRYPOINT, Node 22 and the pinned
+# Clawdbot gateway (with a warm compile cache), the gateway user and the swarm groups.
+# Every Buddy image is FROM this one (buddies/<id>/Dockerfile).
+#
+#   docker build -t mybuddytalk-base .                 (needs the public base images)
+#
+# Offline (as the tests do), the three bases and the two build stages can be replaced
+# with local images: --build-arg BASE_IMAGE=… SUPERVISOR_FROM=… GATEWAY_FROM=…
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG NODE_IMAGE=node:22-bookworm-slim
+ARG BASE_IMAGE=debian:bookworm-slim
+ARG SUPERVISOR_FROM=supervisor-build
+ARG GATEWAY_FROM=gateway-build
+
+FROM ${RUST_IMAGE} AS supervisor-build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+      --target x86_64-unknown-linux-gnu --bin supervisor \
+ && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/supervisor /out/usr/local/bin/supervisor
+
+FROM ${NODE_IMAGE} AS gateway-build
+COPY images/gateway/package.json /src/images/gateway/package.json
+COPY scripts/install-gateway /src/scripts/install-gateway
+# Installs into its final path: the warm compile cache is keyed by file path.
+RUN /src/scripts/install-gateway --dest /opt/mybuddy/gateway
+
+FROM ${SUPERVISOR_FROM} AS supervisor
+FROM ${GATEWAY_FROM} AS gateway
+
+FROM ${BASE_IMAGE}
+# Names and ids as documented in the README (src/privileges.rs has the same numbers).
+RUN echo 'buddy:x:10001:10001:MyBuddy gateway:/data:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'buddy:x:10001:' >> /etc/group \
+ && echo 'mybuddybook:x:10100:buddy' >> /etc/group \
+ && echo 'magicians:x:10101:' >> /etc/group \
+ && mkdir -p /data /mnt/swarm /opt/mybuddy/buddy
+COPY --from=supervisor /out/usr/local/bin/supervisor /usr/local/bin/supervisor
+COPY --from=gateway /opt/mybuddy/gateway /opt/mybuddy/gateway
+COPY buddies/_template /opt/mybuddy/_template
+COPY images/swarm-seed /opt/mybuddy/swarm-seed
+ENV PATH=/opt/mybuddy/gateway/bin:/usr/local/bin:/usr/bin:/bin \
+    MYBUDDY_WARM_CACHE=/opt/mybuddy/gateway/warm/jiti \
+    NO_COLOR=1
+EXPOSE 18789
+# The supervisor's stop signal; fly.toml's kill_signal is the same.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/supervisor", "run"]

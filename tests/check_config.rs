@@ -1,0 +1,187 @@
+//! `supervisor check-config`: the repository passes, and each rule fires on a
+//! broken copy, all problems at once.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::*;
+
+struct Repo {
+    f: Fixture,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let f = Fixture::new();
+        for file in ["Dockerfile", "fly.toml"] {
+            fs::copy(repo().join(file), f.path(file)).unwrap();
+        }
+        Repo { f }
+    }
+    fn root(&self) -> &Path {
+        self.f.tmp.path()
+    }
+    fn edit_json(&self, rel: &str, change: impl FnOnce(&mut Value)) {
+        let p = self.root().join(rel);
+        let mut v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        change(&mut v);
+        fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+    fn edit(&self, rel: &str, from: &str, to: &str) {
+        let p = self.root().join(rel);
+        let t = fs::read_to_string(&p).unwrap();
+        assert!(t.contains(from), "{rel} has no {from:?}");
+        fs::write(&p, t.replace(from, to)).unwrap();
+    }
+    fn check(&self) -> (i32, String) {
+        let o = Command::new(supervisor()).arg("check-config").arg(self.root()).output().unwrap();
+        (o.status.code().unwrap(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    }
+    fn expect(&self, needles: &[&str]) -> String {
+        let (code, out) = self.check();
+        assert_eq!(code, 1, "expected problems:\n{out}");
+        for n in needles {
+            assert!(out.contains(n), "{n:?} not reported:\n{out}");
+        }
+        out
+    }
+}
+
+#[test]
+fn the_repository_passes() {
+    let o = Command::new(supervisor()).arg("check-config").arg(repo()).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(out.trim(), "check-config: 4 Buddies, 0 problems");
+}
+
+#[test]
+fn a_buddy_that_does_not_render_or_breaks_policy_is_reported() {
+    let r = Repo::new();
+    r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
+        v["plugins"] = json!({"entries": {"moltbook": {"enabled": false}}});
+        v["channels"]["telegram"]["botToken"] = json!("${roel_token}");
+    });
+    r.edit_json("buddies/estherbuddy-morgan/buddy.json", |v| v["role"] = json!("wizard"));
+    r.edit_json("buddies/estherbuddy-kazeh/buddy.json", |v| v["name"] = json!("Kaz"));
+    let out = r.expect(&[
+        "buddies/roelbuddy-galahad/config.json: plugins.entries.moltbook: the moltbook plugin is not part of MyBuddy",
+        "buddies/roelbuddy-galahad/config.json: channels.telegram.botToken: \"${roel_token}\" is not a valid variable reference",
+        "buddies/estherbuddy-morgan/buddy.json: role: unknown variant `wizard`",
+        "the directory is named \"estherbuddy-kazeh\" but the id EstherBuddy-Kaz needs \"estherbuddy-kaz\"",
+    ]);
+    assert!(out.ends_with("problems\n") && out.contains("check-config: 4 Buddies, "), "{out}");
+}
+
+#[test]
+fn two_whatsapp_buddies_for_one_human_name_both() {
+    let r = Repo::new();
+    r.edit_json("buddies/roelbuddy-galahad/buddy.json", |v| v["channels"]["whatsapp"] = json!(true));
+    r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
+        v["plugins"] = json!({"entries": {"whatsapp": {"enabled": true}}});
+        v["channels"]["whatsapp"] = json!({"dmPolicy": "allowlist", "allowFrom": ["${ROELBUDDY_GALAHAD_HUMAN_PHONE}"]});
+    });
+    r.expect(&[
+        "buddies/roelbuddy-emrys/buddy.json: channels.whatsapp: Roel has 2 WhatsApp Buddies (RoelBuddy-Emrys, RoelBuddy-Galahad); at most one per Human",
+        "buddies/roelbuddy-galahad/buddy.json: channels.whatsapp: Roel has 2 WhatsApp Buddies",
+    ]);
+}
+
+#[test]
+fn plaintext_secrets_are_found_by_key_and_by_shape_unless_allowed() {
+    let r = Repo::new();
+    r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
+        v["channels"]["telegram"]["botToken"] = json!("123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw");
+        v["env"]["TELEGRAM_ADMIN_ID"] = json!("48213377");
+    });
+    r.edit_json("buddies/roelbuddy-emrys/config.json", |v| {
+        v["channels"]["whatsapp"]["allowFrom"] = json!(["+31 6 12345678"]);
+        v["env"]["NOTE"] = json!("call me at +31612345678");
+    });
+    let soul = r.root().join("buddies/estherbuddy-kazeh/workspace/SOUL.MD");
+    let mut text = fs::read_to_string(&soul).unwrap();
+    text.push_str("\nkey: AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY\n");
+    fs::write(&soul, text).unwrap();
+    let out = r.expect(&[
+        "buddies/roelbuddy-galahad/config.json: channels.telegram.botToken: looks like a Telegram bot token",
+        "buddies/roelbuddy-galahad/config.json: env.TELEGRAM_ADMIN_ID: a secret-looking key holds a literal value",
+        "buddies/roelbuddy-emrys/config.json: channels.whatsapp.allowFrom[0]: looks like a phone number",
+        "buddies/roelbuddy-emrys/config.json: env.NOTE: looks like a phone number",
+        "buddies/estherbuddy-kazeh/workspace/SOUL.MD: line ",
+    ]);
+    assert!(out.contains("looks like a Google API key"), "{out}");
+    assert!(!out.contains("AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw") && !out.contains("AIzaSyD-9tSrke72"), "the report repeats the secret:\n{out}");
+    // A deliberate exception, with its reason, silences exactly that place.
+    fs::write(
+        r.root().join("buddies/.secrets-allow"),
+        "buddies/roelbuddy-emrys/config.json:env.NOTE  # the public support line, not a secret\n",
+    )
+    .unwrap();
+    let (_, out) = r.check();
+    assert!(!out.contains("env.NOTE"), "{out}");
+    assert!(out.contains("allowFrom[0]: looks like a phone number"), "{out}");
+}
+
+#[test]
+fn secrets_shared_between_buddies_or_without_the_buddys_prefix_are_reported() {
+    let r = Repo::new();
+    r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
+        v["channels"]["telegram"]["botToken"] = json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+        v["env"]["TELEGRAM_ADMIN_ID"] = json!("${ROEL_TELEGRAM_ID}");
+    });
+    r.expect(&[
+        "secret ${ROELBUDDY_EMRYS_TELEGRAM_TOKEN} is not specific to this Buddy: name it ROELBUDDY_GALAHAD_...",
+        "secret ${ROEL_TELEGRAM_ID} is not specific to this Buddy",
+        "secret ${ROELBUDDY_EMRYS_TELEGRAM_TOKEN} is used by roelbuddy-emrys and roelbuddy-galahad",
+    ]);
+}
+
+#[test]
+fn dockerfiles_must_build_on_the_base_and_copy_only_the_buddy() {
+    let r = Repo::new();
+    fs::remove_file(r.root().join("buddies/roelbuddy-galahad/Dockerfile")).unwrap();
+    r.edit("buddies/roelbuddy-emrys/Dockerfile", "ARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest", "ARG BASE_IMAGE=debian:bookworm");
+    fs::write(
+        r.root().join("buddies/estherbuddy-kazeh/Dockerfile"),
+        "FROM registry.fly.io/mybuddytalk-base:latest\nCOPY buddies/estherbuddy-kazeh/credentials /data/credentials\nCOPY buddies/roelbuddy-emrys/config.json /tmp/\nENTRYPOINT [\"node\"]\n",
+    )
+    .unwrap();
+    r.edit("Dockerfile", "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGQUIT");
+    r.expect(&[
+        "buddies/roelbuddy-galahad/Dockerfile: missing",
+        "buddies/roelbuddy-emrys/Dockerfile: line 4: FROM ${BASE_IMAGE} is not the base image",
+        "buddies/estherbuddy-kazeh/Dockerfile: line 2: copies buddies/estherbuddy-kazeh/credentials",
+        "buddies/estherbuddy-kazeh/Dockerfile: line 3: copies buddies/roelbuddy-emrys/config.json",
+        "buddies/estherbuddy-kazeh/Dockerfile: line 4: the ENTRYPOINT must stay",
+        "STOPSIGNAL SIGQUIT must match fly.toml's kill_signal SIGTERM",
+    ]);
+}
+
+#[test]
+fn fly_toml_must_parse_mount_the_state_and_outwait_the_supervisor() {
+    let r = Repo::new();
+    r.edit("fly.toml", "kill_timeout = 20", "kill_timeout = 5");
+    r.edit("fly.toml", "destination = \"/data\"", "destination = \"/state\"");
+    r.expect(&[
+        "fly.toml: kill_timeout: 5 s must be longer than the supervisor's stop timeout (10 s",
+        "fly.toml: mounts.destination: the Buddy's state volume must be mounted at /data",
+    ]);
+    r.edit("fly.toml", "[mounts]", "[mounts");
+    r.expect(&["fly.toml: line ", "invalid TOML"]);
+}
+
+#[test]
+fn json_format_lists_the_same_problems() {
+    let r = Repo::new();
+    r.edit("fly.toml", "kill_timeout = 20", "kill_timeout = 5");
+    let o = Command::new(supervisor()).args(["check-config", "--format", "json"]).arg(r.root()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["buddies"], json!(4));
+    assert_eq!(v["problems"][0]["file"], json!("fly.toml"));
+    assert_eq!(v["problems"][0]["location"], json!("kill_timeout"));
+}
