@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The MyBuddyTalk base image: the static supervisor as ENTRYPOINT, Node 22 and the pinned
 # Clawdbot gateway (with a warm compile cache), the gateway user and the swarm groups.
 # Every Buddy image is FROM this one (buddies/<id>/Dockerfile).
