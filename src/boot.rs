@@ -408,12 +408,17 @@ fn register(swarm_dir: &std::path::Path, identity: &crate::buddy::Identity) -> R
     if let Some(old) = l.registry.buddies.get(&identity.slug()) {
         entry.status = old.status;
     }
+    // Booting on a Fly Machine means it is deployed: a planned Buddy is now
+    // active. A migration stays one until the migration is verified.
+    entry.machine = std::env::var("FLY_MACHINE_ID").ok();
+    if entry.machine.is_some() && entry.status == crate::buddy::Status::Planned {
+        entry.status = crate::buddy::Status::Active;
+    }
     entry.version = Some(
         std::env::var("MYBUDDY_IMAGE_VERSION")
             .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
     );
     entry.last_boot = Some(registry::now_rfc3339());
-    entry.machine = std::env::var("FLY_MACHINE_ID").ok();
     info!(id = %entry.id, status = %entry.status, "registered in the swarm");
     l.registry.buddies.insert(identity.slug(), entry);
     l.commit().map_err(|e| e.to_string())

@@ -32,7 +32,9 @@ pub struct Report {
 pub fn check_repo(repo: &Path) -> Report {
     let mut problems = Vec::new();
     let buddies_dir = repo.join("buddies");
-    let template = buddies_dir.join("_template").join(crate::buddy::CONFIG_FILE);
+    let template = buddies_dir
+        .join("_template")
+        .join(crate::buddy::CONFIG_FILE);
     let template_vars = match crate::jsonfile::read_json_object(&template) {
         Ok(v) => crate::secrets::referenced_vars(&v),
         Err(p) => {
@@ -62,11 +64,19 @@ pub fn check_repo(repo: &Path) -> Report {
             // Placeholders for every secret: exercises substitution (malformed
             // references) exactly as the boot does, without real values.
             let placeholder = |n: &str| Some(format!("placeholder-{}", n.to_lowercase()));
-            if let Err(e) = prepared.substitute(Path::new(STATE_MOUNT), Some("placeholder-token"), &placeholder) {
+            if let Err(e) = prepared.substitute(
+                Path::new(STATE_MOUNT),
+                Some("placeholder-token"),
+                &placeholder,
+            ) {
                 problems.extend(e.items);
             }
             let id = prepared.buddy.identity.clone();
-            vars_by_buddy.push((id.slug(), prepared.personal_path.clone(), prepared.secret_vars()));
+            vars_by_buddy.push((
+                id.slug(),
+                prepared.personal_path.clone(),
+                prepared.secret_vars(),
+            ));
             identities.push((prepared.buddy.identity_path(), id));
         }
         problems.extend(check_buddy_dockerfile(dir));
@@ -94,7 +104,11 @@ fn check_unique_ids(ids: &[(PathBuf, Identity)]) -> Vec<Problem> {
     let mut out = Vec::new();
     for (file, id) in ids {
         if let Some(first) = seen.insert(id.slug(), file) {
-            out.push(Problem::new(file, "", format!("id {} is also declared by {}", id.id(), first.display())));
+            out.push(Problem::new(
+                file,
+                "",
+                format!("id {} is also declared by {}", id.id(), first.display()),
+            ));
         }
     }
     out
@@ -104,7 +118,10 @@ fn check_unique_ids(ids: &[(PathBuf, Identity)]) -> Vec<Problem> {
 pub fn check_whatsapp_limit(ids: &[(PathBuf, Identity)]) -> Vec<Problem> {
     let mut by_human: BTreeMap<&str, Vec<&(PathBuf, Identity)>> = BTreeMap::new();
     for entry in ids.iter().filter(|(_, i)| i.channels.whatsapp) {
-        by_human.entry(entry.1.human.as_str()).or_default().push(entry);
+        by_human
+            .entry(entry.1.human.as_str())
+            .or_default()
+            .push(entry);
     }
     let mut out = Vec::new();
     for (human, list) in by_human {
@@ -152,7 +169,10 @@ fn check_secret_names(
             out.push(Problem::new(
                 Path::new("buddies"),
                 "",
-                format!("secret ${{{v}}} is used by {}; each Buddy needs its own", slugs.join(" and ")),
+                format!(
+                    "secret ${{{v}}} is used by {}; each Buddy needs its own",
+                    slugs.join(" and ")
+                ),
             ));
         }
     }
@@ -218,7 +238,12 @@ impl Shapes {
 /// Whether a string is nothing but `${VAR}` references.
 fn only_references(s: &str) -> bool {
     match crate::secrets::parse(s) {
-        Ok(pieces) => !pieces.is_empty() && pieces.iter().all(|p| matches!(p, crate::secrets::Piece::Var(_))),
+        Ok(pieces) => {
+            !pieces.is_empty()
+                && pieces
+                    .iter()
+                    .all(|p| matches!(p, crate::secrets::Piece::Var(_)))
+        }
         Err(_) => false,
     }
 }
@@ -245,8 +270,14 @@ fn scan_plaintext_secrets(repo: &Path, buddies: &Path) -> Vec<Problem> {
             if path == repo.join(ALLOW_FILE) {
                 continue;
             }
-            let Ok(text) = fs::read_to_string(&path) else { continue };
-            let rel = path.strip_prefix(repo).unwrap_or(&path).to_string_lossy().into_owned();
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let rel = path
+                .strip_prefix(repo)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
             let mut found = Vec::new();
             if name.ends_with(".json") {
                 if let Ok(v) = serde_json::from_str::<Value>(&text) {
@@ -254,8 +285,16 @@ fn scan_plaintext_secrets(repo: &Path, buddies: &Path) -> Vec<Problem> {
                 }
             } else {
                 for (i, line) in text.lines().enumerate() {
-                    if let Some(shape) = shapes.telegram_token.is_match(line).then_some("a Telegram bot token")
-                        .or_else(|| shapes.google_key.is_match(line).then_some("a Google API key"))
+                    if let Some(shape) = shapes
+                        .telegram_token
+                        .is_match(line)
+                        .then_some("a Telegram bot token")
+                        .or_else(|| {
+                            shapes
+                                .google_key
+                                .is_match(line)
+                                .then_some("a Google API key")
+                        })
                     {
                         found.push((format!("line {}", i + 1), format!("looks like {shape}")));
                     }
@@ -275,7 +314,13 @@ fn scan_plaintext_secrets(repo: &Path, buddies: &Path) -> Vec<Problem> {
     out
 }
 
-fn scan_json(v: &Value, path: &mut Vec<PathSeg>, secret_key: bool, shapes: &Shapes, out: &mut Vec<(String, String)>) {
+fn scan_json(
+    v: &Value,
+    path: &mut Vec<PathSeg>,
+    secret_key: bool,
+    shapes: &Shapes,
+    out: &mut Vec<(String, String)>,
+) {
     match v {
         Value::String(s) => {
             if only_references(s) {
@@ -284,11 +329,17 @@ fn scan_json(v: &Value, path: &mut Vec<PathSeg>, secret_key: bool, shapes: &Shap
             if let Some(shape) = shapes.shape_of(s) {
                 out.push((json_path(path), format!("looks like {shape}")));
             } else if secret_key && !s.is_empty() {
-                out.push((json_path(path), "a secret-looking key holds a literal value".into()));
+                out.push((
+                    json_path(path),
+                    "a secret-looking key holds a literal value".into(),
+                ));
             }
         }
         Value::Number(_) if secret_key => {
-            out.push((json_path(path), "a secret-looking key holds a literal value".into()));
+            out.push((
+                json_path(path),
+                "a secret-looking key holds a literal value".into(),
+            ));
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
@@ -301,7 +352,8 @@ fn scan_json(v: &Value, path: &mut Vec<PathSeg>, secret_key: bool, shapes: &Shap
             for (k, x) in m {
                 path.push(PathSeg::Key(k.clone()));
                 // Policy names (dmPolicy) and booleans are not secrets.
-                let is_secret = shapes.secret_key.is_match(k) && !k.to_lowercase().ends_with("policy");
+                let is_secret =
+                    shapes.secret_key.is_match(k) && !k.to_lowercase().ends_with("policy");
                 scan_json(x, path, secret_key || is_secret, shapes, out);
                 path.pop();
             }
@@ -336,9 +388,17 @@ fn dockerfile_lines(text: &str) -> Vec<(usize, String)> {
 
 fn check_buddy_dockerfile(dir: &Path) -> Vec<Problem> {
     let path = dir.join("Dockerfile");
-    let slug = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let slug = dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let Ok(text) = fs::read_to_string(&path) else {
-        return vec![Problem::new(&path, "", "missing: every Buddy needs a Dockerfile FROM the base image (see buddies/_template or spawn)")];
+        return vec![Problem::new(
+            &path,
+            "",
+            "missing: every Buddy needs a Dockerfile FROM the base image (see buddies/_template or spawn)",
+        )];
     };
     let lines = dockerfile_lines(&text);
     let mut out = Vec::new();
@@ -367,12 +427,22 @@ fn check_buddy_dockerfile(dir: &Path) -> Vec<Problem> {
                 }
             }
             "ENTRYPOINT" if l.as_str() != ENTRYPOINT => {
-                out.push(Problem::new(&path, format!("line {n}"), format!("the ENTRYPOINT must stay the base image's `{ENTRYPOINT}`; remove this line")));
+                out.push(Problem::new(
+                    &path,
+                    format!("line {n}"),
+                    format!(
+                        "the ENTRYPOINT must stay the base image's `{ENTRYPOINT}`; remove this line"
+                    ),
+                ));
             }
             "COPY" | "ADD" => {
-                let words: Vec<&str> = rest.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+                let words: Vec<&str> = rest
+                    .split_whitespace()
+                    .filter(|w| !w.starts_with("--"))
+                    .collect();
                 for src in words.iter().take(words.len().saturating_sub(1)) {
-                    if !src.starts_with(&format!("buddies/{slug}/")) || src.contains("credentials") {
+                    if !src.starts_with(&format!("buddies/{slug}/")) || src.contains("credentials")
+                    {
                         out.push(Problem::new(&path, format!("line {n}"), format!("copies {src}: a Buddy image gets only buddies/{slug}/ (buddy.json, config.json, workspace/), never credentials")));
                     }
                 }
@@ -406,14 +476,22 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
                 let line = text[..s.start].lines().count().max(1);
                 format!("line {line}")
             });
-            out.push(Problem::new(&path, loc.unwrap_or_default(), format!("invalid TOML: {}", e.message())));
+            out.push(Problem::new(
+                &path,
+                loc.unwrap_or_default(),
+                format!("invalid TOML: {}", e.message()),
+            ));
             return out;
         }
     };
     let stop = doc
         .get("env")
         .and_then(|e| e.get("MYBUDDY_STOP_TIMEOUT"))
-        .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_integer().map(|i| i.to_string())))
+        .and_then(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.as_integer().map(|i| i.to_string()))
+        })
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(default_stop);
     match doc.get("kill_timeout").and_then(|v| v.as_integer().map(|i| i as f64).or_else(|| v.as_str().and_then(|s| s.trim_end_matches('s').parse().ok()))) {
@@ -423,25 +501,51 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
     }
     match doc.get("kill_signal").and_then(|v| v.as_str()) {
         Some("SIGTERM") | Some("SIGINT") => {}
-        other => out.push(Problem::new(&path, "kill_signal", format!("must be SIGTERM or SIGINT (the supervisor's stop signals), found {other:?}"))),
+        other => out.push(Problem::new(
+            &path,
+            "kill_signal",
+            format!("must be SIGTERM or SIGINT (the supervisor's stop signals), found {other:?}"),
+        )),
     }
     let mounts_ok = match doc.get("mounts") {
-        Some(toml::Value::Table(t)) => t.get("destination").and_then(|d| d.as_str()) == Some(STATE_MOUNT),
-        Some(toml::Value::Array(a)) => a.iter().any(|t| t.get("destination").and_then(|d| d.as_str()) == Some(STATE_MOUNT)),
+        Some(toml::Value::Table(t)) => {
+            t.get("destination").and_then(|d| d.as_str()) == Some(STATE_MOUNT)
+        }
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .any(|t| t.get("destination").and_then(|d| d.as_str()) == Some(STATE_MOUNT)),
         _ => false,
     };
     if !mounts_ok {
         out.push(Problem::new(&path, "mounts.destination", format!("the Buddy's state volume must be mounted at {STATE_MOUNT} (the supervisor's --state-dir)")));
     }
-    let port = doc.get("http_service").and_then(|h| h.get("internal_port")).and_then(|p| p.as_integer());
+    let port = doc
+        .get("http_service")
+        .and_then(|h| h.get("internal_port"))
+        .and_then(|p| p.as_integer());
     if port != Some(i64::from(render::DEFAULT_PORT)) {
-        out.push(Problem::new(&path, "http_service.internal_port", format!("must be the gateway's port {}, found {port:?}", render::DEFAULT_PORT)));
+        out.push(Problem::new(
+            &path,
+            "http_service.internal_port",
+            format!(
+                "must be the gateway's port {}, found {port:?}",
+                render::DEFAULT_PORT
+            ),
+        ));
     }
-    let has_check = doc.get("checks").and_then(|c| c.as_table()).is_some_and(|c| {
-        c.values().any(|chk| chk.get("port").and_then(|p| p.as_integer()) == port)
-    });
+    let has_check = doc
+        .get("checks")
+        .and_then(|c| c.as_table())
+        .is_some_and(|c| {
+            c.values()
+                .any(|chk| chk.get("port").and_then(|p| p.as_integer()) == port)
+        });
     if !has_check {
-        out.push(Problem::new(&path, "checks", "needs a health check on the gateway's port"));
+        out.push(Problem::new(
+            &path,
+            "checks",
+            "needs a health check on the gateway's port",
+        ));
     }
     out
 }
@@ -449,22 +553,52 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
 fn check_base_dockerfile(repo: &Path) -> Vec<Problem> {
     let path = repo.join("Dockerfile");
     let Ok(text) = fs::read_to_string(&path) else {
-        return vec![Problem::new(&path, "", "missing: the base image's Dockerfile")];
+        return vec![Problem::new(
+            &path,
+            "",
+            "missing: the base image's Dockerfile",
+        )];
     };
     let lines = dockerfile_lines(&text);
     let mut out = Vec::new();
-    let last_entry = lines.iter().rev().find(|(_, l)| l.to_ascii_uppercase().starts_with("ENTRYPOINT"));
+    let last_entry = lines
+        .iter()
+        .rev()
+        .find(|(_, l)| l.to_ascii_uppercase().starts_with("ENTRYPOINT"));
     if last_entry.map(|(_, l)| l.as_str()) != Some(ENTRYPOINT) {
-        out.push(Problem::new(&path, last_entry.map(|(n, _)| format!("line {n}")).unwrap_or_default(), format!("the base image's entrypoint must be `{ENTRYPOINT}`")));
+        out.push(Problem::new(
+            &path,
+            last_entry
+                .map(|(n, _)| format!("line {n}"))
+                .unwrap_or_default(),
+            format!("the base image's entrypoint must be `{ENTRYPOINT}`"),
+        ));
     }
     let fly_signal = fs::read_to_string(repo.join("fly.toml"))
         .ok()
         .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|d| d.get("kill_signal").and_then(|v| v.as_str()).map(str::to_string));
-    let stop = lines.iter().rev().find(|(_, l)| l.to_ascii_uppercase().starts_with("STOPSIGNAL"));
-    let stop_sig = stop.and_then(|(_, l)| l.split_whitespace().nth(1)).map(str::to_string);
+        .and_then(|d| {
+            d.get("kill_signal")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        });
+    let stop = lines
+        .iter()
+        .rev()
+        .find(|(_, l)| l.to_ascii_uppercase().starts_with("STOPSIGNAL"));
+    let stop_sig = stop
+        .and_then(|(_, l)| l.split_whitespace().nth(1))
+        .map(str::to_string);
     if stop_sig.is_none() || stop_sig != fly_signal {
-        out.push(Problem::new(&path, stop.map(|(n, _)| format!("line {n}")).unwrap_or_default(), format!("STOPSIGNAL {} must match fly.toml's kill_signal {}", stop_sig.unwrap_or_else(|| "(none)".into()), fly_signal.unwrap_or_else(|| "(none)".into()))));
+        out.push(Problem::new(
+            &path,
+            stop.map(|(n, _)| format!("line {n}")).unwrap_or_default(),
+            format!(
+                "STOPSIGNAL {} must match fly.toml's kill_signal {}",
+                stop_sig.unwrap_or_else(|| "(none)".into()),
+                fly_signal.unwrap_or_else(|| "(none)".into())
+            ),
+        ));
     }
     out
 }

@@ -481,7 +481,10 @@ fn cmd_check_config(a: CheckConfigArgs) -> i32 {
     let report = crate::check::check_repo(&a.repo);
     match a.format {
         Format::Text => print!("{}", crate::check::to_text(&report)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
     }
     i32::from(!report.problems.is_empty())
 }

@@ -60,7 +60,9 @@ pub fn prepare(buddy_dir: &Path, template_path: &Path) -> Result<Prepared, Probl
 /// fails, so callers can go on and report substitution problems too.
 pub fn prepare_all(buddy_dir: &Path, template_path: &Path) -> (Option<Prepared>, Vec<Problem>) {
     let mut problems = Vec::new();
-    let buddy = buddy::load(buddy_dir).map_err(|p| problems.extend(p.items)).ok();
+    let buddy = buddy::load(buddy_dir)
+        .map_err(|p| problems.extend(p.items))
+        .ok();
     let personal_path = buddy_dir.join(buddy::CONFIG_FILE);
     let template = jsonfile::read_json_object(template_path)
         .map_err(|p| problems.push(p))
@@ -265,10 +267,10 @@ pub fn render(
     // Policy problems and missing variables are reported together, before the
     // token is touched, so a broken Buddy leaves no new state behind.
     let (prepared, mut problems) = prepare_all(&opts.buddy_dir, &opts.template);
-    if let Some(p) = &prepared {
-        if let Err(e) = p.substitute(&opts.state_dir, Some("probe"), env) {
-            problems.extend(e.items);
-        }
+    if let Some(p) = &prepared
+        && let Err(e) = p.substitute(&opts.state_dir, Some("probe"), env)
+    {
+        problems.extend(e.items);
     }
     let prepared = match prepared {
         Some(p) if problems.is_empty() => p,

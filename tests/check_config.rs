@@ -38,8 +38,15 @@ impl Repo {
         fs::write(&p, t.replace(from, to)).unwrap();
     }
     fn check(&self) -> (i32, String) {
-        let o = Command::new(supervisor()).arg("check-config").arg(self.root()).output().unwrap();
-        (o.status.code().unwrap(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+        let o = Command::new(supervisor())
+            .arg("check-config")
+            .arg(self.root())
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
     }
     fn expect(&self, needles: &[&str]) -> String {
         let (code, out) = self.check();
@@ -53,7 +60,11 @@ impl Repo {
 
 #[test]
 fn the_repository_passes() {
-    let o = Command::new(supervisor()).arg("check-config").arg(repo()).output().unwrap();
+    let o = Command::new(supervisor())
+        .arg("check-config")
+        .arg(repo())
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}");
     assert_eq!(out.trim(), "check-config: 4 Buddies, 0 problems");
@@ -66,24 +77,34 @@ fn a_buddy_that_does_not_render_or_breaks_policy_is_reported() {
         v["plugins"] = json!({"entries": {"moltbook": {"enabled": false}}});
         v["channels"]["telegram"]["botToken"] = json!("${roel_token}");
     });
-    r.edit_json("buddies/estherbuddy-morgan/buddy.json", |v| v["role"] = json!("wizard"));
-    r.edit_json("buddies/estherbuddy-kazeh/buddy.json", |v| v["name"] = json!("Kaz"));
+    r.edit_json("buddies/estherbuddy-morgan/buddy.json", |v| {
+        v["role"] = json!("wizard")
+    });
+    r.edit_json("buddies/estherbuddy-kazeh/buddy.json", |v| {
+        v["name"] = json!("Kaz")
+    });
     let out = r.expect(&[
         "buddies/roelbuddy-galahad/config.json: plugins.entries.moltbook: the moltbook plugin is not part of MyBuddy",
         "buddies/roelbuddy-galahad/config.json: channels.telegram.botToken: \"${roel_token}\" is not a valid variable reference",
         "buddies/estherbuddy-morgan/buddy.json: role: unknown variant `wizard`",
         "the directory is named \"estherbuddy-kazeh\" but the id EstherBuddy-Kaz needs \"estherbuddy-kaz\"",
     ]);
-    assert!(out.ends_with("problems\n") && out.contains("check-config: 4 Buddies, "), "{out}");
+    assert!(
+        out.ends_with("problems\n") && out.contains("check-config: 4 Buddies, "),
+        "{out}"
+    );
 }
 
 #[test]
 fn two_whatsapp_buddies_for_one_human_name_both() {
     let r = Repo::new();
-    r.edit_json("buddies/roelbuddy-galahad/buddy.json", |v| v["channels"]["whatsapp"] = json!(true));
+    r.edit_json("buddies/roelbuddy-galahad/buddy.json", |v| {
+        v["channels"]["whatsapp"] = json!(true)
+    });
     r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
         v["plugins"] = json!({"entries": {"whatsapp": {"enabled": true}}});
-        v["channels"]["whatsapp"] = json!({"dmPolicy": "allowlist", "allowFrom": ["${ROELBUDDY_GALAHAD_HUMAN_PHONE}"]});
+        v["channels"]["whatsapp"] =
+            json!({"dmPolicy": "allowlist", "allowFrom": ["${ROELBUDDY_GALAHAD_HUMAN_PHONE}"]});
     });
     r.expect(&[
         "buddies/roelbuddy-emrys/buddy.json: channels.whatsapp: Roel has 2 WhatsApp Buddies (RoelBuddy-Emrys, RoelBuddy-Galahad); at most one per Human",
@@ -95,7 +116,8 @@ fn two_whatsapp_buddies_for_one_human_name_both() {
 fn plaintext_secrets_are_found_by_key_and_by_shape_unless_allowed() {
     let r = Repo::new();
     r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
-        v["channels"]["telegram"]["botToken"] = json!("123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw");
+        v["channels"]["telegram"]["botToken"] =
+            json!("123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw");
         v["env"]["TELEGRAM_ADMIN_ID"] = json!("48213377");
     });
     r.edit_json("buddies/roelbuddy-emrys/config.json", |v| {
@@ -114,7 +136,10 @@ fn plaintext_secrets_are_found_by_key_and_by_shape_unless_allowed() {
         "buddies/estherbuddy-kazeh/workspace/SOUL.MD: line ",
     ]);
     assert!(out.contains("looks like a Google API key"), "{out}");
-    assert!(!out.contains("AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw") && !out.contains("AIzaSyD-9tSrke72"), "the report repeats the secret:\n{out}");
+    assert!(
+        !out.contains("AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw") && !out.contains("AIzaSyD-9tSrke72"),
+        "the report repeats the secret:\n{out}"
+    );
     // A deliberate exception, with its reason, silences exactly that place.
     fs::write(
         r.root().join("buddies/.secrets-allow"),
@@ -123,7 +148,10 @@ fn plaintext_secrets_are_found_by_key_and_by_shape_unless_allowed() {
     .unwrap();
     let (_, out) = r.check();
     assert!(!out.contains("env.NOTE"), "{out}");
-    assert!(out.contains("allowFrom[0]: looks like a phone number"), "{out}");
+    assert!(
+        out.contains("allowFrom[0]: looks like a phone number"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -144,7 +172,11 @@ fn secrets_shared_between_buddies_or_without_the_buddys_prefix_are_reported() {
 fn dockerfiles_must_build_on_the_base_and_copy_only_the_buddy() {
     let r = Repo::new();
     fs::remove_file(r.root().join("buddies/roelbuddy-galahad/Dockerfile")).unwrap();
-    r.edit("buddies/roelbuddy-emrys/Dockerfile", "ARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest", "ARG BASE_IMAGE=debian:bookworm");
+    r.edit(
+        "buddies/roelbuddy-emrys/Dockerfile",
+        "ARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest",
+        "ARG BASE_IMAGE=debian:bookworm",
+    );
     fs::write(
         r.root().join("buddies/estherbuddy-kazeh/Dockerfile"),
         "FROM registry.fly.io/mybuddytalk-base:latest\nCOPY buddies/estherbuddy-kazeh/credentials /data/credentials\nCOPY buddies/roelbuddy-emrys/config.json /tmp/\nENTRYPOINT [\"node\"]\n",
@@ -165,7 +197,11 @@ fn dockerfiles_must_build_on_the_base_and_copy_only_the_buddy() {
 fn fly_toml_must_parse_mount_the_state_and_outwait_the_supervisor() {
     let r = Repo::new();
     r.edit("fly.toml", "kill_timeout = 20", "kill_timeout = 5");
-    r.edit("fly.toml", "destination = \"/data\"", "destination = \"/state\"");
+    r.edit(
+        "fly.toml",
+        "destination = \"/data\"",
+        "destination = \"/state\"",
+    );
     r.expect(&[
         "fly.toml: kill_timeout: 5 s must be longer than the supervisor's stop timeout (10 s",
         "fly.toml: mounts.destination: the Buddy's state volume must be mounted at /data",
@@ -178,7 +214,11 @@ fn fly_toml_must_parse_mount_the_state_and_outwait_the_supervisor() {
 fn json_format_lists_the_same_problems() {
     let r = Repo::new();
     r.edit("fly.toml", "kill_timeout = 20", "kill_timeout = 5");
-    let o = Command::new(supervisor()).args(["check-config", "--format", "json"]).arg(r.root()).output().unwrap();
+    let o = Command::new(supervisor())
+        .args(["check-config", "--format", "json"])
+        .arg(r.root())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["buddies"], json!(4));

@@ -1,0 +1,182 @@
+//! scripts/deploy against a recording `fly` first on PATH: the exact commands,
+//! one Buddy's app only, secrets never on a command line.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::*;
+
+fn deploy(fly: &FakeFly, env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(repo().join("scripts/deploy"))
+        .args(args)
+        .env_clear()
+        .env("PATH", fly.path_env())
+        .env("HOME", "/root")
+        .env("SUPERVISOR", supervisor())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn first_deploy_creates_the_app_volume_secrets_and_deploys_only_that_buddy() {
+    let f = Fixture::new();
+    let fly = FakeFly::new(f.tmp.path());
+    let env = marker_env(&repo().join("buddies/estherbuddy-kazeh"));
+    let o = deploy(&fly, &env, &["estherbuddy-kazeh", "--region", "cdg"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let app = "mybuddytalk-estherbuddy-kazeh";
+    assert_eq!(
+        fly.calls(),
+        vec![
+            strs(&["apps", "list", "--json"]),
+            strs(&["apps", "create", app, "--org", "personal"]),
+            strs(&["volumes", "list", "--app", app, "--json"]),
+            strs(&[
+                "volumes",
+                "create",
+                "buddy_state",
+                "--app",
+                app,
+                "--region",
+                "cdg",
+                "--size",
+                "3",
+                "--yes"
+            ]),
+            strs(&["secrets", "import", "--app", app, "--stage"]),
+            strs(&[
+                "deploy",
+                "--app",
+                app,
+                "--config",
+                "fly.toml",
+                "--dockerfile",
+                "buddies/estherbuddy-kazeh/Dockerfile",
+                "--build-arg",
+                "BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest",
+                "--ha=false",
+                "--yes",
+            ]),
+        ]
+    );
+    // The secrets went through stdin, each exactly once, and appear in no argument or log.
+    let stdin = fly.stdin();
+    for (k, v) in &env {
+        assert!(stdin.contains(&format!("{k}={v}\n")), "{k} not imported");
+        assert!(
+            !err.contains(v.as_str()),
+            "a secret value reached the output"
+        );
+        for call in fly.calls() {
+            assert!(
+                !call.iter().any(|a| a.contains(v.as_str())),
+                "a secret value on a command line"
+            );
+        }
+    }
+    assert_eq!(stdin.lines().count(), env.len());
+}
+
+#[test]
+fn a_second_deploy_reuses_the_app_and_keeps_the_secrets_already_set() {
+    let f = Fixture::new();
+    let fly = FakeFly::new(f.tmp.path());
+    let app = "mybuddytalk-roelbuddy-galahad";
+    fly.answer("apps", &format!(r#"[{{"Name":"{app}"}}]"#));
+    fly.answer("volumes", r#"[{"name":"buddy_state","id":"vol_1"}]"#);
+    let names = secret_names(&repo().join("buddies/roelbuddy-galahad"));
+    let listed: Vec<String> = names
+        .iter()
+        .map(|n| format!(r#"{{"Name":"{n}"}}"#))
+        .collect();
+    fly.answer("secrets", &format!("[{}]", listed.join(",")));
+    let o = deploy(&fly, &[], &["roelbuddy-galahad"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let calls = fly.calls();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(calls[2], strs(&["secrets", "list", "--app", app, "--json"]));
+    assert_eq!(calls[3][..3], strs(&["deploy", "--app", app]));
+    assert!(
+        calls.iter().all(|c| !c
+            .iter()
+            .any(|a| a.contains("emrys") || a.contains("kazeh") || a.contains("morgan"))),
+        "another Buddy was touched: {calls:?}"
+    );
+}
+
+#[test]
+fn missing_secrets_and_broken_repositories_deploy_nothing() {
+    let f = Fixture::new();
+    let fly = FakeFly::new(f.tmp.path());
+    // Some secrets but not all: refused before any fly call that changes anything.
+    let env: Vec<(String, String)> = marker_env(&repo().join("buddies/roelbuddy-emrys"))
+        .into_iter()
+        .skip(1)
+        .collect();
+    let o = deploy(&fly, &env, &["roelbuddy-emrys"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("set all of this Buddy's secrets or none; missing: BRAVE_API_KEY")
+    );
+    assert!(
+        !fly.calls()
+            .iter()
+            .any(|c| c[0] == "deploy" || c[0] == "secrets"),
+        "{:?}",
+        fly.calls()
+    );
+    // None in the environment and none on the app: refused, naming them.
+    let fly = FakeFly::new(&f.path("second"));
+    let o = deploy(&fly, &[], &["roelbuddy-emrys"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mybuddytalk-roelbuddy-emrys lacks secrets BRAVE_API_KEY GEMINI_API_KEY ROELBUDDY_EMRYS_HUMAN_PHONE"));
+    assert!(!fly.calls().iter().any(|c| c[0] == "deploy"));
+    // An unknown Buddy or a bad id.
+    for bad in ["nobuddy-here", "../etc", "RoelBuddy-Emrys"] {
+        let o = deploy(&fly, &[], &[bad]);
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+    }
+    // A fly failure stops the script at that step.
+    let fly = FakeFly::new(&f.path("third"));
+    fly.fail_on("volumes create");
+    let o = deploy(
+        &fly,
+        &marker_env(&repo().join("buddies/roelbuddy-emrys")),
+        &["roelbuddy-emrys"],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        !fly.calls()
+            .iter()
+            .any(|c| c[0] == "deploy" || c[0] == "secrets")
+    );
+}
+
+#[test]
+fn dry_run_prints_the_commands_and_calls_nothing_that_changes() {
+    let f = Fixture::new();
+    let fly = FakeFly::new(f.tmp.path());
+    let env = marker_env(&repo().join("buddies/roelbuddy-galahad"));
+    let o = deploy(&fly, &env, &["roelbuddy-galahad", "--dry-run"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(fly.calls().is_empty(), "{:?}", fly.calls());
+    for line in [
+        "+ fly apps create mybuddytalk-roelbuddy-galahad --org personal",
+        "+ fly volumes create buddy_state --app mybuddytalk-roelbuddy-galahad --region ams --size 3 --yes",
+        "+ fly secrets import --app mybuddytalk-roelbuddy-galahad --stage   (BRAVE_API_KEY GEMINI_API_KEY ROELBUDDY_GALAHAD_HUMAN_TELEGRAM_ID ROELBUDDY_GALAHAD_TELEGRAM_TOKEN)",
+        "+ fly deploy --app mybuddytalk-roelbuddy-galahad --config fly.toml --dockerfile buddies/roelbuddy-galahad/Dockerfile",
+    ] {
+        assert!(err.contains(line), "{line:?} not in:\n{err}");
+    }
+    let o = deploy(&fly, &[], &["--base", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("+ fly deploy --app mybuddytalk-base --config fly.toml --dockerfile Dockerfile --build-only --push --image-label latest"));
+}
