@@ -43,7 +43,9 @@ fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
+    // ENV_FILE stands for a file in the fixture, written by the test later.
+    args.extend(extra.iter().map(|s| s.replace("ENV_FILE", f.path("secrets.env").to_str().unwrap())));
+    fs::write(f.path("secrets.env"), "").unwrap();
     let sup = Sup::start_wrapped(f.tmp.path(), false, offline, &args, &env);
     Live { f, port, sup }
 }
@@ -90,7 +92,7 @@ impl Live {
 
 #[test]
 fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
-    let mut g = start("roelbuddy-emrys", &["--channels", "off"]);
+    let mut g = start("roelbuddy-emrys", &["--channels", "off", "--env-file", "ENV_FILE"]);
     g.wait_listening();
     assert!(
         listens_on_all_interfaces(g.port),
@@ -110,6 +112,16 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
         Handshake::Refused(why) => assert!(why.contains("NOT_PAIRED"), "{why}"),
         other => panic!("no token accepted: {other:?}"),
     }
+    // SIGHUP re-renders in place (a changed secret from the env file); the
+    // gateway keeps running, same process, and keeps answering.
+    let gw_before = g.gateway_pid();
+    let env_file = g.f.path("secrets.env");
+    fs::write(&env_file, "GEMINI_API_KEY=rotated-gemini-key\n").unwrap();
+    g.sup.signal("HUP");
+    assert!(g.sup.wait_log("reload: config re-rendered", Duration::from_secs(30)), "{}", g.sup.log());
+    assert!(fs::read_to_string(g.f.state.join("clawdbot.json")).unwrap().contains("rotated-gemini-key"));
+    assert!(matches!(gateway_handshake(g.port, Some(&token)), Ok(Handshake::HelloOk)), "{}", g.sup.out());
+    assert_eq!(g.gateway_pid(), gw_before, "the gateway was restarted by a reload");
     // The gateway runs as the unprivileged user, without its respawn wrapper:
     // the supervisor's only child is the gateway itself.
     let gw = g.gateway_pid();
