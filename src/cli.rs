@@ -41,6 +41,10 @@ pub enum Command {
     Swarm(SwarmCommand),
     /// List the swarm's Buddies from registry.json
     Registry(RegistryArgs),
+    /// Cast the SpawnBuddy spell (Magicians only): create, deploy, register and announce a Buddy
+    Spawn(SpawnArgs),
+    /// Broadcast a message to the swarm (mybuddybook/announcements/)
+    Resonate(ResonateArgs),
     /// Boot the Buddy and supervise its gateway (the image's ENTRYPOINT; PID 1 or subreaper)
     Run(RunArgs),
 }
@@ -115,6 +119,45 @@ pub struct RunArgs {
     /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CasterArgs {
+    /// Act as this Buddy (id like RoelBuddy-Emrys); default: the Buddy this runs in
+    #[arg(long = "as")]
+    pub as_id: Option<String>,
+    /// The Buddy this runs in (its buddy.json), when --as is not given
+    #[arg(long = "buddy", env = "MYBUDDY_BUDDY_DIR", default_value = IMAGE_BUDDY_DIR)]
+    pub buddy_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    /// The spell file (YAML, see spellbook/spells/spawn_buddy.md)
+    pub spell: PathBuf,
+    /// The MyBuddyTalk repository the new Buddy is written into
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
+    #[command(flatten)]
+    pub caster: CasterArgs,
+    /// Set the Buddy's secrets and deploy it (through scripts/deploy)
+    #[arg(long)]
+    pub deploy: bool,
+    /// Show every change and make none
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResonateArgs {
+    /// What to tell the swarm
+    pub message: String,
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
+    #[command(flatten)]
+    pub caster: CasterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +323,8 @@ pub fn main() -> i32 {
         Command::Render(a) => cmd_render(a),
         Command::Secrets(a) => cmd_secrets(a),
         Command::CheckConfig(a) => cmd_check_config(a),
+        Command::Spawn(a) => cmd_spawn(a),
+        Command::Resonate(a) => cmd_resonate(a),
         Command::Swarm(SwarmCommand::Check(a)) => cmd_swarm_check(a),
         Command::Registry(a) => cmd_registry(a),
         Command::Run(a) => match early {
@@ -487,4 +532,123 @@ fn cmd_check_config(a: CheckConfigArgs) -> i32 {
         ),
     }
     i32::from(!report.problems.is_empty())
+}
+
+/// Who is acting: `--as` (looked up in the repository, then the registry) or
+/// the Buddy this runs in.
+fn caster(
+    a: &CasterArgs,
+    repo: Option<&std::path::Path>,
+    swarm: &std::path::Path,
+) -> Result<crate::buddy::Identity, String> {
+    let Some(id) = &a.as_id else {
+        return crate::buddy::load(&a.buddy_dir)
+            .map(|b| b.identity)
+            .map_err(|e| {
+                format!("who is casting? pass --as BUDDY_ID, or run inside a Buddy: {e}")
+            });
+    };
+    let slug = id.to_lowercase();
+    if let Some(repo) = repo
+        && let Ok(b) = crate::buddy::load(&repo.join("buddies").join(&slug))
+    {
+        return Ok(b.identity);
+    }
+    let reg = crate::registry::read(&crate::swarm::Paths::new(swarm).book())
+        .map_err(|e| e.to_string())?;
+    reg.buddies
+        .get(&slug)
+        .map(|e| crate::buddy::Identity {
+            human: e.human.clone(),
+            name: e.name.clone(),
+            role: e.role,
+            channels: e.channels,
+            status: e.status,
+        })
+        .ok_or_else(|| format!("--as {id}: no such Buddy in the repository or the registry"))
+}
+
+fn cmd_spawn(a: SpawnArgs) -> i32 {
+    use crate::spell;
+    let swarm = a.swarm.swarm_dir.clone();
+    let world = spell::World {
+        repo: &a.repo,
+        swarm: &swarm,
+    };
+    let say = |m: &str| eprintln!("{m}");
+    let who = match caster(&a.caster, Some(&a.repo), &swarm) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = spell::check_caster(&world, &who) {
+        return fail(e);
+    }
+    let _lock = match spell::lock(&a.repo) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(format!(
+                "{}: cannot lock the repository for the spell: {e}",
+                a.repo.display()
+            ));
+        }
+    };
+    let parsed = match spell::parse(&a.spell) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let spawn = match spell::validate(&world, &a.spell, parsed) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    say(&format!(
+        "[1/5] validate: {} ({}, {}) may be spawned by {}",
+        spawn.identity.id(),
+        spawn.identity.role,
+        spawn.identity.channels,
+        who.id()
+    ));
+    let opts = spell::CastOptions {
+        deploy: a.deploy,
+        dry_run: a.dry_run,
+        deploy_script: a.repo.join("scripts/deploy"),
+    };
+    match spell::cast(&world, &who, &spawn, &opts, &mut |m| say(m)) {
+        Ok(o) if a.dry_run => {
+            println!("dry run: {} would be spawned; nothing was changed", o.slug);
+            0
+        }
+        Ok(o) => {
+            println!(
+                "spawned {}{}",
+                o.slug,
+                if o.deployed {
+                    " (deployed)"
+                } else {
+                    " (planned: deploy with scripts/deploy)"
+                }
+            );
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn cmd_resonate(a: ResonateArgs) -> i32 {
+    let who = match caster(&a.caster, None, &a.swarm.swarm_dir) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match crate::resonate::announce(
+        &a.swarm.swarm_dir,
+        &who.id(),
+        "message",
+        serde_json::json!({}),
+        &a.message,
+    ) {
+        Ok(p) => {
+            println!("{}", p.display());
+            0
+        }
+        Err(e) => fail(e),
+    }
 }

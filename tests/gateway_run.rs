@@ -44,7 +44,11 @@ fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
     .map(|s| s.to_string())
     .collect();
     // ENV_FILE stands for a file in the fixture, written by the test later.
-    args.extend(extra.iter().map(|s| s.replace("ENV_FILE", f.path("secrets.env").to_str().unwrap())));
+    args.extend(
+        extra
+            .iter()
+            .map(|s| s.replace("ENV_FILE", f.path("secrets.env").to_str().unwrap())),
+    );
     fs::write(f.path("secrets.env"), "").unwrap();
     let sup = Sup::start_wrapped(f.tmp.path(), false, offline, &args, &env);
     Live { f, port, sup }
@@ -92,7 +96,10 @@ impl Live {
 
 #[test]
 fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
-    let mut g = start("roelbuddy-emrys", &["--channels", "off", "--env-file", "ENV_FILE"]);
+    let mut g = start(
+        "roelbuddy-emrys",
+        &["--channels", "off", "--env-file", "ENV_FILE"],
+    );
     g.wait_listening();
     assert!(
         listens_on_all_interfaces(g.port),
@@ -118,10 +125,30 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
     let env_file = g.f.path("secrets.env");
     fs::write(&env_file, "GEMINI_API_KEY=rotated-gemini-key\n").unwrap();
     g.sup.signal("HUP");
-    assert!(g.sup.wait_log("reload: config re-rendered", Duration::from_secs(30)), "{}", g.sup.log());
-    assert!(fs::read_to_string(g.f.state.join("clawdbot.json")).unwrap().contains("rotated-gemini-key"));
-    assert!(matches!(gateway_handshake(g.port, Some(&token)), Ok(Handshake::HelloOk)), "{}", g.sup.out());
-    assert_eq!(g.gateway_pid(), gw_before, "the gateway was restarted by a reload");
+    assert!(
+        g.sup
+            .wait_log("reload: config re-rendered", Duration::from_secs(30)),
+        "{}",
+        g.sup.log()
+    );
+    assert!(
+        fs::read_to_string(g.f.state.join("clawdbot.json"))
+            .unwrap()
+            .contains("rotated-gemini-key")
+    );
+    assert!(
+        matches!(
+            gateway_handshake(g.port, Some(&token)),
+            Ok(Handshake::HelloOk)
+        ),
+        "{}",
+        g.sup.out()
+    );
+    assert_eq!(
+        g.gateway_pid(),
+        gw_before,
+        "the gateway was restarted by a reload"
+    );
     // The gateway runs as the unprivileged user, without its respawn wrapper:
     // the supervisor's only child is the gateway itself.
     let gw = g.gateway_pid();
