@@ -121,6 +121,7 @@ pub struct Locked {
 /// Takes the exclusive lock (waiting for other writers) and reads the registry.
 pub fn lock(book: &Path) -> Result<Locked, RegistryError> {
     let lock_path = book.join(LOCK_FILE);
+    fs::create_dir_all(book).map_err(io_err(book))?;
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
