@@ -11,6 +11,23 @@ use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
+/// Each case runs twice: as PID 1 of a fresh PID namespace, and as a plain
+/// child (subreaper), as under Fly's own init.
+macro_rules! both_modes {
+    ($case:ident) => {
+        mod $case {
+            #[test]
+            fn as_pid1() {
+                super::$case(true);
+            }
+            #[test]
+            fn as_subreaper() {
+                super::$case(false);
+            }
+        }
+    };
+}
+
 struct Case {
     f: Fixture,
     env: Vec<(String, String)>,
@@ -85,14 +102,7 @@ sleep 1000 & wait"#,
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
 }
 
-#[test]
-fn orphans_are_all_reaped_as_pid1() {
-    orphans_are_all_reaped(true);
-}
-#[test]
-fn orphans_are_all_reaped_as_subreaper() {
-    orphans_are_all_reaped(false);
-}
+both_modes!(orphans_are_all_reaped);
 
 fn sigterm_reaches_a_trapping_child(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
@@ -108,14 +118,7 @@ fn sigterm_reaches_a_trapping_child(pid1: bool) {
     assert!(s.log().contains("stopping the gateway signal=\"SIGTERM\""));
 }
 
-#[test]
-fn sigterm_reaches_a_trapping_child_as_pid1() {
-    sigterm_reaches_a_trapping_child(true);
-}
-#[test]
-fn sigterm_reaches_a_trapping_child_as_subreaper() {
-    sigterm_reaches_a_trapping_child(false);
-}
+both_modes!(sigterm_reaches_a_trapping_child);
 
 fn sigint_stops_like_fly_default(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
@@ -130,14 +133,7 @@ fn sigint_stops_like_fly_default(pid1: bool) {
     assert!(s.out().contains("trapped INT"));
 }
 
-#[test]
-fn sigint_stops_like_fly_default_as_pid1() {
-    sigint_stops_like_fly_default(true);
-}
-#[test]
-fn sigint_stops_like_fly_default_as_subreaper() {
-    sigint_stops_like_fly_default(false);
-}
+both_modes!(sigint_stops_like_fly_default);
 
 fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
@@ -185,14 +181,7 @@ fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren(pid1: bool) {
     assert!(gone.is_some(), "the grandchild survived the stop");
 }
 
-#[test]
-fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren_as_pid1() {
-    a_child_ignoring_sigterm_is_killed_with_its_grandchildren(true);
-}
-#[test]
-fn a_child_ignoring_sigterm_is_killed_with_its_grandchildren_as_subreaper() {
-    a_child_ignoring_sigterm_is_killed_with_its_grandchildren(false);
-}
+both_modes!(a_child_ignoring_sigterm_is_killed_with_its_grandchildren);
 
 fn usr_signals_are_forwarded_and_hup_rerenders_without_restart(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
@@ -243,14 +232,7 @@ fn usr_signals_are_forwarded_and_hup_rerenders_without_restart(pid1: bool) {
     assert_eq!(s.wait_exit(T), Some(0));
 }
 
-#[test]
-fn usr_signals_are_forwarded_and_hup_rerenders_without_restart_as_pid1() {
-    usr_signals_are_forwarded_and_hup_rerenders_without_restart(true);
-}
-#[test]
-fn usr_signals_are_forwarded_and_hup_rerenders_without_restart_as_subreaper() {
-    usr_signals_are_forwarded_and_hup_rerenders_without_restart(false);
-}
+both_modes!(usr_signals_are_forwarded_and_hup_rerenders_without_restart);
 
 fn a_crashing_child_restarts_with_growing_delays_then_gives_up(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
@@ -282,14 +264,7 @@ fn a_crashing_child_restarts_with_growing_delays_then_gives_up(pid1: bool) {
     assert_eq!(s.out().matches("started").count(), 4);
 }
 
-#[test]
-fn a_crashing_child_restarts_with_growing_delays_then_gives_up_as_pid1() {
-    a_crashing_child_restarts_with_growing_delays_then_gives_up(true);
-}
-#[test]
-fn a_crashing_child_restarts_with_growing_delays_then_gives_up_as_subreaper() {
-    a_crashing_child_restarts_with_growing_delays_then_gives_up(false);
-}
+both_modes!(a_crashing_child_restarts_with_growing_delays_then_gives_up);
 
 fn exit_codes_pass_through_under_policy_never(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
@@ -309,14 +284,7 @@ fn exit_codes_pass_through_under_policy_never(pid1: bool) {
     assert!(s.log().contains("cannot start the gateway"));
 }
 
-#[test]
-fn exit_codes_pass_through_under_policy_never_as_pid1() {
-    exit_codes_pass_through_under_policy_never(true);
-}
-#[test]
-fn exit_codes_pass_through_under_policy_never_as_subreaper() {
-    exit_codes_pass_through_under_policy_never(false);
-}
+both_modes!(exit_codes_pass_through_under_policy_never);
 
 #[test]
 fn on_failure_restarts_only_failures() {
