@@ -119,6 +119,42 @@ pub fn escape_for_gateway(s: &str) -> String {
     out
 }
 
+/// What the gateway reads from a value we wrote, by the gateway's own rules
+/// (a transcription of Clawdbot's `substituteString`); None if the gateway
+/// would expand a reference in it. Proves that escaping keeps secrets literal.
+pub fn gateway_unescape(value: &str) -> Option<String> {
+    let chars: Vec<char> = value.chars().collect();
+    let find = |start: usize| -> Option<(usize, String)> {
+        let end = (start..chars.len()).find(|&j| chars[j] == '}')?;
+        Some((end, chars[start..end].iter().collect()))
+    };
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c != '$' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let next = chars.get(i + 1).copied();
+        let after = chars.get(i + 2).copied();
+        if next == Some('$') && after == Some('{') {
+            if let Some((end, name)) = find(i + 3).filter(|(_, n)| is_var_name(n)) {
+                out.push_str(&format!("${{{name}}}"));
+                i = end + 1;
+                continue;
+            }
+        }
+        if next == Some('{') && find(i + 2).is_some_and(|(_, n)| is_var_name(&n)) {
+            return None;
+        }
+        out.push('$');
+        i += 1;
+    }
+    Some(out)
+}
+
 /// A value a reference resolves to.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -296,46 +332,6 @@ pub fn read_env_file(
 mod tests {
     use super::*;
 
-    /// A transcription of the gateway's `substituteString`, to prove that what
-    /// we write reads back as exactly the secret.
-    fn gateway_reads(value: &str) -> String {
-        let chars: Vec<char> = value.chars().collect();
-        let mut out = String::new();
-        let mut i = 0;
-        while i < chars.len() {
-            let c = chars[i];
-            if c != '$' {
-                out.push(c);
-                i += 1;
-                continue;
-            }
-            let next = chars.get(i + 1).copied();
-            let after = chars.get(i + 2).copied();
-            let find = |start: usize| -> Option<(usize, String)> {
-                let end = (start..chars.len()).find(|&j| chars[j] == '}')?;
-                Some((end, chars[start..end].iter().collect()))
-            };
-            if next == Some('$')
-                && after == Some('{')
-                && let Some((end, name)) = find(i + 3)
-                && is_var_name(&name)
-            {
-                out.push_str(&format!("${{{name}}}"));
-                i = end + 1;
-                continue;
-            }
-            if next == Some('{')
-                && let Some((_, name)) = find(i + 2)
-                && is_var_name(&name)
-            {
-                panic!("the gateway would expand ${{{name}}} in {value:?}");
-            }
-            out.push('$');
-            i += 1;
-        }
-        out
-    }
-
     #[test]
     fn escaped_values_read_back_exactly() {
         let cases = [
@@ -354,7 +350,11 @@ mod tests {
             "${{A}}",
         ];
         for c in cases {
-            assert_eq!(gateway_reads(&escape_for_gateway(c)), c, "case {c:?}");
+            assert_eq!(
+                gateway_unescape(&escape_for_gateway(c)).as_deref(),
+                Some(c),
+                "case {c:?}"
+            );
         }
     }
 

@@ -117,7 +117,18 @@ pub fn parse(path: &Path) -> Result<SpellFileParsed, SpellError> {
     };
     let text = fs::read_to_string(path)
         .map_err(|e| invalid(String::new(), format!("cannot read: {e}")))?;
-    let parsed: SpellFile = serde_saphyr::from_str(&text).map_err(|e| {
+    parse_str(path, &text)
+}
+
+/// Parses spell text; `path` only names it in errors.
+pub fn parse_str(path: &Path, text: &str) -> Result<SpellFileParsed, SpellError> {
+    let invalid = |loc: String, msg: String| {
+        SpellError::Invalid(Problems::new(
+            "the spell file is invalid",
+            vec![Problem::new(path, loc, msg)],
+        ))
+    };
+    let parsed: SpellFile = serde_saphyr::from_str(text).map_err(|e| {
         // The parser's message may quote the offending line; keep only what
         // it says is wrong, not where in the text that was.
         let msg = e.to_string();
