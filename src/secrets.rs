@@ -139,12 +139,13 @@ pub fn gateway_unescape(value: &str) -> Option<String> {
         }
         let next = chars.get(i + 1).copied();
         let after = chars.get(i + 2).copied();
-        if next == Some('$') && after == Some('{') {
-            if let Some((end, name)) = find(i + 3).filter(|(_, n)| is_var_name(n)) {
-                out.push_str(&format!("${{{name}}}"));
-                i = end + 1;
-                continue;
-            }
+        if next == Some('$')
+            && after == Some('{')
+            && let Some((end, name)) = find(i + 3).filter(|(_, n)| is_var_name(n))
+        {
+            out.push_str(&format!("${{{name}}}"));
+            i = end + 1;
+            continue;
         }
         if next == Some('{') && find(i + 2).is_some_and(|(_, n)| is_var_name(&n)) {
             return None;
