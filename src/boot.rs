@@ -329,6 +329,7 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         root: boot.cfg.swarm_dir.clone(),
         allow_unmounted: boot.cfg.swarm_unmounted_ok,
         repair: true,
+        want_mask: identity.role == Role::Buddy,
         seeds: swarm::Seeds {
             share: boot.cfg.swarm_seed.clone(),
             template_dir: boot.cfg.template.parent().map(|p| p.to_path_buf()),

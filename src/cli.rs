@@ -434,6 +434,7 @@ fn cmd_swarm_check(a: SwarmCheckArgs) -> i32 {
         root: a.swarm.swarm_dir.clone(),
         allow_unmounted: a.swarm_dir_unmounted,
         repair: !a.no_repair,
+        want_mask: true,
         seeds: crate::swarm::Seeds {
             share: Some(a.swarm_seed),
             template_dir: a.template_dir,

@@ -108,6 +108,11 @@ impl<'a> Supervisor<'a> {
         if let Err(code) = self.start() {
             return code;
         }
+        let released = sys::release_boot_text();
+        debug!(
+            kib = released / 1024,
+            "released the boot code's resident pages"
+        );
         loop {
             let timeout = self
                 .next_deadline()

@@ -366,17 +366,23 @@ impl Access {
 
 /// Step 3b: a real access check. A forked process drops to `creds` and tries
 /// to list and read the SpellBook and to write MyBuddyBook; mode bits alone
-/// would miss ACLs, root-squashing network filesystems and the like.
-pub fn probe(p: &Paths, creds: &Credentials) -> Result<Access, SwarmError> {
+/// would miss ACLs, root-squashing network filesystems and the like. Returns
+/// the probe's pid; [`probe_access`] reads its verdict.
+pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<nix::unistd::Pid, SwarmError> {
     let spell = p.spellbook();
     let spells = spell.join("spells");
     let spawn = spell.join(SPAWN_SPELL);
     let spawn_exists = spawn.exists();
     let changelog = p.changelog();
     let book = p.book();
-    let probe_file = book.join(format!(".access-probe-{}", std::process::id()));
+    // Unique per probe: two probes run at once.
+    let probe_file = book.join(format!(
+        ".access-probe-{}-{}",
+        std::process::id(),
+        creds.groups.len()
+    ));
     let registry = registry::path_in(&book);
-    let bits = sys::run_as(creds, move || {
+    sys::probe_as(creds, move || {
         let mut b = 0;
         if fs::read_dir(&spell).is_ok() {
             b |= 1;
@@ -396,18 +402,36 @@ pub fn probe(p: &Paths, creds: &Credentials) -> Result<Access, SwarmError> {
         }
         b
     })
-    .map_err(io_ctx(&p.root, "cannot run the access probe"))?;
-    Ok(Access::from_bits(bits))
+    .map_err(io_ctx(&p.root, "cannot run the access probe"))
 }
 
-/// Checks both roles' access against the rules; every violation is listed.
+pub fn probe_access(p: &Paths, pid: nix::unistd::Pid) -> Result<Access, SwarmError> {
+    sys::probe_result(pid)
+        .map(Access::from_bits)
+        .map_err(io_ctx(&p.root, "the access probe failed"))
+}
+
+/// Checks both roles' access against the rules (the two probes run at the
+/// same time, and with `mask` the SpellBook mount probe too); every
+/// violation is listed. Returns whether the mask is available.
 pub fn verify_access(
     p: &Paths,
     buddy: &Credentials,
     magician: &Credentials,
-) -> Result<(Access, Access), SwarmError> {
-    let b = probe(p, buddy)?;
-    let m = probe(p, magician)?;
+    mask: bool,
+) -> Result<bool, SwarmError> {
+    let bp = start_probe(p, buddy)?;
+    let mp = start_probe(p, magician);
+    let mask_pid = if mask {
+        sys::mask_probe(&p.spellbook())
+    } else {
+        None
+    };
+    // Collect every child before judging, so none is left behind.
+    let b = probe_access(p, bp);
+    let m = mp.and_then(|pid| probe_access(p, pid));
+    let can_mask = sys::mask_probe_result(mask_pid);
+    let (b, m) = (b?, m?);
     let mut problems = Vec::new();
     let who = |c: &Credentials| {
         format!(
@@ -446,7 +470,7 @@ pub fn verify_access(
         }
     }
     if problems.is_empty() {
-        Ok((b, m))
+        Ok(can_mask)
     } else {
         Err(SwarmError::Unsafe(problems))
     }
@@ -459,6 +483,8 @@ pub struct Options {
     pub allow_unmounted: bool,
     pub repair: bool,
     pub seeds: Seeds,
+    /// Probe whether the SpellBook can be masked (only a Buddy-role gateway needs it).
+    pub want_mask: bool,
 }
 
 #[derive(Debug)]
@@ -490,9 +516,8 @@ pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, 
         Some(c) if root => {
             let buddy = with_groups(c, vec![book_gid]);
             let magician = with_groups(c, vec![book_gid, magicians_gid]);
-            verify_access(&p, &buddy, &magician)?;
-            let can_mask = sys::can_mask(&p.spellbook());
-            if !can_mask {
+            let can_mask = verify_access(&p, &buddy, &magician, opts.want_mask)?;
+            if opts.want_mask && !can_mask {
                 info!(
                     "swarm: mounting is not allowed here (no CAP_SYS_ADMIN, as under plain Docker); the SpellBook is protected by its permissions alone"
                 );

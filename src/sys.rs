@@ -288,11 +288,11 @@ pub fn wait_helper(pid: Pid) -> io::Result<Exit> {
     }
 }
 
-/// Runs `f` in a forked child that has dropped to `creds` (groups, gid, uid)
-/// and returns what `f` returned (0-255). Boot only: the program is still
-/// single-threaded (so the child may allocate) and no supervision loop runs
-/// yet, so waiting for this one pid steals nobody's status.
-pub fn run_as(creds: &Credentials, f: impl FnOnce() -> i32) -> io::Result<i32> {
+/// Starts `f` in a forked child that has dropped to `creds` (groups, gid,
+/// uid); [`probe_result`] collects what it returned (0-127). Boot only: the
+/// program is still single-threaded (so the child may allocate) and no
+/// supervision loop runs yet, so waiting for these pids steals nobody's status.
+pub fn probe_as(creds: &Credentials, f: impl FnOnce() -> i32) -> io::Result<Pid> {
     let groups = creds.groups.clone();
     let (uid, gid) = (creds.uid, creds.gid);
     // SAFETY: single-threaded at this point; the child only drops privileges,
@@ -305,25 +305,29 @@ pub fn run_as(creds: &Credentials, f: impl FnOnce() -> i32) -> io::Result<i32> {
             let code = if ok { f() & 0x7f } else { 0x80 };
             unsafe { nix::libc::_exit(code) }
         }
-        nix::unistd::ForkResult::Parent { child } => match wait_helper(child)? {
-            Exit::Code(0x80) => Err(io::Error::other("the probe could not drop privileges")),
-            Exit::Code(c) => Ok(c),
-            Exit::Signal(s) => Err(io::Error::other(format!(
-                "the probe died by {}",
-                s.as_str()
-            ))),
-        },
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
     }
 }
 
-/// Whether this process may give a child a private mount namespace with a
-/// tmpfs over `dir` (CAP_SYS_ADMIN, as on a Fly Machine; not under plain
-/// Docker). Tried for real in a throw-away child.
-pub fn can_mask(dir: &Path) -> bool {
-    let Ok(target) = path_cstring(dir) else {
-        return false;
-    };
-    // SAFETY: as in run_as; the child makes three syscalls and _exits.
+/// Waits for a probe started by [`probe_as`].
+pub fn probe_result(pid: Pid) -> io::Result<i32> {
+    match wait_helper(pid)? {
+        Exit::Code(0x80) => Err(io::Error::other("the probe could not drop privileges")),
+        Exit::Code(c) => Ok(c),
+        Exit::Signal(s) => Err(io::Error::other(format!(
+            "the probe died by {}",
+            s.as_str()
+        ))),
+    }
+}
+
+/// Starts a throw-away child that tries what a Buddy-role gateway's spawn
+/// would do: a private mount namespace with a tmpfs over `dir`. It succeeds
+/// with CAP_SYS_ADMIN (a Fly Machine), not under plain Docker. Collect with
+/// [`mask_probe_result`].
+pub fn mask_probe(dir: &Path) -> Option<Pid> {
+    let target = path_cstring(dir).ok()?;
+    // SAFETY: as in probe_as; the child makes three syscalls and _exits.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             use nix::mount::{MsFlags, mount};
@@ -346,9 +350,55 @@ pub fn can_mask(dir: &Path) -> bool {
                 .is_ok();
             unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            matches!(wait_helper(child), Ok(Exit::Code(0)))
-        }
-        Err(_) => false,
+        Ok(nix::unistd::ForkResult::Parent { child }) => Some(child),
+        Err(_) => None,
     }
+}
+
+pub fn mask_probe_result(pid: Option<Pid>) -> bool {
+    pid.is_some_and(|p| matches!(wait_helper(p), Ok(Exit::Code(0))))
+}
+
+/// Gives back the resident pages of our own program text once boot is over.
+/// Boot runs a lot of code once (argument parsing, rendering, the swarm
+/// checks) that the supervision loop never touches again; those clean,
+/// file-backed pages would otherwise count in our RSS for the Buddy's whole
+/// life. Only the executable (r-xp) mapping is released: it is never written,
+/// so the kernel simply re-reads a page from the page cache if it is needed
+/// again. Read-only data is left alone (relocations were written into parts of
+/// it). Returns the bytes released.
+pub fn release_boot_text() -> usize {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return 0;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
+    let mut released = 0;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "r-xp" || Path::new(f[5]) != exe {
+            continue;
+        }
+        let Some((a, b)) = f[0].split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        else {
+            continue;
+        };
+        let Some(ptr) = std::ptr::NonNull::new(start as *mut std::ffi::c_void) else {
+            continue;
+        };
+        // SAFETY: a private, read-only, executable file mapping of our own
+        // binary: dropping its pages loses nothing, they fault back in.
+        if unsafe {
+            nix::sys::mman::madvise(ptr, end - start, nix::sys::mman::MmapAdvise::MADV_DONTNEED)
+        }
+        .is_ok()
+        {
+            released += end - start;
+        }
+    }
+    released
 }
