@@ -1,0 +1,325 @@
+//! Faults and bad conditions, with real processes and real filesystems.
+//! Each test prints one `FIGURE:` line; scripts/reliability collects them.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn figure(s: &str) {
+    eprintln!("FIGURE: {s}");
+}
+
+fn run_args(f: &Fixture, slug: &str, extra: &[&str], child: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--buddy",
+        f.buddy(slug).to_str().unwrap(),
+        "--state-dir",
+        f.state.to_str().unwrap(),
+        "--swarm",
+        f.swarm.to_str().unwrap(),
+        "--swarm-dir-unmounted",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.push("--".into());
+    a.extend(child.iter().map(|s| s.to_string()));
+    a
+}
+
+fn env_for(f: &Fixture, slug: &str) -> Vec<(String, String)> {
+    let mut env = base_env();
+    env.extend(marker_env(&f.buddy(slug)));
+    env
+}
+
+/// Runs `script` as root in a private mount namespace (for tmpfs mounts).
+fn in_mount_ns(script: &str, env: &[(String, String)]) -> std::process::Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn disk_full_while_writing_the_config_keeps_the_previous_file() {
+    let f = Fixture::new();
+    let env = env_for(&f, "roelbuddy-galahad");
+    let state = f.state.display().to_string();
+    let sup = supervisor().display().to_string();
+    let buddy = f.buddy("roelbuddy-galahad").display().to_string();
+    // A 64 KiB tmpfs holding a previous config and a token, then filled up.
+    let script = format!(
+        r#"set -e
+mkdir -p {state}
+mount -t tmpfs -o size=64k tmpfs {state}
+printf '{{"previous": true}}\n' > {state}/clawdbot.json
+{sup} render --buddy {buddy} --state-dir {state} --out {state}/seed.json >/dev/null 2>&1
+rm {state}/seed.json
+dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null || true
+set +e
+{sup} render --buddy {buddy} --state-dir {state} --out {state}/clawdbot.json
+echo "render-exit=$?"
+cat {state}/clawdbot.json
+ls -a {state}"#
+    );
+    let o = in_mount_ns(&script, &env);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("render-exit=1"), "{out}{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("clawdbot.json"),
+        "{err}"
+    );
+    assert!(
+        out.contains("{\"previous\": true}"),
+        "the previous config was damaged:\n{out}"
+    );
+    assert!(!out.contains(".tmp-"), "a temp file was left: {out}");
+    figure(
+        "disk full while writing clawdbot.json: clear error, previous file intact, no temp file left",
+    );
+}
+
+#[test]
+fn disk_full_while_writing_the_registry_keeps_the_previous_file() {
+    let f = Fixture::new();
+    let swarm = f.swarm.display().to_string();
+    let sup = supervisor().display().to_string();
+    let script = format!(
+        r#"set -e
+mount -t tmpfs -o size=64k tmpfs {swarm}
+{sup} registry --swarm {swarm} register --buddy {emrys}
+dd if=/dev/zero of={swarm}/filler bs=4k 2>/dev/null || true
+set +e
+{sup} registry --swarm {swarm} register --buddy {galahad}
+echo "exit=$?"
+{sup} registry --swarm {swarm} --json"#,
+        emrys = f.buddy("roelbuddy-emrys").display(),
+        galahad = f.buddy("roelbuddy-galahad").display(),
+    );
+    let o = in_mount_ns(&script, &base_env());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("exit=1"), "{out}{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let json = out.split("exit=1").nth(1).unwrap();
+    let reg: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(
+        reg["buddies"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["roelbuddy-emrys"]
+    );
+    figure("disk full while writing registry.json: clear error, previous registry intact");
+}
+
+#[test]
+fn kill_9_at_random_moments_of_boot_never_tears_state() {
+    let f = Fixture::new();
+    let env = env_for(&f, "roelbuddy-galahad");
+    let args = run_args(
+        &f,
+        "roelbuddy-galahad",
+        &["--restart", "never"],
+        &["/bin/true"],
+    );
+    // How long one whole boot takes here; kills land anywhere from the very
+    // start to past its end.
+    let t = Instant::now();
+    let st = Command::new(supervisor())
+        .arg("run")
+        .args(&args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let boot_us = t.elapsed().as_micros() as u32;
+    let mut seed = 0x2545F491u32;
+    let mut mid_boot = 0;
+    let rounds = 200;
+    for i in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let mut child = Command::new(supervisor())
+            .arg("run")
+            .args(&args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(u64::from(
+            seed % (boot_us + boot_us / 4),
+        )));
+        if child.try_wait().unwrap().is_none() {
+            mid_boot += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for file in [
+            f.state.join("clawdbot.json"),
+            f.swarm.join("mybuddybook/registry.json"),
+        ] {
+            if let Ok(text) = fs::read_to_string(&file) {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .unwrap_or_else(|e| panic!("{} torn after kill {i}: {e}", file.display()));
+            }
+        }
+        if let Ok(t) = fs::read_to_string(f.state.join("gateway-token")) {
+            assert_eq!(t.trim().len(), 43, "token torn after kill {i}");
+        }
+    }
+    // The next boot succeeds and keeps the token it had.
+    let token = fs::read_to_string(f.state.join("gateway-token")).unwrap();
+    let mut s = Sup::start(f.tmp.path(), false, &args, &env);
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert_eq!(
+        fs::read_to_string(f.state.join("gateway-token")).unwrap(),
+        token
+    );
+    assert!(mid_boot > 50, "only {mid_boot} kills landed during a boot");
+    figure(&format!(
+        "kill -9 during boot: {rounds} kills at random moments of a {} ms boot ({mid_boot} mid-boot), 0 torn files, next boot ok",
+        boot_us / 1000
+    ));
+}
+
+#[test]
+fn a_flooding_child_does_not_slow_the_stop() {
+    let f = Fixture::new();
+    let env = env_for(&f, "roelbuddy-galahad");
+    let args = run_args(
+        &f,
+        "roelbuddy-galahad",
+        &["--stop-timeout", "5"],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do echo flood flood flood flood flood flood flood flood; done",
+        ],
+    );
+    let mut child = Command::new(supervisor())
+        .arg("run")
+        .args(&args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A reader like Fly's log shipper: drains everything.
+    let mut out = child.stdout.take().unwrap();
+    let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()).unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let took = t.elapsed();
+    let bytes = drain.join().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(5),
+        "stop took {took:?} under a stdout flood"
+    );
+    assert!(bytes > 1_000_000, "the child flooded only {bytes} bytes");
+    figure(&format!(
+        "stdout flood: {} MB passed through untouched, stop in {} ms, exit 0",
+        bytes / 1_000_000,
+        took.as_millis()
+    ));
+}
+
+#[test]
+fn signal_storms_are_absorbed() {
+    let f = Fixture::new();
+    let env = env_for(&f, "roelbuddy-galahad");
+    let child = script(
+        f.tmp.path(),
+        "storm.sh",
+        "trap 'echo usr1' USR1\ntrap 'exit 0' TERM\necho ready\n# 3000 short-lived orphans: a SIGCHLD storm at the supervisor\ni=0; while [ $i -lt 3000 ]; do (true &); i=$((i+1)); done\necho storm-done\nwhile :; do sleep 1000 & wait $!; done",
+    );
+    let args = run_args(&f, "roelbuddy-galahad", &[], &[child.to_str().unwrap()]);
+    let mut s = Sup::start(f.tmp.path(), false, &args, &env);
+    assert!(s.wait_out("ready", T));
+    let pid = Pid::from_raw(s.pid());
+    for _ in 0..1000 {
+        kill(pid, Signal::SIGHUP).unwrap();
+    }
+    kill(pid, Signal::SIGUSR1).unwrap();
+    assert!(
+        s.wait_out("usr1", T),
+        "USR1 lost in the storm:\n{}",
+        s.log()
+    );
+    assert!(s.wait_out("storm-done", T));
+    let reloads = s.log().matches("SIGHUP: reloading the config").count();
+    assert!(reloads >= 1);
+    assert_eq!(
+        s.log().matches("gateway started").count(),
+        1,
+        "the storm restarted the gateway"
+    );
+    let zombies = children_of(s.pid())
+        .into_iter()
+        .filter(|(_, st)| *st == 'Z')
+        .count();
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert_eq!(zombies, 0);
+    figure(&format!(
+        "signal storms: 1000 SIGHUP (coalesced into {reloads} reloads) + 3000-orphan SIGCHLD storm; USR1 still forwarded, gateway never restarted, 0 zombies"
+    ));
+}
+
+#[test]
+fn a_gateway_that_hangs_on_stop_is_killed_on_time() {
+    let f = Fixture::new();
+    let env = env_for(&f, "roelbuddy-galahad");
+    let hang = script(
+        f.tmp.path(),
+        "hang.sh",
+        "trap '' TERM INT\necho ready\nwhile :; do sleep 1000 & wait $!; done",
+    );
+    let args = run_args(
+        &f,
+        "roelbuddy-galahad",
+        &["--stop-timeout", "2"],
+        &[hang.to_str().unwrap()],
+    );
+    let mut s = Sup::start(f.tmp.path(), false, &args, &env);
+    assert!(s.wait_out("ready", T));
+    let t = Instant::now();
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(137));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert!(!Path::new(&format!("/proc/{}", s.pid())).exists() || s.wait_exit(T).is_some());
+    figure(&format!(
+        "gateway hanging on stop: killed after {} ms (timeout 2000 ms), exit 137",
+        took.as_millis()
+    ));
+}
