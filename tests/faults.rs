@@ -157,9 +157,7 @@ fn kill_9_at_random_moments_of_boot_never_tears_state() {
     let mut mid_boot = 0;
     let rounds = 200;
     for i in 0..rounds {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
+        next_random(&mut seed);
         let mut child = Command::new(supervisor())
             .arg("run")
             .args(&args)

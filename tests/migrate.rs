@@ -42,13 +42,7 @@ fn migrating_kazeh_copies_verifies_and_activates() {
     let f = Fixture::new();
     let vps = old_server(f.tmp.path());
     // The registry knows Kazeh as a migration in progress.
-    let reg = Command::new(supervisor())
-        .args(["registry", "--swarm"])
-        .arg(&f.swarm)
-        .args(["register", "--buddy"])
-        .arg(repo().join("buddies/estherbuddy-kazeh"))
-        .output()
-        .unwrap();
+    let reg = registry_register(&f.swarm, &repo().join("buddies/estherbuddy-kazeh"), &[]);
     assert!(reg.status.success());
     let reg_file = f.swarm.join("mybuddybook/registry.json");
     assert!(
@@ -120,13 +114,7 @@ fn a_broken_whatsapp_session_fails_verification_and_keeps_the_status() {
         "{ torn",
     )
     .unwrap();
-    let reg = Command::new(supervisor())
-        .args(["registry", "--swarm"])
-        .arg(&f.swarm)
-        .args(["register", "--buddy"])
-        .arg(repo().join("buddies/estherbuddy-kazeh"))
-        .output()
-        .unwrap();
+    let reg = registry_register(&f.swarm, &repo().join("buddies/estherbuddy-kazeh"), &[]);
     assert!(reg.status.success());
     let o = migrate(&[
         "estherbuddy-kazeh",

@@ -291,9 +291,7 @@ fn kill_9_during_registry_writes_never_tears_the_file() {
     let mut seed = 0x9e3779b9u32;
     let mut killed_mid_run = 0;
     for i in 0..200 {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
+        next_random(&mut seed);
         let mut child = Command::new(supervisor())
             .args(["registry", "--swarm"])
             .arg(&f.swarm)

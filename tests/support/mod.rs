@@ -594,3 +594,25 @@ exit 0"#,
         fs::write(self.dir.join("fail"), format!("{prefix}\n")).unwrap();
     }
 }
+
+/// A small deterministic pseudo-random sequence (xorshift32) for fault timing:
+/// reproducible runs without a dependency.
+pub fn next_random(state: &mut u32) -> u32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 17;
+    *state ^= *state << 5;
+    *state
+}
+
+/// `supervisor registry --swarm SWARM register --buddy DIR [extra...]`.
+pub fn registry_register(swarm: &Path, buddy: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(supervisor())
+        .args(["registry", "--swarm"])
+        .arg(swarm)
+        .arg("register")
+        .args(extra)
+        .arg("--buddy")
+        .arg(buddy)
+        .output()
+        .unwrap()
+}
