@@ -349,3 +349,53 @@ fn kill_9_during_registry_writes_never_tears_the_file() {
         "{t}"
     );
 }
+
+#[test]
+fn booting_on_fly_activates_a_planned_buddy_but_not_a_migration() {
+    let f = Fixture::new();
+    let galahad = f.buddy("roelbuddy-galahad");
+    let kazeh = f.buddy("estherbuddy-kazeh");
+    assert!(
+        registry_register(&f.swarm, &galahad, &["--status", "planned"])
+            .status
+            .success()
+    );
+    assert!(registry_register(&f.swarm, &kazeh, &[]).status.success());
+    for (slug, dir) in [
+        ("roelbuddy-galahad", &galahad),
+        ("estherbuddy-kazeh", &kazeh),
+    ] {
+        let mut env = base_env();
+        env.extend(marker_env(dir));
+        env.push(("FLY_MACHINE_ID".into(), format!("m-{slug}")));
+        let args: Vec<String> = [
+            "--buddy",
+            dir.to_str().unwrap(),
+            "--state-dir",
+            f.state.join(slug).to_str().unwrap(),
+            "--swarm",
+            f.swarm.to_str().unwrap(),
+            "--swarm-dir-unmounted",
+            "--restart",
+            "never",
+            "--",
+            "true",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut s = Sup::start(f.tmp.path(), false, &args, &env);
+        assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    }
+    let reg: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(f.swarm.join("mybuddybook/registry.json")).unwrap(),
+    )
+    .unwrap();
+    let g = &reg["buddies"]["roelbuddy-galahad"];
+    assert_eq!(
+        (g["status"].as_str(), g["machine"].as_str()),
+        (Some("active"), Some("m-roelbuddy-galahad"))
+    );
+    assert!(g["last_boot"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(reg["buddies"]["estherbuddy-kazeh"]["status"], "migration");
+}
