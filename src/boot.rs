@@ -258,6 +258,8 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     }
 
     let root = sys::is_root();
+    // The role picks the gateway's groups. A broken buddy.json is reported by
+    // the render step; until then assume the least privileged role.
     let role_guess = crate::buddy::load(&cfg.buddy_dir)
         .map(|b| b.identity.role)
         .unwrap_or(Role::Buddy);
