@@ -18,23 +18,8 @@ fn figure(s: &str) {
     eprintln!("FIGURE: {s}");
 }
 
-fn run_args(f: &Fixture, slug: &str, extra: &[&str], child: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--buddy",
-        f.buddy(slug).to_str().unwrap(),
-        "--state-dir",
-        f.state.to_str().unwrap(),
-        "--swarm",
-        f.swarm.to_str().unwrap(),
-        "--swarm-dir-unmounted",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a.push("--".into());
-    a.extend(child.iter().map(|s| s.to_string()));
-    a
+fn buddy_args(f: &Fixture, slug: &str, extra: &[&str], child: &[&str]) -> Vec<String> {
+    run_args(&f.buddy(slug), &f.state, &f.swarm, extra, child)
 }
 
 fn env_for(f: &Fixture, slug: &str) -> Vec<(String, String)> {
@@ -133,7 +118,7 @@ echo "exit=$?"
 fn kill_9_at_random_moments_of_boot_never_tears_state() {
     let f = Fixture::new();
     let env = env_for(&f, "roelbuddy-galahad");
-    let args = run_args(
+    let args = buddy_args(
         &f,
         "roelbuddy-galahad",
         &["--restart", "never"],
@@ -143,15 +128,7 @@ fn kill_9_at_random_moments_of_boot_never_tears_state() {
     // the very start to past its end.
     let boot = || {
         let t = Instant::now();
-        let st = Command::new(supervisor())
-            .arg("run")
-            .args(&args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
+        let st = run_cmd(&args, &env).status().unwrap();
         assert!(st.success());
         t.elapsed()
     };
@@ -162,15 +139,7 @@ fn kill_9_at_random_moments_of_boot_never_tears_state() {
     let rounds = 200;
     for i in 0..rounds {
         next_random(&mut seed);
-        let mut child = Command::new(supervisor())
-            .arg("run")
-            .args(&args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = run_cmd(&args, &env).spawn().unwrap();
         std::thread::sleep(Duration::from_micros(u64::from(
             seed % (boot_us + boot_us / 4),
         )));
@@ -211,7 +180,7 @@ fn kill_9_at_random_moments_of_boot_never_tears_state() {
 fn a_flooding_child_does_not_slow_the_stop() {
     let f = Fixture::new();
     let env = env_for(&f, "roelbuddy-galahad");
-    let args = run_args(
+    let args = buddy_args(
         &f,
         "roelbuddy-galahad",
         &["--stop-timeout", "5"],
@@ -221,15 +190,7 @@ fn a_flooding_child_does_not_slow_the_stop() {
             "trap 'exit 0' TERM; while :; do echo flood flood flood flood flood flood flood flood; done",
         ],
     );
-    let mut child = Command::new(supervisor())
-        .arg("run")
-        .args(&args)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_cmd(&args, &env).stdout(Stdio::piped()).spawn().unwrap();
     // A reader like Fly's log shipper: drains everything.
     let mut out = child.stdout.take().unwrap();
     let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()).unwrap());
@@ -261,7 +222,7 @@ fn signal_storms_are_absorbed() {
         "storm.sh",
         "trap 'echo usr1' USR1\ntrap 'exit 0' TERM\necho ready\n# 3000 short-lived orphans: a SIGCHLD storm at the supervisor\ni=0; while [ $i -lt 3000 ]; do (true &); i=$((i+1)); done\necho storm-done\nwhile :; do sleep 1000 & wait $!; done",
     );
-    let args = run_args(&f, "roelbuddy-galahad", &[], &[child.to_str().unwrap()]);
+    let args = buddy_args(&f, "roelbuddy-galahad", &[], &[child.to_str().unwrap()]);
     let mut s = Sup::start(f.tmp.path(), false, &args, &env);
     assert!(s.wait_out("ready", T));
     let pid = Pid::from_raw(s.pid());
@@ -303,7 +264,7 @@ fn a_gateway_that_hangs_on_stop_is_killed_on_time() {
         "hang.sh",
         "trap '' TERM INT\necho ready\nwhile :; do sleep 1000 & wait $!; done",
     );
-    let args = run_args(
+    let args = buddy_args(
         &f,
         "roelbuddy-galahad",
         &["--stop-timeout", "2"],

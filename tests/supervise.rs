@@ -44,21 +44,16 @@ impl Case {
     }
 
     fn args(&self, extra: &[&str], child: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "--buddy".into(),
-            self.f.buddy(self.buddy).display().to_string(),
-            "--state-dir".into(),
-            self.f.state.display().to_string(),
-            "--swarm".into(),
-            self.f.swarm.display().to_string(),
-            "--swarm-dir-unmounted".into(),
-            "--swarm-seed".into(),
-            repo().join("images/swarm-seed").display().to_string(),
-        ];
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a.push("--".into());
-        a.extend(child.iter().map(|s| s.to_string()));
-        a
+        let seed = repo().join("images/swarm-seed");
+        let mut flags = vec!["--swarm-seed", seed.to_str().unwrap()];
+        flags.extend_from_slice(extra);
+        run_args(
+            &self.f.buddy(self.buddy),
+            &self.f.state,
+            &self.f.swarm,
+            &flags,
+            child,
+        )
     }
 
     fn start(&self, pid1: bool, extra: &[&str], child: &[&str]) -> Sup {

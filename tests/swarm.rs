@@ -368,22 +368,13 @@ fn booting_on_fly_activates_a_planned_buddy_but_not_a_migration() {
         let mut env = base_env();
         env.extend(marker_env(dir));
         env.push(("FLY_MACHINE_ID".into(), format!("m-{slug}")));
-        let args: Vec<String> = [
-            "--buddy",
-            dir.to_str().unwrap(),
-            "--state-dir",
-            f.state.join(slug).to_str().unwrap(),
-            "--swarm",
-            f.swarm.to_str().unwrap(),
-            "--swarm-dir-unmounted",
-            "--restart",
-            "never",
-            "--",
-            "true",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = run_args(
+            dir,
+            &f.state.join(slug),
+            &f.swarm,
+            &["--restart", "never"],
+            &["true"],
+        );
         let mut s = Sup::start(f.tmp.path(), false, &args, &env);
         assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
     }

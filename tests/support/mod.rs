@@ -616,3 +616,41 @@ pub fn registry_register(swarm: &Path, buddy: &Path, extra: &[&str]) -> std::pro
         .output()
         .unwrap()
 }
+
+/// The arguments of `supervisor run` for a Buddy against a local state dir
+/// and an unmounted swarm dir, then `extra` flags and `-- child...`.
+pub fn run_args(
+    buddy: &Path,
+    state: &Path,
+    swarm: &Path,
+    extra: &[&str],
+    child: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--buddy".into(),
+        buddy.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--swarm".into(),
+        swarm.display().to_string(),
+        "--swarm-dir-unmounted".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    if !child.is_empty() {
+        a.push("--".into());
+        a.extend(child.iter().map(|s| s.to_string()));
+    }
+    a
+}
+
+/// `supervisor run ARGS` with exactly `env`, output discarded (set others on the result).
+pub fn run_cmd(args: &[String], env: &[(String, String)]) -> Command {
+    let mut c = Command::new(supervisor());
+    c.arg("run")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
