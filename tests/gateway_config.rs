@@ -54,12 +54,7 @@ fn the_real_gateway_accepts_every_buddy_and_reads_back_the_secrets() {
     // A secret that the naive `jq | envsubst` entrypoint would corrupt, and
     // that the gateway would expand if we wrote it unescaped.
     let nasty = "q\"uo\\te\nline ${HOME} $${X} end";
-    for slug in [
-        "roelbuddy-emrys",
-        "roelbuddy-galahad",
-        "estherbuddy-kazeh",
-        "estherbuddy-morgan",
-    ] {
+    for slug in SWARM_MEMBERS {
         let b = f.buddy(slug);
         let mut env = marker_env(&b);
         env.retain(|(k, _)| k != "GEMINI_API_KEY");

@@ -38,12 +38,7 @@ fn write_json(p: &Path, v: &Value) {
 #[test]
 fn every_swarm_member_renders_with_its_secrets() {
     let f = Fixture::new();
-    for slug in [
-        "roelbuddy-emrys",
-        "roelbuddy-galahad",
-        "estherbuddy-kazeh",
-        "estherbuddy-morgan",
-    ] {
+    for slug in SWARM_MEMBERS {
         let b = f.buddy(slug);
         let env = marker_env(&b);
         let out_file = f.state.join(slug).join("clawdbot.json");

@@ -99,33 +99,33 @@ sleep 1000 & wait"#,
 
 both_modes!(orphans_are_all_reaped);
 
-fn sigterm_reaches_a_trapping_child(pid1: bool) {
+/// SIGTERM (docker stop) and SIGINT (Fly's default kill signal) both reach
+/// a child that traps them; it exits 0 and so does the supervisor.
+fn a_trapped_stop_signal_ends_cleanly(pid1: bool, sig: &str) {
     let c = Case::new("roelbuddy-galahad");
     let child = c.script(
         "trap.sh",
-        "trap 'echo trapped TERM; exit 0' TERM\necho ready\nsleep 1000 & wait",
+        &format!("trap 'echo trapped {sig}; kill $!; exit 0' {sig}\necho ready\nsleep 1000 & wait"),
     );
     let mut s = c.start(pid1, &[], &[&child]);
     assert!(s.wait_out("ready", T));
-    s.signal("TERM");
+    s.signal(sig);
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
-    assert!(s.out().contains("trapped TERM"));
-    assert!(s.log().contains("stopping the gateway signal=\"SIGTERM\""));
+    assert!(s.out().contains(&format!("trapped {sig}")));
+    assert!(
+        s.log()
+            .contains(&format!("stopping the gateway signal=\"SIG{sig}\""))
+    );
+}
+
+fn sigterm_reaches_a_trapping_child(pid1: bool) {
+    a_trapped_stop_signal_ends_cleanly(pid1, "TERM");
 }
 
 both_modes!(sigterm_reaches_a_trapping_child);
 
 fn sigint_stops_like_fly_default(pid1: bool) {
-    let c = Case::new("roelbuddy-galahad");
-    let child = c.script(
-        "int.sh",
-        "trap 'echo trapped INT; kill $!; exit 0' INT\necho ready\nsleep 1000 & wait",
-    );
-    let mut s = c.start(pid1, &[], &[&child]);
-    assert!(s.wait_out("ready", T));
-    s.signal("INT");
-    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
-    assert!(s.out().contains("trapped INT"));
+    a_trapped_stop_signal_ends_cleanly(pid1, "INT");
 }
 
 both_modes!(sigint_stops_like_fly_default);

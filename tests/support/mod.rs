@@ -9,6 +9,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The four Buddies of the architecture document, as buddies/ holds them.
+pub const SWARM_MEMBERS: [&str; 4] = [
+    "roelbuddy-emrys",
+    "roelbuddy-galahad",
+    "estherbuddy-kazeh",
+    "estherbuddy-morgan",
+];
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
