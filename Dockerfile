@@ -16,9 +16,8 @@ FROM ${RUST_IMAGE} AS supervisor-build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-      --target x86_64-unknown-linux-gnu --bin supervisor \
- && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/supervisor /out/usr/local/bin/supervisor
+COPY scripts/build-static ./scripts/build-static
+RUN install -D -m 0755 "$(scripts/build-static --locked)" /out/usr/local/bin/supervisor
 
 FROM ${NODE_IMAGE} AS gateway-build
 COPY images/gateway/package.json /src/images/gateway/package.json

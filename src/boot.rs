@@ -1,7 +1,9 @@
 //! `supervisor run`: the boot sequence, then the supervision loop.
 //!
 //! Boot is a list of named steps, each logged with its duration:
-//! signals → privileges → render → state → swarm → register → supervise.
+//! signals → privileges → render → state → swarm → supervise (start) →
+//! register. Registering runs while the gateway starts: the gateway does not
+//! need it, and a failure still stops the gateway and fails the boot.
 //! The first step takes the signals before anything else can happen (as PID 1
 //! an unhandled SIGTERM would otherwise be dropped); a stop that arrives during
 //! boot is honoured between steps.
@@ -112,6 +114,8 @@ struct Boot {
     layout: Layout,
     creds: Option<Credentials>,
     source: SecretSource,
+    /// Set once the swarm is ready; taken by the register step.
+    to_register: Option<crate::buddy::Identity>,
 }
 
 impl Boot {
@@ -150,7 +154,8 @@ impl Boot {
 }
 
 impl Hooks for Boot {
-    fn reload(&mut self) {
+    fn reload(&mut self) -> bool {
+        info!("SIGHUP: reloading the config");
         let t = Instant::now();
         match self.render().and_then(|r| self.write(&r)) {
             Ok(changed) => info!(
@@ -165,6 +170,7 @@ impl Hooks for Boot {
             ),
             Err(e) => error!("reload failed; the gateway keeps its current config:\n{e}"),
         }
+        true
     }
 
     fn before_start(&mut self) {
@@ -185,6 +191,11 @@ impl Hooks for Boot {
                 Err(e) => warn!(lock = %path.display(), error = %e, "cannot inspect gateway lock"),
             }
         }
+    }
+
+    fn after_first_start(&mut self) -> Option<i32> {
+        let identity = self.to_register.take()?;
+        step("register", || register(&self.cfg.swarm_dir, &identity)).err()
     }
 }
 
@@ -295,6 +306,7 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
             env_file: cfg.env_file.clone(),
         },
         cfg,
+        to_register: None,
     };
 
     let rendered = match step("render", || boot.render()) {
@@ -351,12 +363,10 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         spellbook_masked = mask_dir.is_some(),
         "swarm ready"
     );
-    if let Err(code) = step("register", || register(&boot.cfg.swarm_dir, &identity)) {
-        return code;
-    }
     if stop_pending(&sfd, &mut deferred) {
         return 0;
     }
+    boot.to_register = Some(identity);
 
     let secret_values = boot.source.snapshot().unwrap_or_default();
     let env = child_env(
@@ -390,6 +400,7 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         cwd: boot.cfg.state_dir.clone(),
         credentials: boot.creds.clone(),
         mask_dir,
+        harden: true,
     };
     info!(buddy = %rendered.prepared.buddy.identity.id(), port = rendered.port(), "boot complete");
     let policy = boot.cfg.policy.clone();

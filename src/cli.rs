@@ -47,6 +47,57 @@ pub enum Command {
     Resonate(ResonateArgs),
     /// Boot the Buddy and supervise its gateway (the image's ENTRYPOINT; PID 1 or subreaper)
     Run(RunArgs),
+    /// Be a plain init for COMMAND (no Buddy): reap, forward signals, stop, restart as asked
+    Init(InitArgs),
+}
+
+/// How the child is supervised; shared by `run` and `init`.
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// Seconds the child gets to stop before its process group is killed
+    #[arg(long, env = "MYBUDDY_STOP_TIMEOUT", default_value_t = 10.0)]
+    pub stop_timeout: f64,
+    /// When to restart a child that exited on its own [default: `always` for run, `never` for init]
+    #[arg(long, env = "MYBUDDY_RESTART", value_enum)]
+    pub restart: Option<RestartPolicy>,
+    /// More restarts than this within --restart-window ends the supervisor (non-zero)
+    #[arg(long, env = "MYBUDDY_MAX_RESTARTS", default_value_t = 5)]
+    pub max_restarts: u32,
+    /// Seconds over which restarts are counted
+    #[arg(long, env = "MYBUDDY_RESTART_WINDOW", default_value_t = 300.0)]
+    pub restart_window: f64,
+    /// First restart delay, doubled after each crash
+    #[arg(long, env = "MYBUDDY_BACKOFF_INITIAL_MS", default_value_t = 500)]
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay
+    #[arg(long, env = "MYBUDDY_BACKOFF_MAX_MS", default_value_t = 30_000)]
+    pub backoff_max_ms: u64,
+    /// Seconds of uptime after which a run counts as healthy and the backoff resets
+    #[arg(long, env = "MYBUDDY_RESET_AFTER", default_value_t = 60.0)]
+    pub reset_after: f64,
+}
+
+impl SuperviseArgs {
+    fn policy(&self, default_restart: RestartPolicy) -> Policy {
+        Policy {
+            restart: self.restart.unwrap_or(default_restart),
+            max_restarts: self.max_restarts,
+            restart_window: secs(self.restart_window),
+            backoff_initial: std::time::Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: std::time::Duration::from_millis(self.backoff_max_ms),
+            reset_after: secs(self.reset_after),
+            stop_timeout: secs(self.stop_timeout),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub supervise: SuperviseArgs,
+    /// The program to run and its arguments; it gets our environment as it is
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -69,27 +120,8 @@ pub struct RunArgs {
     /// Run the gateway as USER, UID or UID:GID [default: buddy when root, yourself otherwise]
     #[arg(long, env = "MYBUDDY_USER")]
     pub user: Option<String>,
-    /// Seconds the gateway gets to stop before its process group is killed
-    #[arg(long, env = "MYBUDDY_STOP_TIMEOUT", default_value_t = 10.0)]
-    pub stop_timeout: f64,
-    /// When to restart a gateway that exited on its own
-    #[arg(long, env = "MYBUDDY_RESTART", value_enum, default_value_t = RestartPolicy::Always)]
-    pub restart: RestartPolicy,
-    /// More restarts than this within --restart-window ends the supervisor (non-zero)
-    #[arg(long, env = "MYBUDDY_MAX_RESTARTS", default_value_t = 5)]
-    pub max_restarts: u32,
-    /// Seconds over which restarts are counted
-    #[arg(long, env = "MYBUDDY_RESTART_WINDOW", default_value_t = 300.0)]
-    pub restart_window: f64,
-    /// First restart delay, doubled after each crash
-    #[arg(long, env = "MYBUDDY_BACKOFF_INITIAL_MS", default_value_t = 500)]
-    pub backoff_initial_ms: u64,
-    /// Longest restart delay
-    #[arg(long, env = "MYBUDDY_BACKOFF_MAX_MS", default_value_t = 30_000)]
-    pub backoff_max_ms: u64,
-    /// Seconds of uptime after which a run counts as healthy and the backoff resets
-    #[arg(long, env = "MYBUDDY_RESET_AFTER", default_value_t = 60.0)]
-    pub reset_after: f64,
+    #[command(flatten)]
+    pub supervise: SuperviseArgs,
     /// Extra secrets, NAME=value per line, re-read on every render (SIGHUP picks up changes)
     #[arg(long, env = "MYBUDDY_ENV_FILE")]
     pub env_file: Option<PathBuf>,
@@ -315,7 +347,9 @@ pub struct SecretsArgs {
 pub fn main() -> i32 {
     // `run` may be PID 1: take the signals before anything else, even before
     // parsing arguments, so no SIGTERM can fall into a gap.
-    let early = (std::env::args_os().nth(1).as_deref() == Some("run".as_ref()))
+    let early = std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "run" || a == "init")
         .then(crate::sys::take_signals);
     let cli = Cli::parse();
     crate::logging::init();
@@ -331,6 +365,16 @@ pub fn main() -> i32 {
             Some(Ok((sfd, mask))) => boot::run(run_config(a), sfd, mask),
             Some(Err(e)) => fail(format!("cannot take signals: {e}")),
             None => fail("`run` must be the first argument"),
+        },
+        Command::Init(a) => match early {
+            Some(Ok((sfd, mask))) => crate::supervise::init(
+                a.command,
+                a.supervise.policy(RestartPolicy::Never),
+                &sfd,
+                mask,
+            ),
+            Some(Err(e)) => fail(format!("cannot take signals: {e}")),
+            None => fail("`init` must be the first argument"),
         },
     }
 }
@@ -353,15 +397,7 @@ fn run_config(a: RunArgs) -> RunConfig {
         port: a.port,
         warm_cache: Some(a.warm_cache),
         swarm_seed: Some(a.swarm_seed),
-        policy: Policy {
-            restart: a.restart,
-            max_restarts: a.max_restarts,
-            restart_window: secs(a.restart_window),
-            backoff_initial: std::time::Duration::from_millis(a.backoff_initial_ms),
-            backoff_max: std::time::Duration::from_millis(a.backoff_max_ms),
-            reset_after: secs(a.reset_after),
-            stop_timeout: secs(a.stop_timeout),
-        },
+        policy: a.supervise.policy(RestartPolicy::Always),
         command: a.command,
     }
 }

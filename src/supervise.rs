@@ -40,10 +40,17 @@ pub struct Policy {
 
 /// What the boot provides to the loop.
 pub trait Hooks {
-    /// SIGHUP: re-render the config in place.
-    fn reload(&mut self);
+    /// SIGHUP: re-render the config in place. False: not ours to handle,
+    /// forward SIGHUP to the child like any other signal.
+    fn reload(&mut self) -> bool;
     /// Before every (re)start: clear what a dead gateway left behind.
     fn before_start(&mut self);
+    /// Once, right after the first start: boot work that need not delay the
+    /// gateway (it takes seconds to listen; this runs meanwhile). `Some(code)`
+    /// fails the boot: the gateway is stopped and the supervisor exits with it.
+    fn after_first_start(&mut self) -> Option<i32> {
+        None
+    }
 }
 
 struct Running {
@@ -73,11 +80,21 @@ pub struct Supervisor<'a> {
     consecutive: u32,
     starts: u32,
     stop_requested: bool,
+    /// The exit code when the boot failed after the gateway had started.
+    exit_override: Option<i32>,
+    /// When to give back the boot code's pages (see [`RELEASE_AFTER`]).
+    release_at: Option<Instant>,
 }
 
 /// After SIGKILL, how long to wait for the kernel to finish the group off
 /// before exiting anyway.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// How long after the first start the boot code's resident pages are given
+/// back. Not at once: the madvise and the faults it causes would sit on the
+/// start's critical path, and a gateway that dies at once restarts through
+/// the same code.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 impl<'a> Supervisor<'a> {
     pub fn new(
@@ -100,6 +117,8 @@ impl<'a> Supervisor<'a> {
             consecutive: 0,
             starts: 0,
             stop_requested: false,
+            exit_override: None,
+            release_at: None,
         }
     }
 
@@ -108,11 +127,13 @@ impl<'a> Supervisor<'a> {
         if let Err(code) = self.start() {
             return code;
         }
-        let released = sys::release_boot_text();
-        debug!(
-            kib = released / 1024,
-            "released the boot code's resident pages"
-        );
+        self.release_at = Some(Instant::now() + RELEASE_AFTER);
+        if let Some(code) = self.hooks.after_first_start() {
+            self.exit_override = Some(code);
+            if let Some(code) = self.on_stop(Signal::SIGTERM) {
+                return code;
+            }
+        }
         loop {
             let timeout = self
                 .next_deadline()
@@ -138,7 +159,10 @@ impl<'a> Supervisor<'a> {
                 d.deadline
             }
         });
-        [drain, self.restart_at].into_iter().flatten().min()
+        [drain, self.restart_at, self.release_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Starts the gateway. Err carries the exit code when it cannot start.
@@ -170,10 +194,7 @@ impl<'a> Supervisor<'a> {
         match sig {
             Signal::SIGCHLD => return self.on_children(),
             Signal::SIGTERM | Signal::SIGINT => return self.on_stop(sig),
-            Signal::SIGHUP => {
-                info!("SIGHUP: reloading the config");
-                self.hooks.reload();
-            }
+            Signal::SIGHUP if self.hooks.reload() => {}
             other => match &self.gateway {
                 Some(g) => {
                     info!(
@@ -348,12 +369,21 @@ impl<'a> Supervisor<'a> {
             return None;
         }
         sys::reap_all();
+        let code = self.exit_override.unwrap_or(code);
         info!(exit = code, "supervisor exiting");
         Some(code)
     }
 
     fn on_timers(&mut self) -> Option<i32> {
         let now = Instant::now();
+        if self.release_at.is_some_and(|t| now >= t) {
+            self.release_at = None;
+            let released = sys::release_boot_text();
+            debug!(
+                kib = released / 1024,
+                "released the boot code's resident pages"
+            );
+        }
         if let Some(d) = &mut self.draining {
             if now >= d.deadline {
                 if !d.killed {
@@ -366,7 +396,10 @@ impl<'a> Supervisor<'a> {
                     d.killed = true;
                     d.deadline = now + KILL_GRACE;
                 } else {
-                    let code = d.code.unwrap_or(128 + Signal::SIGKILL as i32);
+                    let code = self
+                        .exit_override
+                        .or(d.code)
+                        .unwrap_or(128 + Signal::SIGKILL as i32);
                     error!(
                         pgid = d.pgid.as_raw(),
                         exit = code,
@@ -385,4 +418,38 @@ impl<'a> Supervisor<'a> {
         }
         None
     }
+}
+
+/// `supervisor init`: the supervision loop alone, for a program that is not a
+/// Buddy. Like tini: the child gets our environment and working directory
+/// untouched and every signal (SIGHUP included); we reap, stop it with a
+/// timeout and restart it as the policy says.
+pub fn init(command: Vec<String>, policy: Policy, sfd: &SignalFd, mask: SigSet) -> i32 {
+    struct Plain;
+    impl Hooks for Plain {
+        fn reload(&mut self) -> bool {
+            false
+        }
+        fn before_start(&mut self) {}
+    }
+    if !sys::is_pid1()
+        && let Err(e) = sys::become_subreaper()
+    {
+        error!(error = %e, "cannot become a child subreaper");
+        return 1;
+    }
+    let Some((program, args)) = command.split_first() else {
+        error!("init: no command given");
+        return 2;
+    };
+    let spec = SpawnSpec {
+        program: program.into(),
+        args: args.to_vec(),
+        env: std::env::vars().collect(),
+        cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+        credentials: None,
+        mask_dir: None,
+        harden: false,
+    };
+    Supervisor::new(sfd, mask, spec, policy, &mut Plain).run()
 }

@@ -364,11 +364,11 @@ impl Access {
     }
 }
 
-/// Step 3b: a real access check. A forked process drops to `creds` and tries
+/// Step 3b: a real access check. A probe thread drops to `creds` and tries
 /// to list and read the SpellBook and to write MyBuddyBook; mode bits alone
-/// would miss ACLs, root-squashing network filesystems and the like. Returns
-/// the probe's pid; [`probe_access`] reads its verdict.
-pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<nix::unistd::Pid, SwarmError> {
+/// would miss ACLs, root-squashing network filesystems and the like.
+/// [`probe_access`] reads its verdict.
+pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<sys::Probe<i32>, SwarmError> {
     let spell = p.spellbook();
     let spells = spell.join("spells");
     let spawn = spell.join(SPAWN_SPELL);
@@ -405,8 +405,9 @@ pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<nix::unistd::Pid, S
     .map_err(io_ctx(&p.root, "cannot run the access probe"))
 }
 
-pub fn probe_access(p: &Paths, pid: nix::unistd::Pid) -> Result<Access, SwarmError> {
-    sys::probe_result(pid)
+pub fn probe_access(p: &Paths, probe: sys::Probe<i32>) -> Result<Access, SwarmError> {
+    probe
+        .result()
         .map(Access::from_bits)
         .map_err(io_ctx(&p.root, "the access probe failed"))
 }
@@ -422,15 +423,14 @@ pub fn verify_access(
 ) -> Result<bool, SwarmError> {
     let bp = start_probe(p, buddy)?;
     let mp = start_probe(p, magician);
-    let mask_pid = if mask {
-        sys::mask_probe(&p.spellbook())
-    } else {
-        None
-    };
-    // Collect every child before judging, so none is left behind.
+    let mask_probe = mask.then(|| sys::mask_probe(&p.spellbook()));
+    // Join every probe before judging, so none is left running.
     let b = probe_access(p, bp);
-    let m = mp.and_then(|pid| probe_access(p, pid));
-    let can_mask = sys::mask_probe_result(mask_pid);
+    let m = mp.and_then(|probe| probe_access(p, probe));
+    let can_mask = matches!(
+        mask_probe.map(|m| m.and_then(sys::Probe::result)),
+        Some(Ok(true))
+    );
     let (b, m) = (b?, m?);
     let mut problems = Vec::new();
     let who = |c: &Credentials| {

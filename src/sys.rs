@@ -5,9 +5,7 @@
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -189,32 +187,81 @@ pub struct SpawnSpec {
     /// Hide this directory behind an empty read-only tmpfs in a private mount
     /// namespace (a Buddy-role gateway and the SpellBook).
     pub mask_dir: Option<PathBuf>,
+    /// The gateway: no_new_privs and umask 007. A plain `init` child keeps
+    /// both as they were, as under tini (it may need sudo, or its own umask).
+    pub harden: bool,
 }
 
 /// Starts the child in its own session and process group, with the original
-/// signal mask, the given groups, gid and uid, and no_new_privs. std's
-/// Command reports an exec failure (ENOENT...) as an error of spawn and
-/// collects that failed child itself before returning, which is safe here:
-/// the reaper only runs from the supervision loop on this same thread.
+/// signal mask, the given groups, gid and uid, and (for the gateway)
+/// no_new_privs and umask 007.
+///
+/// The child is made with `clone(CLONE_VM | CLONE_VFORK)`, as posix_spawn
+/// does: it borrows our memory until its execve, so nothing is copied and we
+/// take no copy-on-write faults afterwards (a fork of the supervisor cost a
+/// third of a plain init's start). We are suspended until it has exec'd or
+/// failed. In between it runs on its own small stack and may only make
+/// syscalls: everything it needs (paths, argv, envp, groups) is built here
+/// first, it allocates nothing, and the credential changes are the raw
+/// syscalls (glibc's setuid() would try to signal our threads from it). A
+/// failure is left for us in `failed` and the child exits 127; that child is
+/// collected here, on the reaper's own thread, before returning the error.
 pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd);
-    // Everything the child-side code needs is allocated here, before fork:
-    // between fork and exec only async-signal-safe calls are allowed.
-    let mask = *original_mask;
-    let creds = spec.credentials.clone();
-    let groups: Vec<Gid> = creds.as_ref().map(|c| c.groups.clone()).unwrap_or_default();
-    let mask_dir: Option<CString> = match &spec.mask_dir {
-        Some(p) => Some(path_cstring(p)?),
-        None => None,
+    use nix::libc::{self, c_char};
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    let env_path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    let program = path_cstring(&resolve_program(&spec.program, env_path)?)?;
+    let cstr = |s: &[u8]| {
+        CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
     };
-    let tmpfs = c"tmpfs";
-    let tmpfs_opts = c"mode=000,size=4k";
-    unsafe {
-        cmd.pre_exec(move || {
+    let mut argv = vec![cstr(spec.program.as_os_str().as_bytes())?];
+    for a in &spec.args {
+        argv.push(cstr(a.as_bytes())?);
+    }
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(format!("{k}={v}").as_bytes()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let argv_ptrs: Vec<*const c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const c_char> = envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let cwd = path_cstring(&spec.cwd)?;
+    let mask_dir: Option<CString> = spec.mask_dir.as_deref().map(path_cstring).transpose()?;
+    let ids = spec.credentials.as_ref().map(|c| {
+        (
+            c.groups
+                .iter()
+                .map(|g| g.as_raw())
+                .collect::<Vec<libc::gid_t>>(),
+            c.gid.as_raw(),
+            c.uid.as_raw(),
+        )
+    });
+    let harden = spec.harden;
+    let mask = *original_mask;
+    let failed = AtomicI32::new(0);
+
+    let child = || -> isize {
+        let step = || -> Result<(), Errno> {
+            // The Rust runtime ignores SIGPIPE; the child must not inherit that.
+            // SAFETY: setting a default disposition; no handler involved.
+            unsafe {
+                nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+            }?;
             // Since Rust 1.66 a child inherits our blocked mask; the gateway
             // must see SIGTERM, so give it back what we were started with.
             pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None)?;
@@ -233,32 +280,142 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
                     None::<&std::ffi::CStr>,
                 )?;
                 mount(
-                    Some(tmpfs),
+                    Some(c"tmpfs"),
                     dir.as_c_str(),
-                    Some(tmpfs),
+                    Some(c"tmpfs"),
                     MsFlags::MS_RDONLY
                         | MsFlags::MS_NOSUID
                         | MsFlags::MS_NODEV
                         | MsFlags::MS_NOEXEC,
-                    Some(tmpfs_opts),
+                    Some(c"mode=000,size=4k"),
                 )?;
             }
-            if let Some(c) = &creds {
-                // Order matters: groups, then gid, then uid (after setuid we
-                // could no longer change the others).
-                nix::unistd::setgroups(&groups)?;
-                nix::unistd::setgid(c.gid)?;
-                nix::unistd::setuid(c.uid)?;
+            if let Some((groups, gid, uid)) = &ids {
+                // Groups, then gid, then uid: after the uid we could no
+                // longer change the others.
+                // SAFETY: raw syscalls on this task's own credentials.
+                let r = unsafe {
+                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                        && libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) == 0
+                        && libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) == 0
+                };
+                if !r {
+                    return Err(Errno::last());
+                }
             }
-            nix::sys::prctl::set_no_new_privs()?;
-            // Files the gateway creates in MyBuddyBook (setgid dirs) stay
-            // writable by every Buddy's gateway, and readable by nobody else.
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
-            Ok(())
-        });
+            if harden {
+                nix::sys::prctl::set_no_new_privs()?;
+                // Files the gateway creates in MyBuddyBook (setgid dirs) stay
+                // writable by every Buddy's gateway, and readable by nobody else.
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
+            }
+            nix::unistd::chdir(cwd.as_c_str())?;
+            // SAFETY: NUL-terminated arrays of pointers into CStrings that
+            // outlive the call (the parent is suspended until it returns).
+            unsafe { libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+            Err(Errno::last())
+        };
+        let e = step().err().unwrap_or(Errno::UnknownErrno);
+        failed.store(e as i32, Ordering::Relaxed);
+        // SAFETY: leave without running anything of ours (atexit, buffers).
+        unsafe { libc::_exit(127) }
+    };
+    let mut stack = ChildStack::new()?;
+    // SAFETY: CLONE_VFORK suspends us until the child has exec'd or exited, so
+    // nothing else touches the memory it borrows; it only makes syscalls.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(child),
+            stack.as_mut_slice(),
+            nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK,
+            Some(libc::SIGCHLD),
+        )
     }
-    let child = cmd.spawn()?;
-    Ok(Pid::from_raw(child.id() as i32))
+    .map_err(io::Error::from)?;
+    drop(stack);
+    match failed.load(Ordering::Relaxed) {
+        0 => Ok(pid),
+        e => {
+            // Our own child that never became the gateway: collect it now
+            // so it does not reach the loop as a stray exit.
+            let _ = waitpid(pid, None);
+            Err(io::Error::from_raw_os_error(e))
+        }
+    }
+}
+
+/// The spawned child's stack until its execve: a fresh anonymous mapping
+/// (only the few pages it touches are ever backed, none needs zeroing by us)
+/// with its lowest page inaccessible, so an overflow faults instead of
+/// writing into our heap.
+struct ChildStack {
+    ptr: std::ptr::NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl ChildStack {
+    const LEN: usize = 128 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> io::Result<ChildStack> {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect};
+        let len = std::num::NonZeroUsize::new(Self::LEN).expect("non-zero");
+        // SAFETY: a new private mapping that nothing else refers to.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK | MapFlags::MAP_NORESERVE,
+            )
+        }?;
+        let stack = ChildStack {
+            ptr,
+            len: Self::LEN,
+        };
+        // SAFETY: the first page of our own mapping.
+        unsafe { mprotect(ptr, Self::GUARD, ProtFlags::PROT_NONE) }?;
+        Ok(stack)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the usable part of the mapping above the guard page, valid
+        // and exclusively ours for as long as self lives.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.as_ptr().cast::<u8>().add(Self::GUARD),
+                self.len - Self::GUARD,
+            )
+        }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the child no longer runs on it.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Finds `program` as execvp would, in the child's PATH: a name with a slash
+/// is used as is; otherwise the first executable regular file of that name.
+fn resolve_program(program: &Path, path: Option<&str>) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return Ok(program.to_path_buf());
+    }
+    let dirs = path.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    dirs.split(':')
+        .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} not found in PATH ({dirs})", program.display()),
+            )
+        })
 }
 
 fn path_cstring(p: &Path) -> io::Result<CString> {
@@ -275,63 +432,74 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Waits for one specific helper child. Only used during boot, before the
-/// supervision loop (the one reaper) exists and while no other child runs.
-pub fn wait_helper(pid: Pid) -> io::Result<Exit> {
-    loop {
-        match waitpid(pid, None) {
-            Ok(WaitStatus::Exited(_, c)) => return Ok(Exit::Code(c)),
-            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(Exit::Signal(s)),
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+/// A boot-time check running on its own thread (see [`probe_as`]).
+pub struct Probe<T>(std::thread::JoinHandle<io::Result<T>>);
+
+impl<T> Probe<T> {
+    /// Waits for the probe's verdict.
+    pub fn result(self) -> io::Result<T> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the probe thread panicked")))
     }
 }
 
-/// Starts `f` in a forked child that has dropped to `creds` (groups, gid,
-/// uid); [`probe_result`] collects what it returned (0-127). Boot only: the
-/// program is still single-threaded (so the child may allocate) and no
-/// supervision loop runs yet, so waiting for these pids steals nobody's status.
-pub fn probe_as(creds: &Credentials, f: impl FnOnce() -> i32) -> io::Result<Pid> {
-    let groups = creds.groups.clone();
-    let (uid, gid) = (creds.uid, creds.gid);
-    // SAFETY: single-threaded at this point; the child only drops privileges,
-    // runs `f` and leaves with _exit.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Child => {
-            let ok = nix::unistd::setgroups(&groups).is_ok()
-                && nix::unistd::setgid(gid).is_ok()
-                && nix::unistd::setuid(uid).is_ok();
-            let code = if ok { f() & 0x7f } else { 0x80 };
-            unsafe { nix::libc::_exit(code) }
-        }
-        nix::unistd::ForkResult::Parent { child } => Ok(child),
-    }
+fn probe_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<Probe<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(256 * 1024)
+        .spawn(f)
+        .map(Probe)
 }
 
-/// Waits for a probe started by [`probe_as`].
-pub fn probe_result(pid: Pid) -> io::Result<i32> {
-    match wait_helper(pid)? {
-        Exit::Code(0x80) => Err(io::Error::other("the probe could not drop privileges")),
-        Exit::Code(c) => Ok(c),
-        Exit::Signal(s) => Err(io::Error::other(format!(
-            "the probe died by {}",
-            s.as_str()
-        ))),
-    }
+/// Runs `f` on a new thread whose own credentials are first dropped to
+/// `creds` (groups, gid, uid, and with them every capability), so what `f`
+/// tries is judged by the kernel exactly as for the gateway. Linux keeps
+/// credentials per thread; glibc's setuid() and friends broadcast the change
+/// to every thread of the process, so the raw syscalls are used here: only
+/// this thread changes, and it ends with `f`. A thread instead of a forked
+/// child keeps this off the boot's critical path (a fork copies the page
+/// tables and needs a waitpid outside the one reaper).
+pub fn probe_as<T: Send + 'static>(
+    creds: &Credentials,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<Probe<T>> {
+    let groups: Vec<nix::libc::gid_t> = creds.groups.iter().map(|g| g.as_raw()).collect();
+    let (uid, gid) = (creds.uid.as_raw(), creds.gid.as_raw());
+    probe_thread("access-probe", move || {
+        // SAFETY: plain syscalls on this thread's own credentials; the
+        // pointer and length describe `groups`, which outlives the call.
+        // Order matters: groups and gid while we are still root, uid last.
+        let r = unsafe {
+            use nix::libc::{SYS_setgroups, SYS_setresgid, SYS_setresuid, syscall};
+            if syscall(SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                || syscall(SYS_setresgid, gid, gid, gid) != 0
+                || syscall(SYS_setresuid, uid, uid, uid) != 0
+            {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        r.map_err(|e| io::Error::other(format!("the probe could not drop privileges: {e}")))?;
+        Ok(f())
+    })
 }
 
-/// Starts a throw-away child that tries what a Buddy-role gateway's spawn
-/// would do: a private mount namespace with a tmpfs over `dir`. It succeeds
-/// with CAP_SYS_ADMIN (a Fly Machine), not under plain Docker. Collect with
-/// [`mask_probe_result`].
-pub fn mask_probe(dir: &Path) -> Option<Pid> {
-    let target = path_cstring(dir).ok()?;
-    // SAFETY: as in probe_as; the child makes three syscalls and _exits.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            use nix::mount::{MsFlags, mount};
-            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
+/// Tries, on a throw-away thread, what a Buddy-role gateway's spawn would do:
+/// a private mount namespace with a tmpfs over `dir`. It succeeds with
+/// CAP_SYS_ADMIN (a Fly Machine), not under plain Docker. The mount namespace
+/// is the thread's own (unshare gives a thread its own fs and namespace) and
+/// vanishes with it.
+pub fn mask_probe(dir: &Path) -> io::Result<Probe<bool>> {
+    let target = path_cstring(dir)?;
+    probe_thread("mask-probe", move || {
+        use nix::mount::{MsFlags, mount};
+        Ok(
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
                 && mount(
                     None::<&std::ffi::CStr>,
                     c"/",
@@ -347,16 +515,9 @@ pub fn mask_probe(dir: &Path) -> Option<Pid> {
                     MsFlags::MS_RDONLY,
                     Some(c"mode=000,size=4k"),
                 )
-                .is_ok();
-            unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => Some(child),
-        Err(_) => None,
-    }
-}
-
-pub fn mask_probe_result(pid: Option<Pid>) -> bool {
-    pid.is_some_and(|p| matches!(wait_helper(p), Ok(Exit::Code(0))))
+                .is_ok(),
+        )
+    })
 }
 
 /// Gives back the resident pages of our own program text once boot is over.

@@ -281,6 +281,107 @@ fn exit_codes_pass_through_under_policy_never(pid1: bool) {
 
 both_modes!(exit_codes_pass_through_under_policy_never);
 
+/// `supervisor init`: the same loop with no Buddy. Unlike `run`, the child
+/// keeps our environment, umask and privileges, and gets SIGHUP itself.
+fn init_is_a_plain_init_that_forwards_everything_and_reaps(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let child = c.script(
+        "plain.sh",
+        r#"for s in HUP USR1 USR2; do trap "echo got $s" $s; done
+trap 'echo got TERM; exit 7' TERM
+echo "FOO=$FOO"
+grep -E '^(Umask|NoNewPrivs|Uid):' /proc/self/status
+i=0
+while [ $i -lt 200 ]; do (sleep 0.1 &); i=$((i+1)); done
+echo ready
+while :; do sleep 1000 & wait $!; done"#,
+    );
+    let mut env = base_env();
+    env.push(("FOO".into(), "bar baz".into()));
+    env.push(("MYBUDDY_LOG".into(), "debug".into()));
+    let mut s = Sup::start_init(c.f.tmp.path(), pid1, &["--".into(), child.clone()], &env);
+    assert!(s.wait_out("ready", T), "{}", s.log());
+    let ours = fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let umask = ours.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    let out = s.out();
+    assert!(out.contains("FOO=bar baz"), "{out}");
+    assert!(
+        out.contains(umask),
+        "the child's umask differs from ours ({umask}):\n{out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("Uid:\t0\t")), "{out}");
+    for sig in ["HUP", "USR1", "USR2"] {
+        s.signal(sig);
+        assert!(
+            s.wait_out(&format!("got {sig}"), T),
+            "{sig} not forwarded:\n{}",
+            s.log()
+        );
+    }
+    assert!(
+        !s.log().contains("reload"),
+        "init must not re-render:\n{}",
+        s.log()
+    );
+    assert!(
+        s.wait_log_count("reaped orphan", 200, T),
+        "only {} of 200 orphans reaped",
+        s.log().matches("reaped orphan").count()
+    );
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(7), "{}", s.log());
+    assert!(s.out().contains("got TERM"));
+    let mut s = Sup::start_init(
+        c.f.tmp.path(),
+        pid1,
+        &["--".into(), "/nonexistent/x".into()],
+        &env,
+    );
+    assert_eq!(s.wait_exit(T), Some(127), "{}", s.log());
+}
+
+both_modes!(init_is_a_plain_init_that_forwards_everything_and_reaps);
+
+/// The registry is written while the gateway starts; when that fails the
+/// boot still fails: the gateway is stopped and the exit says why (78).
+#[test]
+fn a_registry_that_cannot_be_written_stops_the_started_gateway() {
+    let c = Case::new("roelbuddy-galahad");
+    let book = c.f.swarm.join("mybuddybook");
+    fs::create_dir_all(&book).unwrap();
+    let registry = book.join("registry.json");
+    fs::write(&registry, "{\"version\": 1, \"buddies\": {").unwrap();
+    let child = c.script(
+        "gw.sh",
+        "trap 'echo got TERM; exit 0' TERM\necho ready\nwhile :; do sleep 1000 & wait $!; done",
+    );
+    let mut s = c.start(false, &[], &[&child]);
+    assert_eq!(s.wait_exit(T), Some(78), "{}", s.log());
+    let log = s.log();
+    assert!(log.contains("gateway started"), "{log}");
+    assert!(
+        log.contains("step=\"register\"") && log.contains("boot step failed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("registry.json") && log.contains("line 1 column"),
+        "{log}"
+    );
+    // It may be stopped before its shell has even set its trap: the
+    // supervisor's own account says it was stopped, and nothing is left.
+    assert!(
+        log.contains("stopping the gateway") && log.contains("gateway stopped"),
+        "the gateway was not stopped:\n{log}"
+    );
+    assert!(children_of(s.child.id() as i32).is_empty());
+    assert_eq!(
+        fs::read_to_string(&registry).unwrap(),
+        "{\"version\": 1, \"buddies\": {",
+        "the broken registry must be left for a human"
+    );
+}
+
 #[test]
 fn on_failure_restarts_only_failures() {
     let c = Case::new("roelbuddy-galahad");

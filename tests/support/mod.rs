@@ -211,6 +211,22 @@ impl Sup {
         args: &[String],
         env: &[(String, String)],
     ) -> Sup {
+        Self::start_sub(dir, pid1, offline, "run", args, env)
+    }
+
+    /// Starts `supervisor init ARGS` (the plain init) with exactly `env`.
+    pub fn start_init(dir: &Path, pid1: bool, args: &[String], env: &[(String, String)]) -> Sup {
+        Self::start_sub(dir, pid1, false, "init", args, env)
+    }
+
+    fn start_sub(
+        dir: &Path,
+        pid1: bool,
+        offline: bool,
+        sub: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
         let stderr = dir.join(format!("sup-{}.err", unique()));
         let stdout = dir.join(format!("sup-{}.out", unique()));
         let mut cmd = Command::new("unshare");
@@ -222,7 +238,7 @@ impl Sup {
             cmd.args(["--pid", "--fork", "--mount-proc"]);
         }
         cmd.arg(supervisor());
-        cmd.arg("run")
+        cmd.arg(sub)
             .args(args)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -471,24 +487,8 @@ pub fn static_supervisor() -> PathBuf {
         if let Ok(p) = std::env::var("MYBUDDY_STATIC_SUPERVISOR") {
             return PathBuf::from(p);
         }
-        let target = repo().join("target/static");
-        let st = Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-                "--bin",
-                "supervisor",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .current_dir(repo())
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "static build failed");
-        target.join("x86_64-unknown-linux-gnu/release/supervisor")
+        let path = sh(&mut Command::new(repo().join("scripts/build-static")));
+        PathBuf::from(path.trim())
     })
     .clone()
 }
