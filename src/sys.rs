@@ -216,7 +216,7 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str());
-    let program = path_cstring(&resolve_program(&spec.program, env_path)?)?;
+    let candidates = exec_candidates(&spec.program, env_path)?;
     let cstr = |s: &[u8]| {
         CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
     };
@@ -310,10 +310,20 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
                 nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
             }
             nix::unistd::chdir(cwd.as_c_str())?;
-            // SAFETY: NUL-terminated arrays of pointers into CStrings that
-            // outlive the call (the parent is suspended until it returns).
-            unsafe { libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
-            Err(Errno::last())
+            // execvp's search, done here as the gateway's user: a PATH entry
+            // it cannot reach is skipped, not fatal.
+            let mut denied = false;
+            for program in &candidates {
+                // SAFETY: NUL-terminated arrays of pointers into CStrings that
+                // outlive the call (the parent is suspended until it returns).
+                unsafe { libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+                match Errno::last() {
+                    Errno::EACCES => denied = true,
+                    Errno::ENOENT | Errno::ENOTDIR | Errno::ESTALE | Errno::ENODEV => {}
+                    e => return Err(e),
+                }
+            }
+            Err(if denied { Errno::EACCES } else { Errno::ENOENT })
         };
         let e = step().err().unwrap_or(Errno::UnknownErrno);
         failed.store(e as i32, Ordering::Relaxed);
@@ -339,7 +349,13 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
             // Our own child that never became the gateway: collect it now
             // so it does not reach the loop as a stray exit.
             let _ = waitpid(pid, None);
-            Err(io::Error::from_raw_os_error(e))
+            let err = io::Error::from_raw_os_error(e);
+            Err(if has_slash(&spec.program) {
+                err
+            } else {
+                let path = env_path.unwrap_or(DEFAULT_PATH);
+                io::Error::new(err.kind(), format!("{err} (searched PATH={path})"))
+            })
         }
     }
 }
@@ -397,25 +413,24 @@ impl Drop for ChildStack {
     }
 }
 
-/// Finds `program` as execvp would, in the child's PATH: a name with a slash
-/// is used as is; otherwise the first executable regular file of that name.
-fn resolve_program(program: &Path, path: Option<&str>) -> io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
-        return Ok(program.to_path_buf());
+/// The paths execvp would try for `program`, in order: itself when it holds
+/// a slash, otherwise each entry of the child's PATH (empty means the
+/// current directory). The child tries them as its own user.
+fn exec_candidates(program: &Path, path: Option<&str>) -> io::Result<Vec<CString>> {
+    if has_slash(program) {
+        return Ok(vec![path_cstring(program)?]);
     }
-    let dirs = path.unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    dirs.split(':')
-        .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(program))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} not found in PATH ({dirs})", program.display()),
-            )
-        })
+    path.unwrap_or(DEFAULT_PATH)
+        .split(':')
+        .map(|d| path_cstring(&Path::new(if d.is_empty() { "." } else { d }).join(program)))
+        .collect()
+}
+
+/// execvp's search path when the child's environment has no PATH.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+fn has_slash(program: &Path) -> bool {
+    program.as_os_str().as_encoded_bytes().contains(&b'/')
 }
 
 fn path_cstring(p: &Path) -> io::Result<CString> {

@@ -281,6 +281,39 @@ fn exit_codes_pass_through_under_policy_never(pid1: bool) {
 
 both_modes!(exit_codes_pass_through_under_policy_never);
 
+/// The gateway's program is looked up in PATH as the gateway's user, like
+/// execvp: an entry only root can reach is skipped, not fatal (root's
+/// pyenv shims come first in this machine's PATH, for one).
+#[test]
+fn path_lookup_skips_what_the_gateway_user_cannot_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Case::new("roelbuddy-galahad");
+    let private = c.f.tmp.path().join("root-only");
+    let public = c.f.tmp.path().join("public");
+    for (dir, mode, says) in [(&private, 0o700, "wrong"), (&public, 0o755, "right")] {
+        fs::create_dir(dir).unwrap();
+        script(dir, "mybuddy-path-probe", &format!("echo {says}"));
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut c = c;
+    let path = format!("{}:{}:/usr/bin:/bin", private.display(), public.display());
+    c.env.retain(|(k, _)| k != "PATH");
+    c.env.push(("PATH".into(), path));
+    let mut s = c.start(false, &["--restart", "never"], &["mybuddy-path-probe"]);
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    assert_eq!(s.out().trim(), "right");
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o700)).unwrap();
+    let mut s = c.start(false, &["--restart", "never"], &["mybuddy-path-probe"]);
+    assert_eq!(s.wait_exit(T), Some(126), "{}", s.log());
+    assert!(s.log().contains("Permission denied") && s.log().contains("searched PATH="));
+    // Not found anywhere it may look: 127 (a denied entry on the way would
+    // make it 126, as with execvp).
+    c.env.retain(|(k, _)| k != "PATH");
+    c.env.push(("PATH".into(), "/usr/bin:/bin".into()));
+    let mut s = c.start(false, &["--restart", "never"], &["mybuddy-no-such-program"]);
+    assert_eq!(s.wait_exit(T), Some(127), "{}", s.log());
+}
+
 /// `supervisor init`: the same loop with no Buddy. Unlike `run`, the child
 /// keeps our environment, umask and privileges, and gets SIGHUP itself.
 fn init_is_a_plain_init_that_forwards_everything_and_reaps(pid1: bool) {

@@ -4,6 +4,7 @@
 # over serialized JSON corrupts the file when a secret holds a quote, backslash or newline, a
 # missing variable becomes an empty string, and nothing restarts or supervises the gateway.
 #   TEMPLATE=… PERSONAL=… STATE=… images/reference/entrypoint.sh CMD ARGS…
+#   … images/reference/entrypoint.sh --render-only     (the benchmark of the render alone)
 set -euo pipefail
 mkdir -p "$STATE"
 jq -s '.[0] * .[1]' "$TEMPLATE" "$PERSONAL" > "$STATE/merged.json"
@@ -14,4 +15,5 @@ AUTO_GENERATED=$(cat "$STATE/gateway-token")
 export AUTO_GENERATED MYBUDDY_STATE_DIR="$STATE"
 envsubst < "$STATE/merged.json" > "$STATE/clawdbot.json"
 chmod 600 "$STATE/clawdbot.json"
+if [ "${1:-}" = --render-only ]; then exit 0; fi
 exec tini -s -- "$@"
