@@ -71,6 +71,18 @@ pub fn kind(v: &Value) -> &'static str {
 /// file or the new one, never a torn one: temp file in the same directory,
 /// fsync, rename over the target, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, bytes, mode, true)
+}
+
+/// The same atomic replace (a reader sees the old file or the new one) for a
+/// file rebuilt from its sources at every boot, the rendered config: without
+/// the two fsyncs (half of a render's time), since after a power cut the next
+/// boot writes it again before anything reads it.
+pub fn replace_derived(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -83,9 +95,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
-    // Without this the rename itself may not survive a power cut.
-    fs::File::open(dir)?.sync_all()?;
+    if durable {
+        // Without this the rename itself may not survive a power cut.
+        fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }

@@ -305,7 +305,7 @@ pub fn write_config(rendered: &Rendered, path: &Path) -> Result<(), RenderError>
             source,
         })?;
     }
-    jsonfile::write_atomic(path, rendered.to_json().as_bytes(), 0o600).map_err(|source| {
+    jsonfile::replace_derived(path, rendered.to_json().as_bytes(), 0o600).map_err(|source| {
         RenderError::Write {
             path: path.to_path_buf(),
             source,
