@@ -1,6 +1,7 @@
 //! The kernel boundary of the PID-1 path. Every syscall the supervisor makes
-//! to manage processes lives here (signals, fork/exec, waitpid, privilege
-//! drop, the SpellBook mount); swarm.rs holds the few for the share itself.
+//! to manage processes lives here (signals, clone/exec, waitpid, privilege
+//! drop, the per-thread credentials of the access probes, the SpellBook mount,
+//! giving back boot pages); swarm.rs holds the few for the share itself.
 
 use std::ffi::{CString, OsStr};
 use std::io;
