@@ -270,39 +270,10 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
             // terminal's Ctrl-C reaches only us (we forward it).
             nix::unistd::setsid()?;
             if let Some(dir) = &mask_dir {
-                use nix::mount::{MsFlags, mount};
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-                // Private, so the mask never propagates back to the host.
-                mount(
-                    None::<&std::ffi::CStr>,
-                    c"/",
-                    None::<&std::ffi::CStr>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&std::ffi::CStr>,
-                )?;
-                mount(
-                    Some(c"tmpfs"),
-                    dir.as_c_str(),
-                    Some(c"tmpfs"),
-                    MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                    Some(c"mode=000,size=4k"),
-                )?;
+                mask_in_own_namespace(dir)?;
             }
             if let Some((groups, gid, uid)) = &ids {
-                // Groups, then gid, then uid: after the uid we could no
-                // longer change the others.
-                // SAFETY: raw syscalls on this task's own credentials.
-                let r = unsafe {
-                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
-                        && libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) == 0
-                        && libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) == 0
-                };
-                if !r {
-                    return Err(Errno::last());
-                }
+                drop_own_credentials(groups, *gid, *uid)?;
             }
             if harden {
                 nix::sys::prctl::set_no_new_privs()?;
@@ -486,53 +457,64 @@ pub fn probe_as<T: Send + 'static>(
     let groups: Vec<nix::libc::gid_t> = creds.groups.iter().map(|g| g.as_raw()).collect();
     let (uid, gid) = (creds.uid.as_raw(), creds.gid.as_raw());
     probe_thread("access-probe", move || {
-        // SAFETY: plain syscalls on this thread's own credentials; the
-        // pointer and length describe `groups`, which outlives the call.
-        // Order matters: groups and gid while we are still root, uid last.
-        let r = unsafe {
-            use nix::libc::{SYS_setgroups, SYS_setresgid, SYS_setresuid, syscall};
-            if syscall(SYS_setgroups, groups.len(), groups.as_ptr()) != 0
-                || syscall(SYS_setresgid, gid, gid, gid) != 0
-                || syscall(SYS_setresuid, uid, uid, uid) != 0
-            {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
-        r.map_err(|e| io::Error::other(format!("the probe could not drop privileges: {e}")))?;
+        drop_own_credentials(&groups, gid, uid)
+            .map_err(|e| io::Error::other(format!("the probe could not drop privileges: {e}")))?;
         Ok(f())
     })
 }
 
-/// Tries, on a throw-away thread, what a Buddy-role gateway's spawn would do:
-/// a private mount namespace with a tmpfs over `dir`. It succeeds with
-/// CAP_SYS_ADMIN (a Fly Machine), not under plain Docker. The mount namespace
-/// is the thread's own (unshare gives a thread its own fs and namespace) and
-/// vanishes with it.
+/// Sets the calling task's groups, gid and uid (all three ids of each), and
+/// with the uid loses every capability. The raw syscalls change this task
+/// only: glibc's wrappers would signal every other thread to follow (and from
+/// a vfork child, the parent's). Groups and gid first, while still root.
+/// Allocates nothing: the spawned child calls it before its exec.
+fn drop_own_credentials(
+    groups: &[nix::libc::gid_t],
+    gid: nix::libc::gid_t,
+    uid: nix::libc::uid_t,
+) -> Result<(), Errno> {
+    use nix::libc::{SYS_setgroups, SYS_setresgid, SYS_setresuid, syscall};
+    // SAFETY: plain syscalls on this task's own credentials; the pointer and
+    // length describe `groups`, which outlives the call.
+    let ok = unsafe {
+        syscall(SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+            && syscall(SYS_setresgid, gid, gid, gid) == 0
+            && syscall(SYS_setresuid, uid, uid, uid) == 0
+    };
+    if ok { Ok(()) } else { Err(Errno::last()) }
+}
+
+/// Gives the calling task its own private mount namespace and hides `dir`
+/// behind an empty, read-only tmpfs there (the SpellBook, for a Buddy-role
+/// gateway). Private first, so the mask never propagates back to the host.
+/// Allocates nothing: the spawned child calls it before its exec.
+fn mask_in_own_namespace(dir: &std::ffi::CStr) -> Result<(), Errno> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&std::ffi::CStr>,
+        c"/",
+        None::<&std::ffi::CStr>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&std::ffi::CStr>,
+    )?;
+    mount(
+        Some(c"tmpfs"),
+        dir,
+        Some(c"tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(c"mode=000,size=4k"),
+    )
+}
+
+/// Tries, on a throw-away thread, exactly what a Buddy-role gateway's spawn
+/// will do: [`mask_in_own_namespace`]. It succeeds with CAP_SYS_ADMIN (a Fly
+/// Machine), not under plain Docker. The mount namespace is the thread's own
+/// (unshare gives a thread its own fs and namespace) and vanishes with it.
 pub fn mask_probe(dir: &Path) -> io::Result<Probe<bool>> {
     let target = path_cstring(dir)?;
     probe_thread("mask-probe", move || {
-        use nix::mount::{MsFlags, mount};
-        Ok(
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
-                && mount(
-                    None::<&std::ffi::CStr>,
-                    c"/",
-                    None::<&std::ffi::CStr>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&std::ffi::CStr>,
-                )
-                .is_ok()
-                && mount(
-                    Some(c"tmpfs"),
-                    target.as_c_str(),
-                    Some(c"tmpfs"),
-                    MsFlags::MS_RDONLY,
-                    Some(c"mode=000,size=4k"),
-                )
-                .is_ok(),
-        )
+        Ok(mask_in_own_namespace(&target).is_ok())
     })
 }
 

@@ -60,6 +60,19 @@ impl Case {
         Sup::start(self.f.tmp.path(), pid1, &self.args(extra, child), &self.env)
     }
 
+    /// Runs `child` once as the gateway (subreaper, `--restart never`) with
+    /// exactly `env`, and waits for its clean exit.
+    fn run_once(&self, env: &[(String, String)], child: &[&str]) -> Sup {
+        let mut s = Sup::start(
+            self.f.tmp.path(),
+            false,
+            &self.args(&["--restart", "never"], child),
+            env,
+        );
+        assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+        s
+    }
+
     fn script(&self, name: &str, body: &str) -> String {
         script(self.f.tmp.path(), name, body).display().to_string()
     }
@@ -448,13 +461,7 @@ fn the_gateway_gets_clean_signals_dropped_privileges_and_only_its_own_env() {
         None,
     )
     .unwrap();
-    let mut s = Sup::start(
-        c.f.tmp.path(),
-        false,
-        &c.args(&["--restart", "never"], &["cat", "/proc/self/status"]),
-        &c.env,
-    );
-    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    let s = c.run_once(&c.env, &["cat", "/proc/self/status"]);
     let status = s.out();
     let field = |name: &str| {
         status
@@ -503,13 +510,7 @@ fn the_gateway_gets_clean_signals_dropped_privileges_and_only_its_own_env() {
         "inspect.sh",
         "echo ENV-BEGIN\nenv | sort\necho ENV-END\nexit 0",
     );
-    let mut s = Sup::start(
-        c.f.tmp.path(),
-        false,
-        &c.args(&["--restart", "never"], &[&child]),
-        &env,
-    );
-    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    let s = c.run_once(&env, &[&child]);
     let out = s.out();
     let envs: Vec<&str> = out
         .split("ENV-BEGIN\n")
@@ -563,13 +564,7 @@ fn a_magicians_gateway_gets_the_magicians_group_and_the_fly_token() {
         "inspect.sh",
         "grep -E '^Groups:' /proc/self/status\nenv | grep FLY_API_TOKEN\nexit 0",
     );
-    let mut s = Sup::start(
-        c.f.tmp.path(),
-        false,
-        &c.args(&["--restart", "never"], &[&child]),
-        &env,
-    );
-    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    let s = c.run_once(&env, &[&child]);
     assert!(s.out().contains("Groups:\t10100 10101"), "{}", s.out());
     assert!(s.out().contains("FLY_API_TOKEN=fly-api-token-value"));
 }
@@ -645,13 +640,7 @@ fn json_logs_one_object_per_line() {
     let mut env = c.env.clone();
     env.push(("MYBUDDY_LOG_FORMAT".into(), "json".into()));
     let child = c.script("ok.sh", "exit 0");
-    let mut s = Sup::start(
-        c.f.tmp.path(),
-        false,
-        &c.args(&["--restart", "never"], &[&child]),
-        &env,
-    );
-    assert_eq!(s.wait_exit(T), Some(0));
+    let s = c.run_once(&env, &[&child]);
     let log = s.log();
     let mut steps = Vec::new();
     for line in log.lines() {
