@@ -17,15 +17,15 @@ use nix::sys::signalfd::SignalFd;
 use tracing::{error, info, warn};
 
 use crate::buddy::Role;
-use crate::gateway_lock;
-use crate::privileges::{self, Credentials};
-use crate::registry;
-use crate::render::{self, RenderOptions, Rendered};
-use crate::secrets;
+use crate::config::render::{self, RenderOptions, Rendered};
+use crate::config::secrets;
+use crate::pid1::gateway_lock;
+use crate::pid1::privileges::{self, Credentials};
+use crate::pid1::supervise::{Hooks, Policy, Supervisor};
+use crate::pid1::sys::{self, SpawnSpec};
 use crate::state::{self, Layout};
-use crate::supervise::{Hooks, Policy, Supervisor};
 use crate::swarm;
-use crate::sys::{self, SpawnSpec};
+use crate::swarm::registry;
 
 /// Everything `supervisor run` needs; the CLI fills it from flags and env.
 #[derive(Debug, Clone)]
@@ -76,18 +76,19 @@ fn step<T, E: std::fmt::Display>(name: &str, f: impl FnOnce() -> Result<T, E>) -
     }
 }
 
-/// A stop signal that arrived during boot ends the boot between steps.
-fn stop_pending(sfd: &SignalFd, deferred: &mut Vec<Signal>) -> bool {
+/// A stop signal that arrived during boot ends the boot between steps (Err
+/// carries exit code 0); other signals are kept for the loop.
+fn stop_pending(sfd: &SignalFd, deferred: &mut Vec<Signal>) -> Result<(), i32> {
     for s in sys::read_signals(sfd) {
         if sys::STOP_SIGNALS.contains(&s) {
             info!(signal = s.as_str(), "stop requested during boot; exiting");
-            return true;
+            return Err(0);
         }
         if s != Signal::SIGCHLD {
             deferred.push(s);
         }
     }
-    false
+    Ok(())
 }
 
 /// The secret values a render reads: the env file (re-read on every render,
@@ -97,7 +98,7 @@ struct SecretSource {
 }
 
 impl SecretSource {
-    fn snapshot(&self) -> Result<BTreeMap<String, String>, crate::problem::Problem> {
+    fn snapshot(&self) -> Result<BTreeMap<String, String>, crate::config::problem::Problem> {
         match &self.env_file {
             Some(p) => secrets::read_env_file(p),
             None => Ok(BTreeMap::new()),
@@ -150,6 +151,87 @@ impl Boot {
                 .map_err(|e| format!("{}: cannot chown: {e}", path.display()))?;
         }
         Ok(true)
+    }
+    /// Step state: the volume's layout, the seeded workspace and warm
+    /// cache, the rendered config, all owned by the gateway's user.
+    fn prepare_state(&self, rendered: &Rendered) -> Result<(), String> {
+        let owner = self.creds.as_ref().map(|c| (c.uid, c.gid));
+        let workspace = rendered.prepared.buddy.workspace_path();
+        let warm = self.cfg.warm_cache.as_deref().filter(|p| p.is_dir());
+        let p = state::prepare(&self.layout, Some(&workspace), warm, owner)
+            .map_err(|e| e.to_string())?;
+        self.write(rendered)?;
+        info!(state = %self.cfg.state_dir.display(), seeded_files = p.seeded_files, warm_cache_files = p.warm_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
+        Ok(())
+    }
+
+    /// Step swarm: the share checked, laid out, repaired and probed.
+    fn prepare_swarm(&self, role: Role) -> Result<swarm::Report, swarm::SwarmError> {
+        let opts = swarm::Options {
+            root: self.cfg.swarm_dir.clone(),
+            allow_unmounted: self.cfg.swarm_unmounted_ok,
+            repair: true,
+            want_mask: role == Role::Buddy,
+            seeds: swarm::Seeds {
+                share: self.cfg.swarm_seed.clone(),
+                template_dir: self.cfg.template.parent().map(|p| p.to_path_buf()),
+            },
+        };
+        swarm::prepare(&opts, self.creds.as_ref())
+    }
+
+    /// Logs what the swarm step found and returns the SpellBook to mask: a
+    /// Buddy-role gateway does not even see it where we can mount.
+    fn swarm_ready(&self, report: &swarm::Report, role: Role) -> Option<PathBuf> {
+        let mask_dir = (report.can_mask && role == Role::Buddy)
+            .then(|| swarm::Paths::new(&self.cfg.swarm_dir).spellbook());
+        info!(
+            verified = report.verified,
+            created = report.created.len(),
+            repaired = report.repairs.len(),
+            spellbook_masked = mask_dir.is_some(),
+            "swarm ready"
+        );
+        mask_dir
+    }
+
+    /// What the supervise step starts: the gateway (or `-- CMD`) with its
+    /// own environment, credentials and mask.
+    fn gateway_spec(&self, rendered: &Rendered, mask_dir: Option<PathBuf>) -> SpawnSpec {
+        let secret_values = self.source.snapshot().unwrap_or_default();
+        let env = child_env(
+            &self.cfg,
+            &self.layout,
+            rendered,
+            self.creds.as_ref(),
+            &secret_values,
+        );
+        let (program, args) = if self.cfg.command.is_empty() {
+            (
+                PathBuf::from("clawdbot"),
+                vec![
+                    "gateway".into(),
+                    "--bind".into(),
+                    "lan".into(),
+                    "--port".into(),
+                    rendered.port().to_string(),
+                ],
+            )
+        } else {
+            (
+                PathBuf::from(&self.cfg.command[0]),
+                self.cfg.command[1..].to_vec(),
+            )
+        };
+        SpawnSpec {
+            program,
+            args,
+            env,
+            cwd: self.cfg.state_dir.clone(),
+            credentials: self.creds.clone(),
+            mask_dir,
+            harden: true,
+        }
     }
 }
 
@@ -256,153 +338,10 @@ fn child_env(
 /// Boots and supervises; returns the process exit code.
 pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     let mut deferred = Vec::new();
-    let pid1 = sys::is_pid1();
-    let r = step("signals", || -> Result<(), std::io::Error> {
-        if !pid1 {
-            sys::become_subreaper()?;
-        }
-        info!(pid1, subreaper = !pid1, "signals taken");
-        Ok(())
-    });
-    if let Err(c) = r {
-        return c;
-    }
-
-    let root = sys::is_root();
-    // The role picks the gateway's groups. A broken buddy.json is reported by
-    // the render step; until then assume the least privileged role.
-    let role_guess = crate::buddy::load(&cfg.buddy_dir)
-        .map(|b| b.identity.role)
-        .unwrap_or(Role::Buddy);
-    let creds = match step("privileges", || -> Result<Option<Credentials>, String> {
-        let spec = match (&cfg.user, root) {
-            (Some(u), _) => Some(u.clone()),
-            (None, true) => Some(privileges::GATEWAY_USER.to_string()),
-            (None, false) => None,
-        };
-        let Some(spec) = spec else {
-            info!("not root: the gateway runs as the supervisor's own user");
-            return Ok(None);
-        };
-        let c = privileges::resolve(&spec, role_guess).map_err(|e| e.to_string())?;
-        if !root && c.uid != nix::unistd::getuid() {
-            return Err(format!("--user {spec}: switching users needs root"));
-        }
-        info!(user = %c.user, uid = c.uid.as_raw(), gid = c.gid.as_raw(), groups = ?c.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>(), role = %role_guess, "gateway identity");
-        Ok(if root { Some(c) } else { None })
-    }) {
-        Ok(c) => c,
+    let (mut boot, spec) = match boot(cfg, &sfd, &mut deferred) {
+        Ok(b) => b,
         Err(code) => return code,
     };
-    if stop_pending(&sfd, &mut deferred) {
-        return 0;
-    }
-
-    let layout = Layout::new(&cfg.state_dir);
-    let mut boot = Boot {
-        layout,
-        creds,
-        source: SecretSource {
-            env_file: cfg.env_file.clone(),
-        },
-        cfg,
-        to_register: None,
-    };
-
-    let rendered = match step("render", || boot.render()) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    if boot.cfg.channels_off {
-        warn!(
-            "channels are off for this run (--channels off): Telegram and WhatsApp stay disconnected"
-        );
-    }
-    if stop_pending(&sfd, &mut deferred) {
-        return 0;
-    }
-
-    let owner = boot.creds.as_ref().map(|c| (c.uid, c.gid));
-    let workspace = rendered.prepared.buddy.workspace_path();
-    if let Err(code) = step("state", || -> Result<(), String> {
-        let warm = boot.cfg.warm_cache.as_deref().filter(|p| p.is_dir());
-        let p = state::prepare(&boot.layout, Some(&workspace), warm, owner)
-            .map_err(|e| e.to_string())?;
-        boot.write(&rendered)?;
-        info!(state = %boot.cfg.state_dir.display(), seeded_files = p.seeded_files, warm_cache_files = p.warm_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
-        Ok(())
-    }) {
-        return code;
-    }
-    if stop_pending(&sfd, &mut deferred) {
-        return 0;
-    }
-
-    let identity = rendered.prepared.buddy.identity.clone();
-    let swarm_opts = swarm::Options {
-        root: boot.cfg.swarm_dir.clone(),
-        allow_unmounted: boot.cfg.swarm_unmounted_ok,
-        repair: true,
-        want_mask: identity.role == Role::Buddy,
-        seeds: swarm::Seeds {
-            share: boot.cfg.swarm_seed.clone(),
-            template_dir: boot.cfg.template.parent().map(|p| p.to_path_buf()),
-        },
-    };
-    let report = match step("swarm", || swarm::prepare(&swarm_opts, boot.creds.as_ref())) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    // A Buddy-role gateway does not even see the SpellBook where we can mount.
-    let mask_dir = (report.can_mask && identity.role == Role::Buddy)
-        .then(|| swarm::Paths::new(&boot.cfg.swarm_dir).spellbook());
-    info!(
-        verified = report.verified,
-        created = report.created.len(),
-        repaired = report.repairs.len(),
-        spellbook_masked = mask_dir.is_some(),
-        "swarm ready"
-    );
-    if stop_pending(&sfd, &mut deferred) {
-        return 0;
-    }
-    boot.to_register = Some(identity);
-
-    let secret_values = boot.source.snapshot().unwrap_or_default();
-    let env = child_env(
-        &boot.cfg,
-        &boot.layout,
-        &rendered,
-        boot.creds.as_ref(),
-        &secret_values,
-    );
-    let (program, args) = if boot.cfg.command.is_empty() {
-        (
-            PathBuf::from("clawdbot"),
-            vec![
-                "gateway".into(),
-                "--bind".into(),
-                "lan".into(),
-                "--port".into(),
-                rendered.port().to_string(),
-            ],
-        )
-    } else {
-        (
-            PathBuf::from(&boot.cfg.command[0]),
-            boot.cfg.command[1..].to_vec(),
-        )
-    };
-    let spec = SpawnSpec {
-        program,
-        args,
-        env,
-        cwd: boot.cfg.state_dir.clone(),
-        credentials: boot.creds.clone(),
-        mask_dir,
-        harden: true,
-    };
-    info!(buddy = %rendered.prepared.buddy.identity.id(), port = rendered.port(), "boot complete");
     let policy = boot.cfg.policy.clone();
     // Signals that arrived during boot (USR1, HUP...) are not lost: re-raise
     // them into our own queue so the loop handles them in order.
@@ -410,6 +349,87 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         let _ = nix::sys::signal::raise(s);
     }
     Supervisor::new(&sfd, original_mask, spec, policy, &mut boot).run()
+}
+
+/// The boot steps up to the gateway's start, in the README's order; the
+/// register step runs from the loop once the gateway has started. Err is
+/// the exit code: 78 for a failed step, 0 for a stop during boot.
+fn boot(
+    cfg: RunConfig,
+    sfd: &SignalFd,
+    deferred: &mut Vec<Signal>,
+) -> Result<(Boot, SpawnSpec), i32> {
+    step("signals", take_orphans)?;
+    let creds = step("privileges", || gateway_identity(&cfg))?;
+    stop_pending(sfd, deferred)?;
+
+    let mut boot = Boot {
+        layout: Layout::new(&cfg.state_dir),
+        creds,
+        source: SecretSource {
+            env_file: cfg.env_file.clone(),
+        },
+        cfg,
+        to_register: None,
+    };
+    let rendered = step("render", || boot.render())?;
+    if boot.cfg.channels_off {
+        warn!(
+            "channels are off for this run (--channels off): Telegram and WhatsApp stay disconnected"
+        );
+    }
+    stop_pending(sfd, deferred)?;
+
+    step("state", || boot.prepare_state(&rendered))?;
+    stop_pending(sfd, deferred)?;
+
+    let identity = rendered.prepared.buddy.identity.clone();
+    let report = step("swarm", || boot.prepare_swarm(identity.role))?;
+    let mask_dir = boot.swarm_ready(&report, identity.role);
+    stop_pending(sfd, deferred)?;
+    boot.to_register = Some(identity);
+
+    let spec = boot.gateway_spec(&rendered, mask_dir);
+    info!(buddy = %rendered.prepared.buddy.identity.id(), port = rendered.port(), "boot complete");
+    Ok((boot, spec))
+}
+
+/// Step signals: the signalfd was taken before arguments were parsed; what
+/// is left is to get the gateway's orphans back when we are not PID 1.
+fn take_orphans() -> Result<(), std::io::Error> {
+    let pid1 = sys::is_pid1();
+    if !pid1 {
+        sys::become_subreaper()?;
+    }
+    info!(pid1, subreaper = !pid1, "signals taken");
+    Ok(())
+}
+
+/// Step privileges: who the gateway runs as. None: not root, the gateway
+/// runs as the supervisor's own user.
+fn gateway_identity(cfg: &RunConfig) -> Result<Option<Credentials>, String> {
+    let root = sys::is_root();
+    // The role picks the gateway's groups and is read before the render
+    // step: a broken buddy.json is reported by that step; until then
+    // assume the least privileged role.
+    let role = crate::buddy::load(&cfg.buddy_dir)
+        .map(|b| b.identity.role)
+        .unwrap_or(Role::Buddy);
+    let spec = match (&cfg.user, root) {
+        (Some(u), _) => Some(u.clone()),
+        (None, true) => Some(privileges::GATEWAY_USER.to_string()),
+        (None, false) => None,
+    };
+    let Some(spec) = spec else {
+        info!("not root: the gateway runs as the supervisor's own user");
+        return Ok(None);
+    };
+    let c = privileges::resolve(&spec, role).map_err(|e| e.to_string())?;
+    if !root && c.uid != nix::unistd::getuid() {
+        return Err(format!("--user {spec}: switching users needs root"));
+    }
+    info!(user = %c.user, uid = c.uid.as_raw(), gid = c.gid.as_raw(), groups = ?c.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>(), role = %role, "gateway identity");
+    Ok(if root { Some(c) } else { None })
 }
 
 /// Upserts this Buddy's registry entry. The registry's status is the live

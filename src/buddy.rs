@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::jsonfile;
-use crate::problem::{Problem, Problems};
+use crate::config::jsonfile;
+use crate::config::problem::{Problem, Problems};
 
 pub const IDENTITY_FILE: &str = "buddy.json";
 pub const CONFIG_FILE: &str = "config.json";

@@ -10,8 +10,8 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::buddy::Identity;
-use crate::problem::{PathSeg, Problem, json_path};
-use crate::render;
+use crate::config::problem::{PathSeg, Problem, json_path};
+use crate::config::render;
 
 /// Where deliberate exceptions to the plaintext-secret rule are listed:
 /// `path[:location]  # why`, paths relative to the repository.
@@ -35,8 +35,8 @@ pub fn check_repo(repo: &Path) -> Report {
     let template = buddies_dir
         .join("_template")
         .join(crate::buddy::CONFIG_FILE);
-    let template_vars = match crate::jsonfile::read_json_object(&template) {
-        Ok(v) => crate::secrets::referenced_vars(&v),
+    let template_vars = match crate::config::jsonfile::read_json_object(&template) {
+        Ok(v) => crate::config::secrets::referenced_vars(&v),
         Err(p) => {
             problems.push(p);
             BTreeSet::new()
@@ -237,12 +237,12 @@ impl Shapes {
 
 /// Whether a string is nothing but `${VAR}` references.
 fn only_references(s: &str) -> bool {
-    match crate::secrets::parse(s) {
+    match crate::config::secrets::parse(s) {
         Ok(pieces) => {
             !pieces.is_empty()
                 && pieces
                     .iter()
-                    .all(|p| matches!(p, crate::secrets::Piece::Var(_)))
+                    .all(|p| matches!(p, crate::config::secrets::Piece::Var(_)))
         }
         Err(_) => false,
     }

@@ -1,25 +1,23 @@
-//! MyBuddyTalk: the supervisor that boots and runs one Buddy (a Clawdbot
+//! MyBuddyTalk: the supervisor that boots and runs one Buddy (an OpenClaw
 //! gateway), and the tooling that defines, checks and grows the swarm.
 //!
-//! One module per concern; `main.rs` is a thin CLI over them.
+//! A folder per concern, a file per idea; `main.rs` is a thin CLI over them:
+//! - [`config`]: the gateway's config, rendered from template + personal
+//!   config + policy + secrets + token, with the problem list it reports;
+//! - [`pid1`]: the kernel boundary and the supervision loop: what makes the
+//!   supervisor a correct PID 1 (or subreaper) for the gateway;
+//! - [`swarm`]: the share every Buddy mounts, its registry and announcements;
+//! - [`fleet`]: what grows the swarm: spells and deployment;
+//! - [`buddy`] and [`state`]: a Buddy's identity and its persistent state;
+//!   [`boot`]: the boot steps; [`check`]: `check-config`; [`cli`]: commands.
 
 pub mod boot;
 pub mod buddy;
 pub mod check;
 pub mod cli;
-pub mod gateway_lock;
-pub mod jsonfile;
+pub mod config;
+pub mod fleet;
 pub mod logging;
-pub mod policy;
-pub mod privileges;
-pub mod problem;
-pub mod registry;
-pub mod render;
-pub mod resonate;
-pub mod secrets;
-pub mod spell;
+pub mod pid1;
 pub mod state;
-pub mod supervise;
 pub mod swarm;
-pub mod sys;
-pub mod token;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Uid};
 
-use crate::sys;
+use crate::pid1::sys;
 
 pub struct Layout {
     pub root: PathBuf,
@@ -23,7 +23,7 @@ impl Layout {
         }
     }
     pub fn config(&self) -> PathBuf {
-        self.root.join(crate::render::CONFIG_FILE_NAME)
+        self.root.join(crate::config::render::CONFIG_FILE_NAME)
     }
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")

@@ -175,7 +175,7 @@ fn a_magician_spawns_a_buddy_step_by_step() {
     );
     let ann = w.announcements();
     assert_eq!(ann.len(), 1);
-    let header = mybuddytalk::resonate::read_header(&ann[0]).unwrap();
+    let header = mybuddytalk::swarm::resonate::read_header(&ann[0]).unwrap();
     assert_eq!(
         (
             header["kind"].as_str(),
@@ -463,7 +463,7 @@ fn any_buddy_can_resonate() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let path = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    let header = mybuddytalk::resonate::read_header(&path).unwrap();
+    let header = mybuddytalk::swarm::resonate::read_header(&path).unwrap();
     assert_eq!(header["from"], "RoelBuddy-Galahad");
     assert_eq!(header["kind"], "message");
     assert!(

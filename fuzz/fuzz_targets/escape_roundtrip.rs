@@ -2,7 +2,7 @@
 //! any string either fails cleanly or yields pieces.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mybuddytalk::secrets;
+use mybuddytalk::config::secrets;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };

@@ -1,7 +1,7 @@
 //! Any registry text is read or refused; what is read writes back the same.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mybuddytalk::registry::Registry;
+use mybuddytalk::swarm::registry::Registry;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use mybuddytalk::buddy::{Channels, Identity, Role, Status};
-use mybuddytalk::secrets::{self, Resolved};
-use mybuddytalk::{jsonfile, policy};
+use mybuddytalk::config::secrets::{self, Resolved};
+use mybuddytalk::config::{jsonfile, policy};
 use serde_json::Value;
 
 fn strings(v: &Value, out: &mut Vec<String>) {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::problem::Problem;
+use crate::config::problem::Problem;
 
 /// Reads and parses a JSON file. The error is a [`Problem`] so callers can
 /// collect it with others instead of stopping.
@@ -49,7 +49,7 @@ pub fn read_json_object(path: &Path) -> Result<Value, Problem> {
             "(root)",
             format!(
                 "expected a JSON object {{...}}, found {}",
-                crate::jsonfile::kind(&v)
+                crate::config::jsonfile::kind(&v)
             ),
         ));
     }

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::sys;
+use crate::pid1::sys;
 
 /// The lock directory the gateway will use for `uid` with `tmpdir` as TMPDIR.
 pub fn lock_dir(tmpdir: &Path, uid: u32) -> PathBuf {

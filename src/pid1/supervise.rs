@@ -6,7 +6,6 @@
 //! to the restart policy; orphans are reaped and logged. No threads, no async
 //! runtime: nothing else can wait on a child, so nothing races the reaper.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
@@ -14,29 +13,9 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
-use crate::sys::{self, Exit, SpawnSpec};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RestartPolicy {
-    /// Restart whenever the gateway exits (it has no reason to).
-    Always,
-    /// Restart after a non-zero exit or a death by signal.
-    OnFailure,
-    /// Exit with the gateway's status, like tini.
-    Never,
-}
-
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub restart: RestartPolicy,
-    pub max_restarts: u32,
-    pub restart_window: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// A run at least this long counts as healthy and resets the backoff.
-    pub reset_after: Duration,
-    pub stop_timeout: Duration,
-}
+pub use super::restart::{Policy, RestartPolicy};
+use super::restart::{Restarts, Verdict};
+use super::sys::{self, Exit, SpawnSpec};
 
 /// What the boot provides to the loop.
 pub trait Hooks {
@@ -76,8 +55,7 @@ pub struct Supervisor<'a> {
     gateway: Option<Running>,
     draining: Option<Draining>,
     restart_at: Option<Instant>,
-    crashes: VecDeque<Instant>,
-    consecutive: u32,
+    restarts: Restarts,
     starts: u32,
     stop_requested: bool,
     /// The exit code when the boot failed after the gateway had started.
@@ -113,8 +91,7 @@ impl<'a> Supervisor<'a> {
             gateway: None,
             draining: None,
             restart_at: None,
-            crashes: VecDeque::new(),
-            consecutive: 0,
+            restarts: Restarts::default(),
             starts: 0,
             stop_requested: false,
             exit_override: None,
@@ -287,60 +264,37 @@ impl<'a> Supervisor<'a> {
             d.code = Some(exit.code());
             return None;
         }
-        let restart = match self.policy.restart {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !exit.success(),
-            RestartPolicy::Never => false,
-        };
-        if !restart {
-            info!(pid = pid.as_raw(), status = %exit, ran_ms, policy = ?self.policy.restart, "gateway exited; not restarting");
-            return self.begin_final_drain(pid, exit.code());
-        }
         let now = Instant::now();
-        if ran >= self.policy.reset_after {
-            self.consecutive = 0;
+        match self.restarts.after_exit(&self.policy, exit, ran, now) {
+            Verdict::Exit(code) => {
+                info!(pid = pid.as_raw(), status = %exit, ran_ms, policy = ?self.policy.restart, "gateway exited; not restarting");
+                self.begin_final_drain(pid, code)
+            }
+            Verdict::GiveUp { code, crashes } => {
+                error!(
+                    pid = pid.as_raw(), status = %exit, crashes,
+                    window_s = self.policy.restart_window.as_secs(), exit = code,
+                    "gateway is crash-looping; giving up so the platform can replace the machine"
+                );
+                self.begin_final_drain(pid, code)
+            }
+            Verdict::Restart { delay, attempt } => {
+                // Leftovers of the dead gateway's group would hold its ports.
+                if sys::group_alive(pid) {
+                    warn!(
+                        pgid = pid.as_raw(),
+                        "killing what is left of the dead gateway's process group"
+                    );
+                    let _ = sys::signal_group(pid, Signal::SIGKILL);
+                }
+                info!(
+                    pid = pid.as_raw(), status = %exit, ran_ms, restart_in_ms = delay.as_millis() as u64,
+                    attempt, "gateway exited; restarting"
+                );
+                self.restart_at = Some(now + delay);
+                None
+            }
         }
-        self.consecutive += 1;
-        self.crashes.push_back(now);
-        while self
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.policy.restart_window)
-        {
-            self.crashes.pop_front();
-        }
-        if self.crashes.len() as u32 > self.policy.max_restarts {
-            let code = if exit.success() { 1 } else { exit.code() };
-            error!(
-                pid = pid.as_raw(), status = %exit, crashes = self.crashes.len(),
-                window_s = self.policy.restart_window.as_secs(), exit = code,
-                "gateway is crash-looping; giving up so the platform can replace the machine"
-            );
-            return self.begin_final_drain(pid, code);
-        }
-        // Leftovers of the dead gateway's group would hold its ports.
-        if sys::group_alive(pid) {
-            warn!(
-                pgid = pid.as_raw(),
-                "killing what is left of the dead gateway's process group"
-            );
-            let _ = sys::signal_group(pid, Signal::SIGKILL);
-        }
-        let delay = self.backoff();
-        info!(
-            pid = pid.as_raw(), status = %exit, ran_ms, restart_in_ms = delay.as_millis() as u64,
-            attempt = self.consecutive, "gateway exited; restarting"
-        );
-        self.restart_at = Some(now + delay);
-        None
-    }
-
-    fn backoff(&self) -> Duration {
-        let shift = self.consecutive.saturating_sub(1).min(30);
-        self.policy
-            .backoff_initial
-            .saturating_mul(1u32 << shift)
-            .min(self.policy.backoff_max)
     }
 
     /// The gateway has ended for good: give the rest of its group a stop
@@ -374,6 +328,8 @@ impl<'a> Supervisor<'a> {
         Some(code)
     }
 
+    /// Whatever deadline has passed: the boot pages' release, the stop
+    /// timeout, a restart's backoff.
     fn on_timers(&mut self) -> Option<i32> {
         let now = Instant::now();
         if self.release_at.is_some_and(|t| now >= t) {
@@ -384,31 +340,8 @@ impl<'a> Supervisor<'a> {
                 "released the boot code's resident pages"
             );
         }
-        if let Some(d) = &mut self.draining {
-            if now >= d.deadline {
-                if !d.killed {
-                    warn!(
-                        pgid = d.pgid.as_raw(),
-                        timeout_ms = self.policy.stop_timeout.as_millis() as u64,
-                        "stop timeout reached; killing the gateway's process group"
-                    );
-                    let _ = sys::signal_group(d.pgid, Signal::SIGKILL);
-                    d.killed = true;
-                    d.deadline = now + KILL_GRACE;
-                } else {
-                    let code = self
-                        .exit_override
-                        .or(d.code)
-                        .unwrap_or(128 + Signal::SIGKILL as i32);
-                    error!(
-                        pgid = d.pgid.as_raw(),
-                        exit = code,
-                        "process group still alive after SIGKILL; exiting anyway"
-                    );
-                    return Some(code);
-                }
-            }
-            return self.check_drained();
+        if self.draining.is_some() {
+            return self.drain_timer(now);
         }
         if self.restart_at.is_some_and(|t| now >= t) {
             self.restart_at = None;
@@ -418,38 +351,34 @@ impl<'a> Supervisor<'a> {
         }
         None
     }
-}
 
-/// `supervisor init`: the supervision loop alone, for a program that is not a
-/// Buddy. Like tini: the child gets our environment and working directory
-/// untouched and every signal (SIGHUP included); we reap, stop it with a
-/// timeout and restart it as the policy says.
-pub fn init(command: Vec<String>, policy: Policy, sfd: &SignalFd, mask: SigSet) -> i32 {
-    struct Plain;
-    impl Hooks for Plain {
-        fn reload(&mut self) -> bool {
-            false
+    /// A drain past its deadline: SIGKILL for the group, then after a grace
+    /// period exit whether or not the kernel has finished it off.
+    fn drain_timer(&mut self, now: Instant) -> Option<i32> {
+        let d = self.draining.as_mut()?;
+        if now >= d.deadline {
+            if !d.killed {
+                warn!(
+                    pgid = d.pgid.as_raw(),
+                    timeout_ms = self.policy.stop_timeout.as_millis() as u64,
+                    "stop timeout reached; killing the gateway's process group"
+                );
+                let _ = sys::signal_group(d.pgid, Signal::SIGKILL);
+                d.killed = true;
+                d.deadline = now + KILL_GRACE;
+            } else {
+                let code = self
+                    .exit_override
+                    .or(d.code)
+                    .unwrap_or(128 + Signal::SIGKILL as i32);
+                error!(
+                    pgid = d.pgid.as_raw(),
+                    exit = code,
+                    "process group still alive after SIGKILL; exiting anyway"
+                );
+                return Some(code);
+            }
         }
-        fn before_start(&mut self) {}
+        self.check_drained()
     }
-    if !sys::is_pid1()
-        && let Err(e) = sys::become_subreaper()
-    {
-        error!(error = %e, "cannot become a child subreaper");
-        return 1;
-    }
-    let Some((program, args)) = command.split_first() else {
-        error!("init: no command given");
-        return 2;
-    };
-    let spec = SpawnSpec {
-        program: program.into(),
-        args: args.to_vec(),
-        env: std::env::vars().collect(),
-        cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
-        credentials: None,
-        mask_dir: None,
-        harden: false,
-    };
-    Supervisor::new(sfd, mask, spec, policy, &mut Plain).run()
 }

@@ -7,8 +7,8 @@
 use serde_json::Value;
 
 use crate::buddy::Identity;
-use crate::problem::{Problem, parse_json_path};
-use crate::secrets::Provenance;
+use crate::config::problem::{Problem, parse_json_path};
+use crate::config::secrets::Provenance;
 
 pub const MODEL_PREFIX: &str = "google/gemini-";
 /// The render-provided variable naming the Buddy's persistent state dir.
@@ -20,14 +20,23 @@ fn get<'a>(config: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(config, |v, k| v.get(k))
 }
 
-/// Checks `config` (merged, not yet substituted) for `identity`.
+/// Checks `config` (merged, not yet substituted) for `identity`: every rule,
+/// every violation, in the order the README lists them.
 pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut fail = |path: &str, msg: String| {
         out.push(Problem::new(&provenance(&parse_json_path(path)), path, msg));
     };
+    models(config, &mut fail);
+    removed_plugins(config, &mut fail);
+    channels(config, identity, &mut fail);
+    gateway(config, &mut fail);
+    container(config, &mut fail);
+    out
+}
 
-    // Models: the swarm runs on Gemini.
+/// The swarm runs on Gemini: primary and every fallback.
+fn models(config: &Value, fail: &mut impl FnMut(&str, String)) {
     match get(config, "agents.defaults.model.primary") {
         Some(Value::String(m)) if m.starts_with(MODEL_PREFIX) => {}
         other => fail(
@@ -52,8 +61,10 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
             ),
         ),
     }
+}
 
-    // Plugins MyBuddy removes.
+/// The plugins MyBuddy removes, wherever a config could name them.
+fn removed_plugins(config: &Value, fail: &mut impl FnMut(&str, String)) {
     if let Some(Value::Object(entries)) = get(config, "plugins.entries") {
         for name in FORBIDDEN_PLUGINS {
             if entries.contains_key(name) {
@@ -85,10 +96,12 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
             }
         }
     }
+}
 
-    // Channels follow the identity: a plugin is on exactly when buddy.json
-    // says so, and explicitly off otherwise (a configured channel whose plugin
-    // is not explicitly disabled makes the gateway rewrite the config).
+/// Channels follow the identity: a plugin is on exactly when buddy.json
+/// says so, and explicitly off otherwise (a configured channel whose plugin
+/// is not explicitly disabled makes the gateway rewrite the config).
+fn channels(config: &Value, identity: &Identity, fail: &mut impl FnMut(&str, String)) {
     for (channel, wanted) in [
         ("telegram", identity.channels.telegram),
         ("whatsapp", identity.channels.whatsapp),
@@ -138,8 +151,10 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
             );
         }
     }
+}
 
-    // The gateway: local mode, token auth (a lan bind refuses to start without it).
+/// The gateway: local mode, token auth (a lan bind refuses to start without it).
+fn gateway(config: &Value, fail: &mut impl FnMut(&str, String)) {
     match get(config, "gateway.mode") {
         Some(Value::String(m)) if m == "local" => {}
         other => fail(
@@ -165,8 +180,10 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
             format!("must be a port number 1-65535, found {}", show(Some(port))),
         );
     }
+}
 
-    // What a container needs: state on the volume, no start-up update check.
+/// What a container needs: state on the volume, no start-up update check.
+fn container(config: &Value, fail: &mut impl FnMut(&str, String)) {
     for path in ["agents.defaults.workspace", "logging.file"] {
         match get(config, path) {
             Some(Value::String(p)) if p.starts_with(&format!("${{{STATE_DIR_VAR}}}/")) => {}
@@ -189,7 +206,6 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
             ),
         ),
     }
-    out
 }
 
 fn show(v: Option<&Value>) -> String {

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::buddy::{self, BuddyDir};
-use crate::jsonfile;
-use crate::policy::{self, STATE_DIR_VAR};
-use crate::problem::{PathSeg, Problem, Problems};
-use crate::secrets::{self, Resolved, Substituted};
-use crate::token::{self, AUTO_GENERATED, TokenSource};
+use crate::config::jsonfile;
+use crate::config::policy::{self, STATE_DIR_VAR};
+use crate::config::problem::{PathSeg, Problem, Problems};
+use crate::config::secrets::{self, Resolved, Substituted};
+use crate::config::token::{self, AUTO_GENERATED, TokenSource};
 
 pub const CONFIG_FILE_NAME: &str = "clawdbot.json";
 pub const DEFAULT_PORT: u16 = 18789;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::problem::{PathSeg, Problem, json_path};
+use crate::config::problem::{PathSeg, Problem, json_path};
 
 /// What redacted output shows instead of a secret.
 pub const REDACTED: &str = "***";

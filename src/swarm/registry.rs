@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::buddy::{Channels, Identity, Role, Status};
-use crate::jsonfile;
+use crate::config::jsonfile;
 
 pub const REGISTRY_FILE: &str = "registry.json";
 pub const LOCK_FILE: &str = "registry.json.lock";
@@ -78,7 +78,7 @@ pub enum RegistryError {
     #[error("{path}: {source} (is the swarm share mounted and writable by the mybuddybook group?)")]
     Io { path: PathBuf, source: io::Error },
     #[error("{0}")]
-    Invalid(crate::problem::Problem),
+    Invalid(crate::config::problem::Problem),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
@@ -99,7 +99,7 @@ pub fn read(book: &Path) -> Result<Registry, RegistryError> {
         Ok(text) => {
             let v = jsonfile::parse_json(&path, &text).map_err(RegistryError::Invalid)?;
             serde_json::from_value(v).map_err(|e| {
-                RegistryError::Invalid(crate::problem::Problem::new(
+                RegistryError::Invalid(crate::config::problem::Problem::new(
                     &path,
                     "",
                     format!("not a registry: {e}"),

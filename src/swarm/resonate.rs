@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::jsonfile;
-use crate::registry;
+use crate::config::jsonfile;
 use crate::swarm::Paths;
+use crate::swarm::registry;
 
 pub const MAX_MESSAGE: usize = 4000;
 
@@ -59,7 +59,7 @@ pub fn announce(
     }
     // Sortable by time, unique per writer: timestamp, sender, a random tail.
     let stamp: String = at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let tail = &crate::token::generate().unwrap_or_default()[..6];
+    let tail = &crate::config::token::generate().unwrap_or_default()[..6];
     let name = format!("{stamp}-{}-{kind}-{tail}.md", from.to_lowercase());
     let path = dir.join(name);
     let body = format!(

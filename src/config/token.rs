@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use rand::TryRng;
 
-use crate::jsonfile::write_atomic;
+use crate::config::jsonfile::write_atomic;
 
 pub const TOKEN_FILE: &str = "gateway-token";
 /// The template's placeholder for the token.

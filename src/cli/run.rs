@@ -1,0 +1,157 @@
+//! `supervisor run` (boot a Buddy, then supervise its gateway) and
+//! `supervisor init` (the same loop for any program).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use nix::sys::signal::SigSet;
+use nix::sys::signalfd::SignalFd;
+
+use super::{BuddyArgs, IMAGE_STATE_DIR};
+use crate::boot::{self, RunConfig};
+use crate::pid1::supervise::{Policy, RestartPolicy};
+
+// How the child is supervised; shared by `run` and `init`. (A doc comment here
+// would become the about text of both.)
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// Seconds the child gets to stop before its process group is killed
+    #[arg(long, env = "MYBUDDY_STOP_TIMEOUT", default_value_t = 10.0)]
+    pub stop_timeout: f64,
+    /// When to restart a child that exited on its own [default: `always` for run, `never` for init]
+    #[arg(long, env = "MYBUDDY_RESTART", value_enum)]
+    pub restart: Option<RestartPolicy>,
+    /// More restarts than this within --restart-window ends the supervisor (non-zero)
+    #[arg(long, env = "MYBUDDY_MAX_RESTARTS", default_value_t = 5)]
+    pub max_restarts: u32,
+    /// Seconds over which restarts are counted
+    #[arg(long, env = "MYBUDDY_RESTART_WINDOW", default_value_t = 300.0)]
+    pub restart_window: f64,
+    /// First restart delay, doubled after each crash
+    #[arg(long, env = "MYBUDDY_BACKOFF_INITIAL_MS", default_value_t = 500)]
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay
+    #[arg(long, env = "MYBUDDY_BACKOFF_MAX_MS", default_value_t = 30_000)]
+    pub backoff_max_ms: u64,
+    /// Seconds of uptime after which a run counts as healthy and the backoff resets
+    #[arg(long, env = "MYBUDDY_RESET_AFTER", default_value_t = 60.0)]
+    pub reset_after: f64,
+}
+
+impl SuperviseArgs {
+    fn policy(&self, default_restart: RestartPolicy) -> Policy {
+        Policy {
+            restart: self.restart.unwrap_or(default_restart),
+            max_restarts: self.max_restarts,
+            restart_window: secs(self.restart_window),
+            backoff_initial: std::time::Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: std::time::Duration::from_millis(self.backoff_max_ms),
+            reset_after: secs(self.reset_after),
+            stop_timeout: secs(self.stop_timeout),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub supervise: SuperviseArgs,
+    /// The program to run and its arguments; it gets our environment as it is
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub buddy: BuddyArgs,
+    /// The Buddy's persistent state dir (its Fly volume)
+    #[arg(long, env = "MYBUDDY_STATE_DIR", default_value = IMAGE_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The swarm share (MyBuddyBook and SpellBook)
+    #[arg(
+        long = "swarm",
+        env = "MYBUDDY_SWARM_DIR",
+        default_value = "/mnt/swarm"
+    )]
+    pub swarm_dir: PathBuf,
+    /// Accept a swarm dir that is not a mount point (local development; warns)
+    #[arg(long, env = "MYBUDDY_SWARM_UNMOUNTED")]
+    pub swarm_dir_unmounted: bool,
+    /// Run the gateway as USER, UID or UID:GID [default: buddy when root, yourself otherwise]
+    #[arg(long, env = "MYBUDDY_USER")]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub supervise: SuperviseArgs,
+    /// Extra secrets, NAME=value per line, re-read on every render (SIGHUP picks up changes)
+    #[arg(long, env = "MYBUDDY_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Replace the persisted gateway token with a new one
+    #[arg(long)]
+    pub rotate_token: bool,
+    /// `off` renders Telegram and WhatsApp disabled (local runs must not steal the deployed Buddy's updates)
+    #[arg(long, env = "MYBUDDY_CHANNELS", value_enum, default_value_t = Channels::On)]
+    pub channels: Channels,
+    /// Listen on this port instead of the config's gateway.port
+    #[arg(long, env = "MYBUDDY_GATEWAY_PORT")]
+    pub port: Option<u16>,
+    /// What the image ships to seed a new swarm share (spawn_buddy.md...; skipped if missing)
+    #[arg(
+        long,
+        env = "MYBUDDY_SWARM_SEED",
+        default_value = "/opt/mybuddy/swarm-seed"
+    )]
+    pub swarm_seed: PathBuf,
+    /// A warm gateway compile cache to seed into the state's TMPDIR (skipped if missing)
+    #[arg(
+        long,
+        env = "MYBUDDY_WARM_CACHE",
+        default_value = "/opt/mybuddy/warm/jiti"
+    )]
+    pub warm_cache: PathBuf,
+    /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Channels {
+    On,
+    Off,
+}
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(s.max(0.0))
+}
+
+fn run_config(a: RunArgs) -> RunConfig {
+    RunConfig {
+        template: a.buddy.template(),
+        buddy_dir: a.buddy.buddy_dir,
+        state_dir: a.state_dir,
+        swarm_dir: a.swarm_dir,
+        swarm_unmounted_ok: a.swarm_dir_unmounted,
+        user: a.user,
+        env_file: a.env_file,
+        rotate_token: a.rotate_token,
+        channels_off: a.channels == Channels::Off,
+        port: a.port,
+        warm_cache: Some(a.warm_cache),
+        swarm_seed: Some(a.swarm_seed),
+        policy: a.supervise.policy(RestartPolicy::Always),
+        command: a.command,
+    }
+}
+
+pub(super) fn cmd_run(a: RunArgs, sfd: SignalFd, mask: SigSet) -> i32 {
+    boot::run(run_config(a), sfd, mask)
+}
+
+pub(super) fn cmd_init(a: InitArgs, sfd: SignalFd, mask: SigSet) -> i32 {
+    crate::pid1::init::run(
+        a.command,
+        a.supervise.policy(RestartPolicy::Never),
+        &sfd,
+        mask,
+    )
+}

@@ -1,0 +1,96 @@
+//! The spell's second step: the new Buddy's directory, made from the
+//! template's workspace and the spell's personality.
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::{Spawn, World};
+
+/// The files of the new Buddy directory: (relative path, content).
+pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, String> {
+    let id = &s.identity;
+    let slug = id.slug();
+    let prefix = id.env_prefix();
+    let mut files = Vec::new();
+    let mut ident = serde_json::to_string_pretty(id).map_err(|e| e.to_string())?;
+    ident.push('\n');
+    files.push((PathBuf::from("buddy.json"), ident));
+    let mut env = serde_json::Map::new();
+    let mut channels = serde_json::Map::new();
+    let mut config = serde_json::Map::new();
+    if id.channels.telegram {
+        env.insert(
+            "CLAWDBOT_TELEGRAM_TOKEN".into(),
+            json!(format!("${{{prefix}_TELEGRAM_TOKEN}}")),
+        );
+        channels.insert(
+            "telegram".into(),
+            json!({"botToken": format!("${{{prefix}_TELEGRAM_TOKEN}}"), "dmPolicy": "pairing", "groupPolicy": "allowlist"}),
+        );
+    }
+    if s.human_telegram_id.is_some() {
+        env.insert(
+            "TELEGRAM_ADMIN_ID".into(),
+            json!(format!("${{{prefix}_HUMAN_TELEGRAM_ID}}")),
+        );
+    }
+    if id.channels.whatsapp {
+        channels.insert(
+            "whatsapp".into(),
+            json!({"sendReadReceipts": true, "dmPolicy": "allowlist", "allowFrom": [format!("${{{prefix}_HUMAN_PHONE}}")]}),
+        );
+    }
+    if !env.is_empty() {
+        config.insert("env".into(), env.into());
+    }
+    config.insert("channels".into(), channels.into());
+    // The template enables Telegram and disables WhatsApp; say what differs.
+    let mut entries = serde_json::Map::new();
+    if !id.channels.telegram {
+        entries.insert("telegram".into(), json!({"enabled": false}));
+    }
+    if id.channels.whatsapp {
+        entries.insert("whatsapp".into(), json!({"enabled": true}));
+    }
+    if !entries.is_empty() {
+        config.insert("plugins".into(), json!({"entries": entries}));
+    }
+    let mut cfg = serde_json::to_string_pretty(&serde_json::Value::Object(config))
+        .map_err(|e| e.to_string())?;
+    cfg.push('\n');
+    files.push((PathBuf::from("config.json"), cfg));
+    let tpl = world.buddies().join("_template/workspace");
+    let fill = |t: &str| {
+        t.replace("{Human}", &id.human)
+            .replace("{BotName}", &id.name)
+    };
+    for name in ["SOUL.MD", "IDENTITY.MD", "MEMORY.MD", "USER.MD"] {
+        let from_spell = match name {
+            "SOUL.MD" => s.soul.clone(),
+            "IDENTITY.MD" => s.identity_text.clone(),
+            _ => None,
+        };
+        let text = match from_spell {
+            Some(t) => {
+                let mut t = t.trim_end().to_string();
+                t.push('\n');
+                t
+            }
+            None => fill(
+                &fs::read_to_string(tpl.join(name))
+                    .map_err(|e| format!("{}: {e}", tpl.join(name).display()))?,
+            ),
+        };
+        files.push((PathBuf::from("workspace").join(name), text));
+    }
+    files.push((
+        PathBuf::from("Dockerfile"),
+        format!(
+            "# {}: the MyBuddyTalk base image plus this Buddy's own files, nothing else.\n# WhatsApp credentials never enter an image: they live on the Buddy's volume (/data).\nARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest\nFROM ${{BASE_IMAGE}}\nCOPY buddies/{slug}/buddy.json buddies/{slug}/config.json /opt/mybuddy/buddy/\nCOPY buddies/{slug}/workspace/ /opt/mybuddy/buddy/workspace/\n",
+            id.id()
+        ),
+    ));
+    Ok(files)
+}

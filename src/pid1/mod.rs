@@ -1,0 +1,13 @@
+//! What makes the supervisor a correct PID 1 (or child subreaper under Fly's
+//! init) for the gateway: [`sys`] is the kernel boundary (every syscall of
+//! the PID-1 path, each with why); [`supervise`] the loop (signals, the one
+//! reaper, stop, reload) and [`restart`] its restart policy; [`privileges`]
+//! the identity the gateway runs as; [`gateway_lock`] what a dead gateway
+//! leaves behind; [`init`] the loop without a Buddy.
+
+pub mod gateway_lock;
+pub mod init;
+pub mod privileges;
+pub mod restart;
+pub mod supervise;
+pub mod sys;

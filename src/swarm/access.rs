@@ -1,0 +1,145 @@
+//! Step 3b of the swarm step: what the gateways can really do on the share,
+//! probed as their uid and groups, and whether the SpellBook mask can be
+//! mounted. Mode bits alone would miss ACLs, root-squashing network
+//! filesystems and the like.
+
+use std::fs;
+
+use super::{Paths, SPAWN_SPELL, SwarmError, io_ctx, registry};
+use crate::config::problem::Problem;
+use crate::pid1::privileges::Credentials;
+use crate::pid1::sys;
+
+/// What one probe as a gateway identity could do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub list_spellbook: bool,
+    pub read_spell: bool,
+    pub read_changelog: bool,
+    pub write_book: bool,
+    pub write_registry: bool,
+}
+
+impl Access {
+    fn from_bits(b: i32) -> Access {
+        Access {
+            list_spellbook: b & 1 != 0,
+            read_spell: b & 2 != 0,
+            read_changelog: b & 4 != 0,
+            write_book: b & 8 != 0,
+            write_registry: b & 16 != 0,
+        }
+    }
+}
+
+/// Step 3b: a real access check. A probe thread drops to `creds` and tries
+/// to list and read the SpellBook and to write MyBuddyBook; mode bits alone
+/// would miss ACLs, root-squashing network filesystems and the like.
+/// [`probe_access`] reads its verdict.
+pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<sys::Probe<i32>, SwarmError> {
+    let spell = p.spellbook();
+    let spells = spell.join("spells");
+    let spawn = spell.join(SPAWN_SPELL);
+    let spawn_exists = spawn.exists();
+    let changelog = p.changelog();
+    let book = p.book();
+    // Unique per probe: two probes run at once.
+    let probe_file = book.join(format!(
+        ".access-probe-{}-{}",
+        std::process::id(),
+        creds.groups.len()
+    ));
+    let registry = registry::path_in(&book);
+    sys::probe_as(creds, move || {
+        let mut b = 0;
+        if fs::read_dir(&spell).is_ok() {
+            b |= 1;
+        }
+        // The spells folder, and the seeded spell when the share has it.
+        if fs::read_dir(&spells).is_ok() && (!spawn_exists || fs::read(&spawn).is_ok()) {
+            b |= 2;
+        }
+        if fs::read(&changelog).is_ok() {
+            b |= 4;
+        }
+        if fs::write(&probe_file, b"probe").is_ok() && fs::remove_file(&probe_file).is_ok() {
+            b |= 8;
+        }
+        if fs::OpenOptions::new().append(true).open(&registry).is_ok() {
+            b |= 16;
+        }
+        b
+    })
+    .map_err(io_ctx(&p.root, "cannot run the access probe"))
+}
+
+pub fn probe_access(p: &Paths, probe: sys::Probe<i32>) -> Result<Access, SwarmError> {
+    probe
+        .result()
+        .map(Access::from_bits)
+        .map_err(io_ctx(&p.root, "the access probe failed"))
+}
+
+/// Checks both roles' access against the rules (the two probes run at the
+/// same time, and with `mask` the SpellBook mount probe too); every
+/// violation is listed. Returns whether the mask is available.
+pub fn verify_access(
+    p: &Paths,
+    buddy: &Credentials,
+    magician: &Credentials,
+    mask: bool,
+) -> Result<bool, SwarmError> {
+    let bp = start_probe(p, buddy)?;
+    let mp = start_probe(p, magician);
+    let mask_probe = mask.then(|| sys::mask_probe(&p.spellbook()));
+    // Join every probe before judging, so none is left running.
+    let b = probe_access(p, bp);
+    let m = mp.and_then(|probe| probe_access(p, probe));
+    let can_mask = matches!(
+        mask_probe.map(|m| m.and_then(sys::Probe::result)),
+        Some(Ok(true))
+    );
+    let (b, m) = (b?, m?);
+    let mut problems = Vec::new();
+    let who = |c: &Credentials| {
+        format!(
+            "uid {} with groups {:?}",
+            c.uid,
+            c.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>()
+        )
+    };
+    if b.list_spellbook || b.read_spell || b.read_changelog {
+        problems.push(Problem::new(
+            &p.spellbook(),
+            "",
+            format!("a Buddy-role gateway ({}) can read the SpellBook; it must belong to the magicians group with no access for others", who(buddy)),
+        ));
+    }
+    if !(m.list_spellbook && m.read_spell && m.read_changelog) {
+        problems.push(Problem::new(
+            &p.spellbook(),
+            "",
+            format!(
+                "a Magician's gateway ({}) cannot read the SpellBook and its spells",
+                who(magician)
+            ),
+        ));
+    }
+    for (role, a, c) in [("Buddy", b, buddy), ("Magician", m, magician)] {
+        if !(a.write_book && a.write_registry) {
+            problems.push(Problem::new(
+                &p.book(),
+                "",
+                format!(
+                    "a {role}-role gateway ({}) cannot write MyBuddyBook or its registry",
+                    who(c)
+                ),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(can_mask)
+    } else {
+        Err(SwarmError::Unsafe(problems))
+    }
+}

@@ -1,0 +1,168 @@
+//! The swarm share at `/mnt/swarm`: MyBuddyBook (every Buddy reads and
+//! writes) and the SpellBook (Magicians only).
+//!
+//! The gateway is an AI agent that runs shell commands, so the boundary that
+//! matters is the gateway process: a Buddy-role gateway must not be able to
+//! list or read the SpellBook however it tries. Three layers enforce it:
+//! ownership and modes (repaired at boot when we are root), a real access
+//! probe as the gateway's uid and groups (the boot refuses when it fails), and,
+//! where mounting is allowed, an empty read-only tmpfs over the SpellBook in
+//! the Buddy-role gateway's own mount namespace.
+//!
+//! The share's layers, one file each: [`mount`] (is the share there),
+//! [`layout`] (what it holds, seeded from the image), [`permissions`] (groups
+//! and modes), [`access`] (probes as the gateways' identities and the
+//! SpellBook mask), [`registry`] and [`resonate`] (what the Buddies write
+//! there). [`prepare`] is the boot's swarm step: those layers in order.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Gid;
+use tracing::{info, warn};
+
+use crate::config::problem::Problem;
+use crate::pid1::privileges::{self, Credentials};
+use crate::pid1::sys;
+
+pub mod access;
+pub mod layout;
+pub mod mount;
+pub mod permissions;
+pub mod registry;
+pub mod resonate;
+
+pub use layout::Seeds;
+
+pub const BOOK: &str = "mybuddybook";
+pub const SPELLBOOK: &str = "spellbook";
+pub const SPAWN_SPELL: &str = "spells/spawn_buddy.md";
+pub const CHANGELOG: &str = "changelog.md";
+
+/// Directory and file modes: group-shared, setgid so new files keep the
+/// group, nothing for others.
+pub const DIR_MODE: u32 = 0o2770;
+pub const FILE_GROUP_BITS: u32 = 0o060;
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: &Path) -> Self {
+        Paths {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn book(&self) -> PathBuf {
+        self.root.join(BOOK)
+    }
+    pub fn spellbook(&self) -> PathBuf {
+        self.root.join(SPELLBOOK)
+    }
+    pub fn announcements(&self) -> PathBuf {
+        self.book().join("announcements")
+    }
+    pub fn changelog(&self) -> PathBuf {
+        self.spellbook().join(CHANGELOG)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error(
+        "{0} is not a mount point: shared data written here would live on this container's root filesystem and vanish at the next restart. Mount the swarm share there (a volume, bind mount or network filesystem), or pass --swarm-dir-unmounted for a local development run"
+    )]
+    NotMounted(PathBuf),
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("the swarm share's permissions are unsafe:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Unsafe(Vec<Problem>),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+}
+
+pub(crate) fn io_ctx<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(io::Error) -> SwarmError + 'a {
+    move |source| SwarmError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Everything `swarm check` and the boot's swarm step do, in order.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub root: PathBuf,
+    pub allow_unmounted: bool,
+    pub repair: bool,
+    pub seeds: Seeds,
+    /// Probe whether the SpellBook can be masked (only a Buddy-role gateway needs it).
+    pub want_mask: bool,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub created: Vec<PathBuf>,
+    pub repairs: Vec<permissions::Repair>,
+    pub verified: bool,
+    /// Whether a Buddy-role gateway gets the tmpfs mask over the SpellBook.
+    pub can_mask: bool,
+}
+
+/// Runs steps 1-4. `gateway` is the uid/gid the gateways run as (None when
+/// not root: nothing can be repaired or probed then).
+pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, SwarmError> {
+    let p = Paths::new(&opts.root);
+    mount::check_mounted(&p.root, opts.allow_unmounted)?;
+    let created = layout::ensure_layout(&p, &opts.seeds)?;
+    for c in &created {
+        info!(path = %c.display(), "swarm: created");
+    }
+    let book_gid = privileges::swarm_gid(privileges::BOOK_GROUP);
+    let magicians_gid = privileges::swarm_gid(privileges::MAGICIANS_GROUP);
+    let root = sys::is_root();
+    let repairs =
+        permissions::enforce_permissions(&p, book_gid, magicians_gid, opts.repair && root)?;
+    for r in &repairs {
+        info!(path = %r.path.display(), change = %r.what, "swarm: repaired");
+    }
+    let (verified, can_mask) = match gateway {
+        Some(c) if root => {
+            let buddy = with_groups(c, vec![book_gid]);
+            let magician = with_groups(c, vec![book_gid, magicians_gid]);
+            let can_mask = access::verify_access(&p, &buddy, &magician, opts.want_mask)?;
+            if opts.want_mask && !can_mask {
+                info!(
+                    "swarm: mounting is not allowed here (no CAP_SYS_ADMIN, as under plain Docker); the SpellBook is protected by its permissions alone"
+                );
+            }
+            (true, can_mask)
+        }
+        _ => {
+            warn!("swarm: not root, access to the SpellBook cannot be verified by a probe");
+            (false, false)
+        }
+    };
+    Ok(Report {
+        created,
+        repairs,
+        verified,
+        can_mask,
+    })
+}
+
+fn with_groups(c: &Credentials, groups: Vec<Gid>) -> Credentials {
+    Credentials {
+        groups,
+        ..c.clone()
+    }
+}

@@ -1,0 +1,73 @@
+//! A recording stand-in for the `fly` CLI, first on PATH.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// A recording stand-in for `fly`, first on PATH: every call is appended as
+/// one JSON array of its arguments to `calls`, the stdin of `secrets import`
+/// to `stdin`. `apps list`, `volumes list` and `secrets list` answer with the
+/// JSON in `apps.json`, `volumes.json`, `secrets.json` (default `[]`); a call
+/// whose arguments start with a line of `fail` exits 1.
+pub struct FakeFly {
+    pub dir: PathBuf,
+}
+
+impl FakeFly {
+    pub fn new(parent: &Path) -> FakeFly {
+        let dir = parent.join("fakefly");
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        let body = format!(
+            r#"d={d}
+python3 - "$@" >> "$d/calls" <<'PY'
+import json, sys
+print(json.dumps(sys.argv[1:]))
+PY
+args="$*"
+if [ -f "$d/fail" ]; then
+  while read -r prefix; do
+    case "$args" in "$prefix"*) echo "fly: simulated failure of: $prefix" >&2; exit 1;; esac
+  done < "$d/fail"
+fi
+case "$args" in
+  "apps list"*) cat "$d/apps.json" 2>/dev/null || echo '[]' ;;
+  "volumes list"*) cat "$d/volumes.json" 2>/dev/null || echo '[]' ;;
+  "secrets list"*) cat "$d/secrets.json" 2>/dev/null || echo '[]' ;;
+  "secrets import"*) cat >> "$d/stdin" ;;
+esac
+exit 0"#,
+            d = dir.display()
+        );
+        script(&dir.join("bin"), "fly", &body);
+        FakeFly { dir }
+    }
+
+    pub fn path_env(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        fs::read_to_string(self.dir.join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn stdin(&self) -> String {
+        fs::read_to_string(self.dir.join("stdin")).unwrap_or_default()
+    }
+
+    pub fn answer(&self, what: &str, json: &str) {
+        fs::write(self.dir.join(format!("{what}.json")), json).unwrap();
+    }
+
+    pub fn fail_on(&self, prefix: &str) {
+        fs::write(self.dir.join("fail"), format!("{prefix}\n")).unwrap();
+    }
+}

@@ -1,0 +1,108 @@
+//! The pinned gateway, installed by the project's own script, and what a
+//! client sees of it: its ports and its WebSocket handshake.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::*;
+
+/// The pinned gateway, installed (once, cached) by the project's own script.
+pub fn gateway_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(d) = std::env::var("MYBUDDY_GATEWAY_DIR") {
+            return PathBuf::from(d);
+        }
+        let out = Command::new(repo().join("scripts/install-gateway"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/install-gateway");
+        assert!(out.status.success(), "scripts/install-gateway failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// PATH with the pinned Node 22 and clawdbot first.
+pub fn gateway_path() -> String {
+    format!(
+        "{}:{}",
+        gateway_dir().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A loopback port with the three after it free too (the gateway also binds
+/// port+2 and port+3).
+pub fn free_port_block() -> u16 {
+    use std::net::TcpListener;
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        if p > 60000 {
+            continue;
+        }
+        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+/// Result of the gateway's connect handshake.
+#[derive(Debug)]
+pub enum Handshake {
+    HelloOk,
+    Refused(String),
+}
+
+/// Connects to the gateway's WebSocket on 127.0.0.1, answers its
+/// `connect.challenge` with `token`, and reports the answer.
+pub fn gateway_handshake(port: u16, token: Option<&str>) -> Result<Handshake, String> {
+    use tungstenite::Message;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream)
+        .map_err(|e| e.to_string())?;
+    let mut challenged = false;
+    loop {
+        let msg = ws.read().map_err(|e| e.to_string())?;
+        let Message::Text(text) = msg else { continue };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if v["event"] == "connect.challenge" && !challenged {
+            challenged = true;
+            let mut params = serde_json::json!({
+                "minProtocol": 3, "maxProtocol": 3,
+                "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"}
+            });
+            if let Some(t) = token {
+                params["auth"] = serde_json::json!({"token": t});
+            }
+            let req = serde_json::json!({"type": "req", "id": "c1", "method": "connect", "params": params});
+            ws.send(Message::Text(req.to_string().into()))
+                .map_err(|e| e.to_string())?;
+        } else if v["type"] == "res" && v["id"] == "c1" {
+            let _ = ws.close(None);
+            return Ok(if v["ok"] == true && v["payload"]["type"] == "hello-ok" {
+                Handshake::HelloOk
+            } else {
+                Handshake::Refused(format!("{} {}", v["error"]["code"], v["error"]["message"]))
+            });
+        }
+    }
+}
+
+/// Whether something listens on 0.0.0.0:port (a `lan` bind), per /proc/net/tcp.
+pub fn listens_on_all_interfaces(port: u16) -> bool {
+    let want = format!("00000000:{port:04X}");
+    fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+}

@@ -1,0 +1,236 @@
+//! The supervisor run for real, directly or as PID 1 of a new PID namespace
+//! (`unshare --pid --fork --mount-proc`), and what /proc says about its
+//! children; fault-injection children written as shell scripts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::*;
+
+/// A running `supervisor run`, directly or as PID 1 of a new PID namespace.
+pub struct Sup {
+    pub child: Child,
+    pub pid1: bool,
+    pub stderr: PathBuf,
+    pub stdout: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Sup {
+    /// Starts `supervisor run ARGS` with exactly `env`.
+    pub fn start(dir: &Path, pid1: bool, args: &[String], env: &[(String, String)]) -> Sup {
+        Self::start_wrapped(dir, pid1, false, args, env)
+    }
+
+    /// Starts it in a private mount namespace with a fresh tmpfs mounted at
+    /// `tmpfs` first (a real mount point for the swarm share).
+    pub fn start_with_tmpfs(
+        dir: &Path,
+        pid1: bool,
+        tmpfs: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
+        let mut full = vec![
+            "-c".to_string(),
+            "mount -t tmpfs -o mode=0755 tmpfs \"$0\" && exec \"$@\"".to_string(),
+            tmpfs.display().to_string(),
+            supervisor().display().to_string(),
+            "run".to_string(),
+        ];
+        full.extend(args.iter().cloned());
+        let stderr = dir.join(format!("sup-{}.err", unique()));
+        let stdout = dir.join(format!("sup-{}.out", unique()));
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private"]);
+        if pid1 {
+            cmd.args(["--pid", "--fork", "--mount-proc"]);
+        }
+        cmd.arg("/bin/sh")
+            .args(&full)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap());
+        Sup {
+            child: cmd.spawn().expect("start supervisor"),
+            pid1,
+            stderr,
+            stdout,
+            status: None,
+        }
+    }
+
+    /// Like `start`; `offline` runs it in a new network namespace with no
+    /// route anywhere, for a gateway that would try to reach the internet.
+    pub fn start_wrapped(
+        dir: &Path,
+        pid1: bool,
+        offline: bool,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
+        Self::start_sub(dir, pid1, offline, "run", args, env)
+    }
+
+    /// Starts `supervisor init ARGS` (the plain init) with exactly `env`.
+    pub fn start_init(dir: &Path, pid1: bool, args: &[String], env: &[(String, String)]) -> Sup {
+        Self::start_sub(dir, pid1, false, "init", args, env)
+    }
+
+    fn start_sub(
+        dir: &Path,
+        pid1: bool,
+        offline: bool,
+        sub: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
+        let stderr = dir.join(format!("sup-{}.err", unique()));
+        let stdout = dir.join(format!("sup-{}.out", unique()));
+        let mut cmd = Command::new("unshare");
+        if offline {
+            // Without --fork unshare execs the supervisor: same pid.
+            cmd.arg("--net");
+        }
+        if pid1 {
+            cmd.args(["--pid", "--fork", "--mount-proc"]);
+        }
+        cmd.arg(supervisor());
+        cmd.arg(sub)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap());
+        let child = cmd.spawn().expect("start supervisor");
+        Sup {
+            child,
+            pid1,
+            stderr,
+            stdout,
+            status: None,
+        }
+    }
+
+    /// The supervisor's pid as seen from here.
+    pub fn pid(&self) -> i32 {
+        if !self.pid1 {
+            return self.child.id() as i32;
+        }
+        let unshare = self.child.id();
+        wait_for(Duration::from_secs(5), || {
+            let kids =
+                fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
+            kids.split_whitespace().next()?.parse().ok()
+        })
+        .expect("the supervisor inside the namespace")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} failed");
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn out(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Waits until the supervisor's log contains `needle` `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            (self.log().matches(needle).count() >= n).then_some(())
+        })
+        .is_some()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    pub fn wait_out(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || self.out().contains(needle).then_some(())).is_some()
+    }
+
+    /// Waits for the exit and returns the code (128+n for a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        if self.status.is_none() {
+            let child = &mut self.child;
+            self.status = wait_for(timeout, || child.try_wait().ok().flatten());
+        }
+        self.status.map(|s| {
+            use std::os::unix::process::ExitStatusExt;
+            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+        })
+    }
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let pid = self.pid();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Processes whose parent is `ppid`, with their state letter.
+pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if f.len() > 2 && f[1].parse::<i32>() == Ok(ppid) {
+            out.push((pid, f[0].chars().next().unwrap_or('?')));
+        }
+    }
+    out
+}
+
+/// A status field of /proc/<pid>/status (Uid, Groups, SigBlk, NoNewPrivs...).
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// A shell script fault-injection child, written to `dir/name`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
