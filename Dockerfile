@@ -1,5 +1,6 @@
-# The MyBuddyTalk base image: the static supervisor as ENTRYPOINT, Node 22 and the pinned
-# Clawdbot gateway (with a warm compile cache), the gateway user and the swarm groups.
+# The MyBuddyTalk base image: the static supervisor as ENTRYPOINT, the pinned OpenClaw
+# gateway with its Node 24, the plugins every Buddy loads from here (WhatsApp, Brave) and a
+# warm compile cache, the gateway user and the swarm groups. Nothing is installed at run time.
 # Every Buddy image is FROM this one (buddies/<id>/Dockerfile).
 #
 #   docker build -t mybuddytalk-base .                 (needs the public base images)
@@ -7,7 +8,7 @@
 # Offline (as the tests do), the three bases and the two build stages can be replaced
 # with local images: --build-arg BASE_IMAGE=… SUPERVISOR_FROM=… GATEWAY_FROM=…
 ARG RUST_IMAGE=rust:1.95-bookworm
-ARG NODE_IMAGE=node:22-bookworm-slim
+ARG NODE_IMAGE=node:24-bookworm-slim
 ARG BASE_IMAGE=debian:bookworm-slim
 ARG SUPERVISOR_FROM=supervisor-build
 ARG GATEWAY_FROM=gateway-build
@@ -22,7 +23,8 @@ RUN install -D -m 0755 "$(scripts/build-static --locked)" /out/usr/local/bin/sup
 FROM ${NODE_IMAGE} AS gateway-build
 COPY images/gateway/package.json /src/images/gateway/package.json
 COPY scripts/install-gateway /src/scripts/install-gateway
-# Installs into its final path: the warm compile cache is keyed by file path.
+# Installs into its final path: compile-cache entries are keyed by file path, and the
+# template's plugins.load.paths name ${MYBUDDY_GATEWAY_DIR}/node_modules/@openclaw/*.
 RUN /src/scripts/install-gateway --dest /opt/mybuddy/gateway
 
 FROM ${SUPERVISOR_FROM} AS supervisor
@@ -40,7 +42,8 @@ COPY --from=gateway /opt/mybuddy/gateway /opt/mybuddy/gateway
 COPY buddies/_template /opt/mybuddy/_template
 COPY images/swarm-seed /opt/mybuddy/swarm-seed
 ENV PATH=/opt/mybuddy/gateway/bin:/usr/local/bin:/usr/bin:/bin \
-    MYBUDDY_WARM_CACHE=/opt/mybuddy/gateway/warm/jiti \
+    MYBUDDY_GATEWAY_DIR=/opt/mybuddy/gateway \
+    MYBUDDY_WARM_CACHE=/opt/mybuddy/gateway/warm/node-compile-cache \
     NO_COLOR=1
 EXPOSE 18789
 # The supervisor's stop signal; fly.toml's kill_signal is the same.

@@ -19,9 +19,8 @@ use tracing::{error, info, warn};
 use crate::buddy::Role;
 use crate::config::render::{self, RenderOptions, Rendered};
 use crate::config::secrets;
-use crate::pid1::gateway_lock;
 use crate::pid1::privileges::{self, Credentials};
-use crate::pid1::supervise::{Hooks, Policy, Supervisor};
+use crate::pid1::supervise::{Health, Hooks, Policy, Supervisor};
 use crate::pid1::sys::{self, SpawnSpec};
 use crate::state::{self, Layout};
 use crate::swarm;
@@ -33,6 +32,8 @@ pub struct RunConfig {
     pub buddy_dir: PathBuf,
     pub template: PathBuf,
     pub state_dir: PathBuf,
+    /// The gateway's install (`${MYBUDDY_GATEWAY_DIR}`: the plugins load from it).
+    pub gateway_dir: PathBuf,
     pub swarm_dir: PathBuf,
     pub swarm_unmounted_ok: bool,
     /// None: root drops to the default gateway user; non-root stays itself.
@@ -117,6 +118,8 @@ struct Boot {
     source: SecretSource,
     /// Set once the swarm is ready; taken by the register step.
     to_register: Option<crate::buddy::Identity>,
+    /// Registered: the gateway's health changes go to its registry entry.
+    registered: Option<crate::buddy::Identity>,
 }
 
 impl Boot {
@@ -126,6 +129,7 @@ impl Boot {
             buddy_dir: self.cfg.buddy_dir.clone(),
             template: self.cfg.template.clone(),
             state_dir: self.cfg.state_dir.clone(),
+            gateway_dir: self.cfg.gateway_dir.clone(),
             rotate_token: self.cfg.rotate_token,
         };
         let mut r = render::render(&opts, &lookup(&file)).map_err(|e| e.to_string())?;
@@ -161,6 +165,13 @@ impl Boot {
         let p = state::prepare(&self.layout, Some(&workspace), warm, owner)
             .map_err(|e| e.to_string())?;
         self.write(rendered)?;
+        let m = &p.migrated;
+        if !m.is_empty() {
+            info!(renamed = ?m.renamed, replaced_generic = ?m.replaced_generic, removed = ?m.removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "state carried over from an older image");
+        }
+        for (old, new) in &m.kept_both {
+            warn!(workspace = %self.layout.workspace().display(), "both {old} and {new} hold text: kept both; the gateway reads only {new}, merge {old} into it by hand");
+        }
         info!(state = %self.cfg.state_dir.display(), seeded_files = p.seeded_files, warm_cache_files = p.warm_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
         Ok(())
     }
@@ -208,7 +219,7 @@ impl Boot {
         );
         let (program, args) = if self.cfg.command.is_empty() {
             (
-                PathBuf::from("clawdbot"),
+                PathBuf::from("openclaw"),
                 vec![
                     "gateway".into(),
                     "--bind".into(),
@@ -255,29 +266,32 @@ impl Hooks for Boot {
         true
     }
 
-    fn before_start(&mut self) {
-        let uid = self
-            .creds
-            .as_ref()
-            .map(|c| c.uid.as_raw())
-            .unwrap_or_else(|| nix::unistd::getuid().as_raw());
-        let dir = gateway_lock::lock_dir(&self.layout.tmp(), uid);
-        for (path, verdict) in gateway_lock::clear_stale(&dir) {
-            match verdict {
-                Ok(gateway_lock::Verdict::Removed { pid, why }) => {
-                    info!(lock = %path.display(), pid, why, "removed stale gateway lock")
-                }
-                Ok(gateway_lock::Verdict::Held(pid)) => {
-                    warn!(lock = %path.display(), pid, "gateway lock is held by a live process; leaving it")
-                }
-                Err(e) => warn!(lock = %path.display(), error = %e, "cannot inspect gateway lock"),
-            }
-        }
+    fn withheld(&self, sig: Signal) -> Option<&'static str> {
+        (sig == Signal::SIGUSR1).then_some(
+            "SIGUSR1 would open the gateway's Node inspector on 127.0.0.1:9229; SIGUSR2 restarts the gateway in place, SIGHUP reloads the config",
+        )
     }
 
     fn after_first_start(&mut self) -> Option<i32> {
         let identity = self.to_register.take()?;
-        step("register", || register(&self.cfg.swarm_dir, &identity)).err()
+        let r = step("register", || register(&self.cfg.swarm_dir, &identity)).err();
+        self.registered = Some(identity);
+        r
+    }
+
+    fn health_changed(&mut self, health: Health) {
+        let Some(identity) = &self.registered else {
+            return;
+        };
+        let (state, exits) = match health {
+            Health::CrashLooping { exits } => (registry::GatewayState::CrashLooping, exits),
+            Health::Recovered { exits } => (registry::GatewayState::Running, exits),
+        };
+        // The share may itself be what is failing: a registry we cannot
+        // write is logged and never stops the supervision.
+        if let Err(e) = set_gateway_health(&self.cfg.swarm_dir, identity, state, Some(exits)) {
+            warn!(error = %e, "cannot record the gateway's state in the registry");
+        }
     }
 }
 
@@ -301,17 +315,20 @@ fn child_env(
     env.insert("LOGNAME".into(), user);
     env.insert("TMPDIR".into(), layout.tmp().display().to_string());
     env.insert(
-        "CLAWDBOT_STATE_DIR".into(),
+        "OPENCLAW_STATE_DIR".into(),
         cfg.state_dir.display().to_string(),
     );
     env.insert(
-        "CLAWDBOT_CONFIG_PATH".into(),
+        "OPENCLAW_CONFIG_PATH".into(),
         layout.config().display().to_string(),
     );
     // One supervisor, one process tree: no respawning wrapper in between.
-    env.insert("CLAWDBOT_NO_RESPAWN".into(), "1".into());
+    // (NODE_COMPILE_CACHE is never passed: openclaw's launcher respawns a
+    // child when it is set, whatever OPENCLAW_NO_RESPAWN says; the cache is
+    // found in $TMPDIR/node-compile-cache, seeded by the state step.)
+    env.insert("OPENCLAW_NO_RESPAWN".into(), "1".into());
     // mDNS advertising inside a Fly VM or container reaches nobody.
-    env.insert("CLAWDBOT_DISABLE_BONJOUR".into(), "1".into());
+    env.insert("OPENCLAW_DISABLE_BONJOUR".into(), "1".into());
     for name in ["TZ", "LANG", "LC_ALL", "TERM", "NO_COLOR", "FORCE_COLOR"] {
         if let Ok(v) = std::env::var(name) {
             env.insert(name.into(), v);
@@ -371,6 +388,7 @@ fn boot(
         },
         cfg,
         to_register: None,
+        registered: None,
     };
     let rendered = step("render", || boot.render())?;
     if boot.cfg.channels_off {
@@ -453,8 +471,33 @@ fn register(swarm_dir: &std::path::Path, identity: &crate::buddy::Identity) -> R
             .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
     );
     entry.last_boot = Some(registry::now_rfc3339());
+    entry.gateway = Some(registry::GatewayHealth {
+        state: registry::GatewayState::Running,
+        since: registry::now_rfc3339(),
+        exits: None,
+    });
     info!(id = %entry.id, status = %entry.status, "registered in the swarm");
     l.registry.buddies.insert(identity.slug(), entry);
+    l.commit().map_err(|e| e.to_string())
+}
+
+/// Records the gateway's state in this Buddy's registry entry.
+fn set_gateway_health(
+    swarm_dir: &std::path::Path,
+    identity: &crate::buddy::Identity,
+    state: registry::GatewayState,
+    exits: Option<u32>,
+) -> Result<(), String> {
+    let book = swarm::Paths::new(swarm_dir).book();
+    let mut l = registry::lock(&book).map_err(|e| e.to_string())?;
+    let Some(entry) = l.registry.buddies.get_mut(&identity.slug()) else {
+        return Err(format!("{} is not in the registry", identity.id()));
+    };
+    entry.gateway = Some(registry::GatewayHealth {
+        state,
+        since: registry::now_rfc3339(),
+        exits,
+    });
     l.commit().map_err(|e| e.to_string())
 }
 

@@ -64,11 +64,11 @@ pub fn check_repo(repo: &Path) -> Report {
             // Placeholders for every secret: exercises substitution (malformed
             // references) exactly as the boot does, without real values.
             let placeholder = |n: &str| Some(format!("placeholder-{}", n.to_lowercase()));
-            if let Err(e) = prepared.substitute(
-                Path::new(STATE_MOUNT),
-                Some("placeholder-token"),
-                &placeholder,
-            ) {
+            let builtins = render::Builtins {
+                state_dir: Path::new(STATE_MOUNT),
+                gateway_dir: Path::new(render::IMAGE_GATEWAY_DIR),
+            };
+            if let Err(e) = prepared.substitute(builtins, Some("placeholder-token"), &placeholder) {
                 problems.extend(e.items);
             }
             let id = prepared.buddy.identity.clone();
@@ -80,7 +80,11 @@ pub fn check_repo(repo: &Path) -> Report {
             identities.push((prepared.buddy.identity_path(), id));
         }
         problems.extend(check_buddy_dockerfile(dir));
+        problems.extend(crate::config::workspace::check(&dir.join("workspace")));
     }
+    problems.extend(crate::config::workspace::check(
+        &buddies_dir.join("_template/workspace"),
+    ));
     problems.extend(check_unique_ids(&identities));
     problems.extend(check_whatsapp_limit(&identities));
     problems.extend(check_secret_names(&vars_by_buddy, &template_vars));
@@ -519,32 +523,105 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
     if !mounts_ok {
         out.push(Problem::new(&path, "mounts.destination", format!("the Buddy's state volume must be mounted at {STATE_MOUNT} (the supervisor's --state-dir)")));
     }
-    let port = doc
-        .get("http_service")
-        .and_then(|h| h.get("internal_port"))
-        .and_then(|p| p.as_integer());
-    if port != Some(i64::from(render::DEFAULT_PORT)) {
-        out.push(Problem::new(
+    out.extend(check_fly_private(&path, &doc));
+    out.extend(check_fly_health(&path, &doc));
+    match doc
+        .get("restart")
+        .and_then(|r| r.as_array())
+        .map(|a| a.iter().filter_map(|r| r.get("policy")?.as_str()).collect::<Vec<_>>())
+    {
+        Some(p) if p == ["always"] => {}
+        other => out.push(Problem::new(
             &path,
-            "http_service.internal_port",
-            format!(
-                "must be the gateway's port {}, found {port:?}",
-                render::DEFAULT_PORT
-            ),
+            "restart",
+            format!("needs [[restart]] policy = \"always\": a Buddy must come back after any exit, with no retry limit an outage could use up; found {other:?}"),
+        )),
+    }
+    out
+}
+
+/// A Buddy is private to the swarm: the gateway is a `[[services]]` entry
+/// on its port reached through Flycast, with nothing that only a public
+/// address needs (TLS termination, forced HTTPS, an `[http_service]`).
+fn check_fly_private(path: &Path, doc: &toml::Table) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let port = i64::from(render::DEFAULT_PORT);
+    if doc.contains_key("http_service") {
+        out.push(Problem::new(
+            path,
+            "http_service",
+            "a Buddy has no public HTTP service: declare the gateway as [[services]] (reached through Flycast) and remove [http_service]",
         ));
     }
-    let has_check = doc
+    let services = doc
+        .get("services")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if !services
+        .iter()
+        .any(|s| s.get("internal_port").and_then(|p| p.as_integer()) == Some(port))
+    {
+        out.push(Problem::new(
+            path,
+            "services",
+            format!("needs a [[services]] entry with internal_port = {port} (the gateway, reached through Flycast)"),
+        ));
+    }
+    for (i, s) in services.iter().enumerate() {
+        if s.get("force_https").and_then(|v| v.as_bool()) == Some(true) {
+            out.push(Problem::new(
+                path,
+                format!("services[{i}].force_https"),
+                "forced HTTPS exists only for public addresses: remove it",
+            ));
+        }
+        let ports = s
+            .get("ports")
+            .and_then(|p| p.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (j, p) in ports.iter().enumerate() {
+            let tls = p
+                .get("handlers")
+                .and_then(|h| h.as_array())
+                .is_some_and(|h| h.iter().any(|x| x.as_str() == Some("tls")));
+            if tls {
+                out.push(Problem::new(
+                    path,
+                    format!("services[{i}].ports[{j}].handlers"),
+                    "a tls handler terminates TLS on a public address: a Buddy has none (Flycast is plain HTTP on the private WireGuard network)",
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The health check is the gateway's own liveness endpoint, on its port.
+fn check_fly_health(path: &Path, doc: &toml::Table) -> Vec<Problem> {
+    let port = i64::from(render::DEFAULT_PORT);
+    let checks: Vec<(String, toml::Value)> = doc
         .get("checks")
         .and_then(|c| c.as_table())
-        .is_some_and(|c| {
-            c.values()
-                .any(|chk| chk.get("port").and_then(|p| p.as_integer()) == port)
-        });
-    if !has_check {
+        .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (name, c) in &checks {
+        if c.get("path").and_then(|p| p.as_str()) == Some("/readyz") {
+            out.push(Problem::new(path, format!("checks.{name}.path"), "not /readyz: it answers 503 during a Telegram outage, and an outage must not restart a Buddy; use /healthz"));
+        }
+    }
+    let live = checks.iter().any(|(_, c)| {
+        c.get("type").and_then(|t| t.as_str()) == Some("http")
+            && c.get("port").and_then(|p| p.as_integer()) == Some(port)
+            && c.get("path").and_then(|p| p.as_str()) == Some("/healthz")
+    });
+    if !live {
         out.push(Problem::new(
-            &path,
+            path,
             "checks",
-            "needs a health check on the gateway's port",
+            format!("needs an http check of the gateway's /healthz on port {port}"),
         ));
     }
     out

@@ -28,6 +28,11 @@ impl Layout {
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
+    /// Node's compile cache, where openclaw's launcher looks for it: under
+    /// the gateway's TMPDIR.
+    pub fn compile_cache(&self) -> PathBuf {
+        self.tmp().join("node-compile-cache")
+    }
     pub fn workspace(&self) -> PathBuf {
         self.root.join("workspace")
     }
@@ -61,6 +66,75 @@ pub struct Prepared {
     pub seeded_files: u64,
     pub warm_files: u64,
     pub chowned: u64,
+    /// What an older image or gateway left that this one replaces.
+    pub migrated: Migrated,
+}
+
+/// The one-time carry-over of a volume written by an older image (Clawdbot,
+/// upper-case persona names): what was renamed or removed, for the log.
+#[derive(Debug, Default)]
+pub struct Migrated {
+    pub renamed: Vec<(String, String)>,
+    pub kept_both: Vec<(String, String)>,
+    pub replaced_generic: Vec<String>,
+    pub removed: Vec<PathBuf>,
+}
+
+impl Migrated {
+    pub fn is_empty(&self) -> bool {
+        self.renamed.is_empty()
+            && self.kept_both.is_empty()
+            && self.replaced_generic.is_empty()
+            && self.removed.is_empty()
+    }
+}
+
+/// What Clawdbot-era images left on a volume that nothing reads any more:
+/// the config they rendered (with secrets: OpenClaw would still find a
+/// `clawdbot.json` in its state dir), its backups, Clawdbot's lock dirs and
+/// its jiti compile cache.
+fn stale_entries(layout: &Layout) -> Vec<PathBuf> {
+    let old = crate::config::render::OLD_CONFIG_FILE_NAME;
+    let mut out = Vec::new();
+    for e in fs::read_dir(&layout.root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == old || name.starts_with(&format!("{old}.bak")) {
+            out.push(e.path());
+        }
+    }
+    for e in fs::read_dir(layout.tmp()).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "jiti" || name.starts_with("clawdbot-") {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn migrate(layout: &Layout, image_workspace: Option<&Path>) -> Result<Migrated, StateError> {
+    use crate::config::workspace;
+    let ws = layout.workspace();
+    let w = workspace::migrate(&ws).map_err(ctx(&ws, "cannot rename the old persona files"))?;
+    let mut m = Migrated {
+        renamed: w.renamed,
+        kept_both: w.kept_both,
+        ..Default::default()
+    };
+    if let Some(img) = image_workspace.filter(|p| p.is_dir()) {
+        m.replaced_generic = workspace::drop_generic(&ws, img)
+            .map_err(ctx(&ws, "cannot replace the gateway's generic files"))?;
+    }
+    for p in stale_entries(layout) {
+        let r = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        r.map_err(ctx(&p, "cannot remove what an older image left"))?;
+        m.removed.push(p);
+    }
+    Ok(m)
 }
 
 /// Creates the layout (0700 directories), seeds the workspace from the image
@@ -81,15 +155,16 @@ pub fn prepare(
         layout.logs(),
     ] {
         fs::create_dir_all(&dir).map_err(ctx(&dir, "cannot create"))?;
-        // Clawdbot's doctor wants the state private; credentials above all.
+        // OpenClaw's security audit wants the state private; credentials above all.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .map_err(ctx(&dir, "cannot set mode 0700"))?;
     }
+    out.migrated = migrate(layout, image_workspace)?;
     if let Some(src) = image_workspace.filter(|p| p.is_dir()) {
         out.seeded_files = seed(src, &layout.workspace())?;
     }
     if let Some(src) = warm_cache {
-        let dest = layout.tmp().join("jiti");
+        let dest = layout.compile_cache();
         fs::create_dir_all(&dest).map_err(ctx(&dest, "cannot create"))?;
         out.warm_files = seed(src, &dest)?;
     }

@@ -51,6 +51,7 @@ pub(super) fn cmd_render(a: RenderArgs) -> i32 {
         buddy_dir: a.buddy.buddy_dir.clone(),
         template: a.buddy.template(),
         state_dir: a.state_dir,
+        gateway_dir: a.buddy.gateway_dir.clone(),
         rotate_token: a.rotate_token,
     };
     let rendered = match render::render(&opts, &render::process_env) {

@@ -39,7 +39,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Render the Buddy's clawdbot.json (template + personal config + secrets + token + policy)
+    /// Render the Buddy's gateway config, openclaw.json (template + personal config + secrets + token + policy)
     Render(RenderArgs),
     /// Print the names of the environment variables (secrets) a Buddy needs, one per line
     Secrets(SecretsArgs),
@@ -90,6 +90,9 @@ pub struct BuddyArgs {
     /// The MyBuddy base template [default: BUDDY/../_template/config.json]
     #[arg(long, env = "MYBUDDY_TEMPLATE")]
     pub template: Option<PathBuf>,
+    /// Where the gateway and its plugins are installed (`${MYBUDDY_GATEWAY_DIR}` in configs)
+    #[arg(long, env = "MYBUDDY_GATEWAY_DIR", default_value = render::IMAGE_GATEWAY_DIR)]
+    pub gateway_dir: PathBuf,
 }
 
 impl BuddyArgs {

@@ -21,9 +21,9 @@ pub struct SuperviseArgs {
     /// When to restart a child that exited on its own [default: `always` for run, `never` for init]
     #[arg(long, env = "MYBUDDY_RESTART", value_enum)]
     pub restart: Option<RestartPolicy>,
-    /// More restarts than this within --restart-window ends the supervisor (non-zero)
-    #[arg(long, env = "MYBUDDY_MAX_RESTARTS", default_value_t = 5)]
-    pub max_restarts: u32,
+    /// Give up (exit non-zero) after more restarts than this within --restart-window [default: never: keep restarting with capped backoff through any outage]
+    #[arg(long, env = "MYBUDDY_MAX_RESTARTS")]
+    pub max_restarts: Option<u32>,
     /// Seconds over which restarts are counted
     #[arg(long, env = "MYBUDDY_RESTART_WINDOW", default_value_t = 300.0)]
     pub restart_window: f64,
@@ -102,14 +102,14 @@ pub struct RunArgs {
         default_value = "/opt/mybuddy/swarm-seed"
     )]
     pub swarm_seed: PathBuf,
-    /// A warm gateway compile cache to seed into the state's TMPDIR (skipped if missing)
+    /// Node's compile cache for the gateway, seeded into the state's TMPDIR (skipped if missing)
     #[arg(
         long,
         env = "MYBUDDY_WARM_CACHE",
-        default_value = "/opt/mybuddy/warm/jiti"
+        default_value = "/opt/mybuddy/gateway/warm/node-compile-cache"
     )]
     pub warm_cache: PathBuf,
-    /// The child to supervise instead of `clawdbot gateway --bind lan --port <port>`
+    /// The child to supervise instead of `openclaw gateway --bind lan --port <port>`
     #[arg(last = true)]
     pub command: Vec<String>,
 }
@@ -128,6 +128,7 @@ fn run_config(a: RunArgs) -> RunConfig {
     RunConfig {
         template: a.buddy.template(),
         buddy_dir: a.buddy.buddy_dir,
+        gateway_dir: a.buddy.gateway_dir,
         state_dir: a.state_dir,
         swarm_dir: a.swarm_dir,
         swarm_unmounted_ok: a.swarm_dir_unmounted,

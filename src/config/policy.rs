@@ -13,6 +13,8 @@ use crate::config::secrets::Provenance;
 pub const MODEL_PREFIX: &str = "google/gemini-";
 /// The render-provided variable naming the Buddy's persistent state dir.
 pub const STATE_DIR_VAR: &str = "MYBUDDY_STATE_DIR";
+/// The render-provided variable naming the gateway's install in the image.
+pub const GATEWAY_DIR_VAR: &str = "MYBUDDY_GATEWAY_DIR";
 /// Plugins MyBuddy removes; `moltbook` is replaced by MyBuddyBook.
 pub const FORBIDDEN_PLUGINS: [&str; 3] = ["beekeeper", "swarm-manager", "moltbook"];
 
@@ -27,18 +29,85 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
     let mut fail = |path: &str, msg: String| {
         out.push(Problem::new(&provenance(&parse_json_path(path)), path, msg));
     };
+    env(config, &mut fail);
     models(config, &mut fail);
     removed_plugins(config, &mut fail);
+    plugin_paths(config, &mut fail);
     channels(config, identity, &mut fail);
     gateway(config, &mut fail);
     container(config, &mut fail);
     out
 }
 
-/// The swarm runs on Gemini: primary and every fallback.
+/// Models Google shut down, which OpenClaw refuses, and what replaces them.
+pub const SHUT_DOWN_MODELS: [(&str, &str); 1] = [(
+    "google/gemini-3-pro-preview",
+    "google/gemini-3.1-pro-preview",
+)];
+
+/// OpenClaw takes variables under `env.vars`; a string directly under `env`
+/// (the Clawdbot shape) is rejected by the gateway.
+fn env(config: &Value, fail: &mut impl FnMut(&str, String)) {
+    if let Some(Value::Object(env)) = get(config, "env") {
+        for (k, v) in env {
+            if v.is_string() {
+                fail(
+                    &format!("env.{k}"),
+                    format!(
+                        "variables go under env.vars: move this to env.vars.{k} (OpenClaw rejects strings directly under env)"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The gateway's plugins come from the image only: code on the volume or
+/// the share could be written by an agent's own tools.
+fn plugin_paths(config: &Value, fail: &mut impl FnMut(&str, String)) {
+    if let Some(Value::Array(items)) = get(config, "plugins.load.paths") {
+        let prefix = format!("${{{GATEWAY_DIR_VAR}}}/");
+        for (i, item) in items.iter().enumerate() {
+            if !item.as_str().is_some_and(|s| s.starts_with(&prefix)) {
+                fail(
+                    &format!("plugins.load.paths[{i}]"),
+                    format!(
+                        "plugins load from the image only (\"{prefix}node_modules/...\", installed by images/gateway/package.json), found {}",
+                        show(Some(item))
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn model_problem(m: &str) -> Option<String> {
+    if let Some((_, new)) = SHUT_DOWN_MODELS.iter().find(|(old, _)| *old == m) {
+        return Some(format!(
+            "{m} was shut down and the gateway refuses it; use {new}"
+        ));
+    }
+    (!m.starts_with(MODEL_PREFIX))
+        .then(|| format!("must be a Gemini model ({MODEL_PREFIX}...), found \"{m}\""))
+}
+
+/// The swarm runs on the current Gemini family: primary and every fallback.
 fn models(config: &Value, fail: &mut impl FnMut(&str, String)) {
+    if let Some(Value::String(m)) = get(config, "agents.defaults.model.primary")
+        && let Some(msg) = model_problem(m)
+    {
+        fail("agents.defaults.model.primary", msg);
+    }
+    if let Some(Value::Array(list)) = get(config, "agents.defaults.model.fallbacks") {
+        for (i, m) in list.iter().enumerate() {
+            if let Some(msg) = m.as_str().and_then(model_problem) {
+                fail(&format!("agents.defaults.model.fallbacks[{i}]"), msg);
+            }
+        }
+    }
     match get(config, "agents.defaults.model.primary") {
         Some(Value::String(m)) if m.starts_with(MODEL_PREFIX) => {}
+        Some(Value::String(_)) => {}
         other => fail(
             "agents.defaults.model.primary",
             format!(
@@ -48,11 +117,7 @@ fn models(config: &Value, fail: &mut impl FnMut(&str, String)) {
         ),
     }
     match get(config, "agents.defaults.model.fallbacks") {
-        Some(Value::Array(list))
-            if !list.is_empty()
-                && list
-                    .iter()
-                    .all(|m| m.as_str().is_some_and(|m| m.starts_with(MODEL_PREFIX))) => {}
+        Some(Value::Array(list)) if !list.is_empty() && list.iter().all(Value::is_string) => {}
         other => fail(
             "agents.defaults.model.fallbacks",
             format!(
@@ -153,7 +218,8 @@ fn channels(config: &Value, identity: &Identity, fail: &mut impl FnMut(&str, Str
     }
 }
 
-/// The gateway: local mode, token auth (a lan bind refuses to start without it).
+/// The gateway: local mode, token auth (a lan bind refuses to start
+/// without it), private to the swarm.
 fn gateway(config: &Value, fail: &mut impl FnMut(&str, String)) {
     match get(config, "gateway.mode") {
         Some(Value::String(m)) if m == "local" => {}
@@ -172,12 +238,85 @@ fn gateway(config: &Value, fail: &mut impl FnMut(&str, String)) {
             ),
         ),
     }
+    private_gateway(config, &mut *fail);
     if let Some(port) = get(config, "gateway.port")
         && !port.as_u64().is_some_and(|p| (1..=65535).contains(&p))
     {
         fail(
             "gateway.port",
             format!("must be a port number 1-65535, found {}", show(Some(port))),
+        );
+    }
+}
+
+/// What the operator's browser sends as Origin through `fly proxy 18789`.
+pub const LOCAL_ORIGINS: [&str; 2] = ["http://localhost:", "http://127.0.0.1:"];
+
+/// Private to the swarm: reachable on Fly's private network (a `lan` bind,
+/// behind Flycast) and through `fly proxy`, never published. Token auth with
+/// brute-force limits; the Control UI accepts only the operator's local
+/// browser (the security audit calls a missing allowlist critical).
+fn private_gateway(config: &Value, fail: &mut impl FnMut(&str, String)) {
+    match get(config, "gateway.bind") {
+        Some(Value::String(b)) if b == "lan" => {}
+        other => fail(
+            "gateway.bind",
+            format!(
+                "must be \"lan\": Fly's private network (Flycast) and `fly proxy` reach the gateway on the Machine's own addresses, nothing else does; found {}",
+                show(other)
+            ),
+        ),
+    }
+    match get(config, "gateway.auth.mode") {
+        Some(Value::String(m)) if m == "token" => {}
+        other => fail(
+            "gateway.auth.mode",
+            format!("must be \"token\", found {}", show(other)),
+        ),
+    }
+    if !matches!(
+        get(config, "gateway.auth.rateLimit"),
+        Some(Value::Object(_))
+    ) {
+        fail(
+            "gateway.auth.rateLimit",
+            "must be set (maxAttempts, windowMs, lockoutMs): failed token attempts are locked out"
+                .into(),
+        );
+    }
+    match get(config, "gateway.controlUi.allowedOrigins") {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            for (i, o) in list.iter().enumerate() {
+                let local = o
+                    .as_str()
+                    .is_some_and(|o| LOCAL_ORIGINS.iter().any(|p| o.starts_with(p)));
+                if !local {
+                    fail(
+                        &format!("gateway.controlUi.allowedOrigins[{i}]"),
+                        format!(
+                            "only the operator's browser through `fly proxy` may open the Control UI (http://localhost:PORT or http://127.0.0.1:PORT); a public origin makes the Buddy public, found {}",
+                            show(Some(o))
+                        ),
+                    );
+                }
+            }
+        }
+        other => fail(
+            "gateway.controlUi.allowedOrigins",
+            format!(
+                "must list the local origins `fly proxy` gives the operator ([\"http://localhost:18789\", \"http://127.0.0.1:18789\"]); found {}",
+                show(other)
+            ),
+        ),
+    }
+    if let Some(Value::String(m)) = get(config, "gateway.tailscale.mode")
+        && m != "off"
+    {
+        fail(
+            "gateway.tailscale.mode",
+            format!(
+                "must be \"off\" (or absent): Tailscale serve/funnel would publish the gateway outside the swarm, found \"{m}\""
+            ),
         );
     }
 }

@@ -1,4 +1,5 @@
-//! Rendering a Buddy's `clawdbot.json`: template + personal config, merged,
+//! Rendering a Buddy's gateway config (`openclaw.json`; the architecture's
+//! `clawdbot.json`): template + personal config, merged,
 //! checked against the MyBuddy policy, `${VAR}`s substituted, token filled in.
 //!
 //! The pure part ([`prepare`], [`Prepared::substitute`]) is shared by the boot
@@ -13,16 +14,32 @@ use serde_json::Value;
 
 use crate::buddy::{self, BuddyDir};
 use crate::config::jsonfile;
-use crate::config::policy::{self, STATE_DIR_VAR};
+use crate::config::policy::{self, GATEWAY_DIR_VAR, STATE_DIR_VAR};
 use crate::config::problem::{PathSeg, Problem, Problems};
 use crate::config::secrets::{self, Resolved, Substituted};
 use crate::config::token::{self, AUTO_GENERATED, TokenSource};
 
-pub const CONFIG_FILE_NAME: &str = "clawdbot.json";
+/// The file the supervisor renders into the state dir and names in
+/// `OPENCLAW_CONFIG_PATH`: the name OpenClaw itself uses.
+pub const CONFIG_FILE_NAME: &str = "openclaw.json";
+/// What older images rendered (the Clawdbot name); removed from a volume at
+/// boot, since OpenClaw still finds a `clawdbot.json` in its state dir.
+pub const OLD_CONFIG_FILE_NAME: &str = "clawdbot.json";
 pub const DEFAULT_PORT: u16 = 18789;
+/// Where the image installs the gateway and its plugins.
+pub const IMAGE_GATEWAY_DIR: &str = "/opt/mybuddy/gateway";
 
 /// Variables the renderer itself provides; never secrets an operator sets.
-pub const BUILTIN_VARS: [&str; 2] = [AUTO_GENERATED, STATE_DIR_VAR];
+pub const BUILTIN_VARS: [&str; 3] = [AUTO_GENERATED, STATE_DIR_VAR, GATEWAY_DIR_VAR];
+
+/// The values of the renderer's own variables for one render.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtins<'a> {
+    /// `${MYBUDDY_STATE_DIR}`: the Buddy's volume.
+    pub state_dir: &'a Path,
+    /// `${MYBUDDY_GATEWAY_DIR}`: the gateway's install (plugins load from it).
+    pub gateway_dir: &'a Path,
+}
 
 /// The template beside a Buddy directory: `DIR/../_template/config.json`.
 pub fn default_template(buddy_dir: &Path) -> PathBuf {
@@ -127,15 +144,16 @@ impl Prepared {
         secrets::referenced_vars(&self.merged).contains(AUTO_GENERATED)
     }
 
-    /// Substitutes every reference: `${AUTO_GENERATED}` from `token`,
-    /// `${MYBUDDY_STATE_DIR}` from `state_dir`, the rest from `env`.
+    /// Substitutes every reference: `${AUTO_GENERATED}` from `token`, the
+    /// renderer's paths from `builtins`, the rest from `env`.
     pub fn substitute(
         &self,
-        state_dir: &Path,
+        builtins: Builtins<'_>,
         token: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Substituted, Problems> {
-        let state = state_dir.to_string_lossy().into_owned();
+        let state = builtins.state_dir.to_string_lossy().into_owned();
+        let gateway = builtins.gateway_dir.to_string_lossy().into_owned();
         let lookup = |name: &str| -> Option<Resolved> {
             match name {
                 AUTO_GENERATED => token.map(|t| Resolved {
@@ -144,6 +162,10 @@ impl Prepared {
                 }),
                 STATE_DIR_VAR => Some(Resolved {
                     value: state.clone(),
+                    secret: false,
+                }),
+                GATEWAY_DIR_VAR => Some(Resolved {
+                    value: gateway.clone(),
                     secret: false,
                 }),
                 other => env(other).map(|value| Resolved {
@@ -188,7 +210,7 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    /// The port the gateway listens on (`gateway.port`, else Clawdbot's default).
+    /// The port the gateway listens on (`gateway.port`, else OpenClaw's default).
     pub fn port(&self) -> u16 {
         self.output
             .rendered
@@ -256,7 +278,17 @@ pub struct RenderOptions {
     pub buddy_dir: PathBuf,
     pub template: PathBuf,
     pub state_dir: PathBuf,
+    pub gateway_dir: PathBuf,
     pub rotate_token: bool,
+}
+
+impl RenderOptions {
+    fn builtins(&self) -> Builtins<'_> {
+        Builtins {
+            state_dir: &self.state_dir,
+            gateway_dir: &self.gateway_dir,
+        }
+    }
 }
 
 /// The whole render: prepare, obtain the token, substitute from `env`.
@@ -268,7 +300,7 @@ pub fn render(
     // token is touched, so a broken Buddy leaves no new state behind.
     let (prepared, mut problems) = prepare_all(&opts.buddy_dir, &opts.template);
     if let Some(p) = &prepared
-        && let Err(e) = p.substitute(&opts.state_dir, Some("probe"), env)
+        && let Err(e) = p.substitute(opts.builtins(), Some("probe"), env)
     {
         problems.extend(e.items);
     }
@@ -288,7 +320,7 @@ pub fn render(
     } else {
         (None, None)
     };
-    let output = prepared.substitute(&opts.state_dir, token.as_deref(), env)?;
+    let output = prepared.substitute(opts.builtins(), token.as_deref(), env)?;
     Ok(Rendered {
         prepared,
         output,

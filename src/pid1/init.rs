@@ -18,7 +18,6 @@ pub fn run(command: Vec<String>, policy: Policy, sfd: &SignalFd, mask: SigSet) -
         fn reload(&mut self) -> bool {
             false
         }
-        fn before_start(&mut self) {}
     }
     if !sys::is_pid1()
         && let Err(e) = sys::become_subreaper()

@@ -20,7 +20,8 @@ pub enum RestartPolicy {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub restart: RestartPolicy,
-    pub max_restarts: u32,
+    /// None (the default): never give up; an outage outlasts any count.
+    pub max_restarts: Option<u32>,
     pub restart_window: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -38,9 +39,18 @@ pub enum Verdict {
     /// so the platform can replace the Machine.
     GiveUp { code: i32, crashes: usize },
     /// Start again after `delay`; `attempt` counts the exits since the last
-    /// healthy run.
-    Restart { delay: Duration, attempt: u32 },
+    /// healthy run. `loop_began`: this exit made it a crash loop.
+    Restart {
+        delay: Duration,
+        attempt: u32,
+        loop_began: bool,
+    },
 }
+
+/// Exits in a row without a healthy run that make a crash loop (logged and
+/// shown in the registry; under the default policy it is never a reason
+/// to give up).
+pub const CRASH_LOOP_AFTER: u32 = 3;
 
 /// The exits the policy remembers: those within the restart window, and how
 /// many came in a row without a healthy run between them.
@@ -48,6 +58,7 @@ pub enum Verdict {
 pub struct Restarts {
     crashes: VecDeque<Instant>,
     consecutive: u32,
+    looping: bool,
 }
 
 impl Restarts {
@@ -69,6 +80,7 @@ impl Restarts {
         }
         if ran >= policy.reset_after {
             self.consecutive = 0;
+            self.looping = false;
         }
         self.consecutive += 1;
         self.crashes.push_back(now);
@@ -79,17 +91,36 @@ impl Restarts {
         {
             self.crashes.pop_front();
         }
-        if self.crashes.len() as u32 > policy.max_restarts {
+        if policy
+            .max_restarts
+            .is_some_and(|max| self.crashes.len() as u32 > max)
+        {
             let code = if exit.success() { 1 } else { exit.code() };
             return Verdict::GiveUp {
                 code,
                 crashes: self.crashes.len(),
             };
         }
+        let loop_began = !self.looping && self.consecutive >= CRASH_LOOP_AFTER;
+        self.looping |= loop_began;
         Verdict::Restart {
             delay: self.backoff(policy),
             attempt: self.consecutive,
+            loop_began,
         }
+    }
+
+    /// Whether the gateway is in a crash loop (until a healthy run).
+    pub fn looping(&self) -> bool {
+        self.looping
+    }
+
+    /// The gateway has now run for `reset_after`: a crash loop is over.
+    /// Returns the exits in a row it took, if it was one.
+    pub fn healthy(&mut self) -> Option<u32> {
+        let was = std::mem::take(&mut self.looping).then_some(self.consecutive);
+        self.consecutive = 0;
+        was
     }
 
     /// Doubles from the initial delay with every exit in a row, up to the cap.
@@ -106,7 +137,7 @@ impl Restarts {
 mod tests {
     use super::*;
 
-    fn policy(restart: RestartPolicy, max_restarts: u32) -> Policy {
+    fn policy(restart: RestartPolicy, max_restarts: Option<u32>) -> Policy {
         Policy {
             restart,
             max_restarts,
@@ -120,7 +151,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_then_gives_up() {
-        let p = policy(RestartPolicy::Always, 3);
+        let p = policy(RestartPolicy::Always, Some(3));
         let mut r = Restarts::default();
         let t = Instant::now();
         let mut delays = Vec::new();
@@ -151,8 +182,41 @@ mod tests {
     }
 
     #[test]
+    fn by_default_a_crash_loop_never_ends_the_supervision_and_a_healthy_run_ends_the_loop() {
+        let p = policy(RestartPolicy::Always, None);
+        let mut r = Restarts::default();
+        let t = Instant::now();
+        let mut began = Vec::new();
+        for i in 0..1000u64 {
+            match r.after_exit(
+                &p,
+                Exit::Code(1),
+                Duration::ZERO,
+                t + Duration::from_millis(i),
+            ) {
+                Verdict::Restart {
+                    delay,
+                    attempt,
+                    loop_began,
+                } => {
+                    assert!(delay <= p.backoff_max);
+                    if loop_began {
+                        began.push(attempt);
+                    }
+                }
+                v => panic!("exit {i}: {v:?}"),
+            }
+        }
+        assert_eq!(began, [CRASH_LOOP_AFTER], "the loop is announced once");
+        assert!(r.looping());
+        assert_eq!(r.healthy(), Some(1000));
+        assert!(!r.looping());
+        assert_eq!(r.healthy(), None);
+    }
+
+    #[test]
     fn a_healthy_run_resets_the_backoff_and_old_exits_leave_the_window() {
-        let p = policy(RestartPolicy::OnFailure, 1);
+        let p = policy(RestartPolicy::OnFailure, Some(1));
         let mut r = Restarts::default();
         let t = Instant::now();
         r.after_exit(&p, Exit::Code(1), Duration::ZERO, t);
@@ -161,7 +225,8 @@ mod tests {
             r.after_exit(&p, Exit::Code(1), Duration::from_secs(61), later),
             Verdict::Restart {
                 delay: Duration::from_millis(100),
-                attempt: 1
+                attempt: 1,
+                loop_began: false
             }
         );
         assert_eq!(

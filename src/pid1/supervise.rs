@@ -22,14 +22,27 @@ pub trait Hooks {
     /// SIGHUP: re-render the config in place. False: not ours to handle,
     /// forward SIGHUP to the child like any other signal.
     fn reload(&mut self) -> bool;
-    /// Before every (re)start: clear what a dead gateway left behind.
-    fn before_start(&mut self);
+    /// A signal the child must never get: `Some(why)` drops it with a warning.
+    fn withheld(&self, _sig: Signal) -> Option<&'static str> {
+        None
+    }
     /// Once, right after the first start: boot work that need not delay the
     /// gateway (it takes seconds to listen; this runs meanwhile). `Some(code)`
     /// fails the boot: the gateway is stopped and the supervisor exits with it.
     fn after_first_start(&mut self) -> Option<i32> {
         None
     }
+    /// The gateway's health changed (crash loop began or ended).
+    fn health_changed(&mut self, _health: Health) {}
+}
+
+/// What the loop reports about the gateway beyond single exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// `exits` in a row without a healthy run; still restarting.
+    CrashLooping { exits: u32 },
+    /// Ran for the healthy interval after a crash loop of `exits`.
+    Recovered { exits: u32 },
 }
 
 struct Running {
@@ -62,6 +75,8 @@ pub struct Supervisor<'a> {
     exit_override: Option<i32>,
     /// When to give back the boot code's pages (see [`RELEASE_AFTER`]).
     release_at: Option<Instant>,
+    /// When the running gateway counts as healthy again after a crash loop.
+    healthy_at: Option<Instant>,
 }
 
 /// After SIGKILL, how long to wait for the kernel to finish the group off
@@ -96,6 +111,7 @@ impl<'a> Supervisor<'a> {
             stop_requested: false,
             exit_override: None,
             release_at: None,
+            healthy_at: None,
         }
     }
 
@@ -136,7 +152,7 @@ impl<'a> Supervisor<'a> {
                 d.deadline
             }
         });
-        [drain, self.restart_at, self.release_at]
+        [drain, self.restart_at, self.release_at, self.healthy_at]
             .into_iter()
             .flatten()
             .min()
@@ -144,7 +160,6 @@ impl<'a> Supervisor<'a> {
 
     /// Starts the gateway. Err carries the exit code when it cannot start.
     fn start(&mut self) -> Result<(), i32> {
-        self.hooks.before_start();
         match sys::spawn(&self.spec, &self.mask) {
             Ok(pid) => {
                 self.starts += 1;
@@ -153,6 +168,11 @@ impl<'a> Supervisor<'a> {
                     pid,
                     started: Instant::now(),
                 });
+                // In a crash loop, a run this long ends it.
+                self.healthy_at = self
+                    .restarts
+                    .looping()
+                    .then(|| Instant::now() + self.policy.reset_after);
                 Ok(())
             }
             Err(e) => {
@@ -172,6 +192,11 @@ impl<'a> Supervisor<'a> {
             Signal::SIGCHLD => return self.on_children(),
             Signal::SIGTERM | Signal::SIGINT => return self.on_stop(sig),
             Signal::SIGHUP if self.hooks.reload() => {}
+            other if self.hooks.withheld(other).is_some() => warn!(
+                signal = other.as_str(),
+                "signal dropped: {}",
+                self.hooks.withheld(other).unwrap_or_default()
+            ),
             other => match &self.gateway {
                 Some(g) => {
                     info!(
@@ -278,7 +303,12 @@ impl<'a> Supervisor<'a> {
                 );
                 self.begin_final_drain(pid, code)
             }
-            Verdict::Restart { delay, attempt } => {
+            Verdict::Restart {
+                delay,
+                attempt,
+                loop_began,
+            } => {
+                self.healthy_at = None;
                 // Leftovers of the dead gateway's group would hold its ports.
                 if sys::group_alive(pid) {
                     warn!(
@@ -292,6 +322,16 @@ impl<'a> Supervisor<'a> {
                     attempt, "gateway exited; restarting"
                 );
                 self.restart_at = Some(now + delay);
+                if loop_began {
+                    warn!(
+                        exits = attempt,
+                        backoff_max_ms = self.policy.backoff_max.as_millis() as u64,
+                        gives_up = self.policy.max_restarts.is_some(),
+                        "gateway is crash-looping; restarting it with capped backoff until it runs again"
+                    );
+                    self.hooks
+                        .health_changed(Health::CrashLooping { exits: attempt });
+                }
                 None
             }
         }
@@ -342,6 +382,18 @@ impl<'a> Supervisor<'a> {
         }
         if self.draining.is_some() {
             return self.drain_timer(now);
+        }
+        if self.healthy_at.is_some_and(|t| now >= t) {
+            self.healthy_at = None;
+            if let (Some(g), Some(exits)) = (&self.gateway, self.restarts.healthy()) {
+                info!(
+                    pid = g.pid.as_raw(),
+                    exits,
+                    up_s = g.started.elapsed().as_secs(),
+                    "gateway recovered: running again after a crash loop"
+                );
+                self.hooks.health_changed(Health::Recovered { exits });
+            }
         }
         if self.restart_at.is_some_and(|t| now >= t) {
             self.restart_at = None;

@@ -20,10 +20,10 @@ use crate::pid1::privileges::Credentials;
 
 /// Signals that start a stop.
 pub const STOP_SIGNALS: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
-/// Signals passed on to the gateway as they are. SIGHUP is not among them:
-/// it would kill the gateway; the supervisor turns it into a reload.
-pub const FORWARDED_SIGNALS: [Signal; 15] = [
-    Signal::SIGUSR1,
+/// Signals passed on to the gateway as they are. SIGUSR2 makes OpenClaw
+/// restart in place (`commands.restart`). SIGHUP is not among them: it would
+/// kill the gateway; the supervisor turns it into a reload.
+pub const FORWARDED_SIGNALS: [Signal; 14] = [
     Signal::SIGUSR2,
     Signal::SIGQUIT,
     Signal::SIGWINCH,
@@ -47,6 +47,10 @@ pub fn handled_signals() -> SigSet {
         set.add(*s);
     }
     set.add(Signal::SIGHUP);
+    // Taken and dropped: forwarded, SIGUSR1 would open Node's inspector on
+    // 127.0.0.1:9229 (code execution for anyone on the Machine); left to the
+    // default action, it would kill a supervisor that is not PID 1.
+    set.add(Signal::SIGUSR1);
     set.add(Signal::SIGCHLD);
     set.add(Signal::SIGPWR);
     set.add(Signal::SIGSYS);

@@ -39,6 +39,28 @@ pub struct Entry {
     /// Fly Machine id, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// How its gateway is doing, as its supervisor last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayHealth>,
+}
+
+/// The gateway's state as its supervisor reports it: `running` since boot
+/// or recovery, `crash-looping` while it keeps exiting (and is restarted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayHealth {
+    pub state: GatewayState,
+    /// RFC 3339, UTC: when this state began.
+    pub since: String,
+    /// Exits in a row that made (or ended) the crash loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exits: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayState {
+    Running,
+    CrashLooping,
 }
 
 impl Entry {
@@ -53,6 +75,7 @@ impl Entry {
             version: None,
             last_boot: None,
             machine: None,
+            gateway: None,
         }
     }
 }

@@ -21,10 +21,6 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
     let mut channels = serde_json::Map::new();
     let mut config = serde_json::Map::new();
     if id.channels.telegram {
-        env.insert(
-            "CLAWDBOT_TELEGRAM_TOKEN".into(),
-            json!(format!("${{{prefix}_TELEGRAM_TOKEN}}")),
-        );
         channels.insert(
             "telegram".into(),
             json!({"botToken": format!("${{{prefix}_TELEGRAM_TOKEN}}"), "dmPolicy": "pairing", "groupPolicy": "allowlist"}),
@@ -43,7 +39,7 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
         );
     }
     if !env.is_empty() {
-        config.insert("env".into(), env.into());
+        config.insert("env".into(), json!({ "vars": env }));
     }
     config.insert("channels".into(), channels.into());
     // The template enables Telegram and disables WhatsApp; say what differs.
@@ -66,10 +62,19 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
         t.replace("{Human}", &id.human)
             .replace("{BotName}", &id.name)
     };
-    for name in ["SOUL.MD", "IDENTITY.MD", "MEMORY.MD", "USER.MD"] {
-        let from_spell = match name {
-            "SOUL.MD" => s.soul.clone(),
-            "IDENTITY.MD" => s.identity_text.clone(),
+    // Every file the template's workspace holds (the names the gateway
+    // reads), with the spell's own SOUL and IDENTITY where it gives them.
+    let mut names: Vec<String> = fs::read_dir(&tpl)
+        .map_err(|e| format!("{}: {e}", tpl.display()))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let from_spell = match name.as_str() {
+            "SOUL.md" => s.soul.clone(),
+            "IDENTITY.md" => s.identity_text.clone(),
             _ => None,
         };
         let text = match from_spell {
@@ -79,8 +84,8 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
                 t
             }
             None => fill(
-                &fs::read_to_string(tpl.join(name))
-                    .map_err(|e| format!("{}: {e}", tpl.join(name).display()))?,
+                &fs::read_to_string(tpl.join(&name))
+                    .map_err(|e| format!("{}: {e}", tpl.join(&name).display()))?,
             ),
         };
         files.push((PathBuf::from("workspace").join(name), text));
