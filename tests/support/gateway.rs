@@ -26,7 +26,7 @@ pub fn gateway_dir() -> PathBuf {
     .clone()
 }
 
-/// PATH with the pinned Node 22 and clawdbot first.
+/// PATH with the pinned Node 24 and openclaw first.
 pub fn gateway_path() -> String {
     format!(
         "{}:{}",
@@ -74,9 +74,11 @@ pub fn gateway_handshake(port: u16, token: Option<&str>) -> Result<Handshake, St
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         if v["event"] == "connect.challenge" && !challenged {
             challenged = true;
+            // Protocol 4 (OpenClaw 2026.9): a v3 connect gets PROTOCOL_MISMATCH;
+            // the client id must be one the gateway knows.
             let mut params = serde_json::json!({
-                "minProtocol": 3, "maxProtocol": 3,
-                "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"}
+                "minProtocol": 4, "maxProtocol": 4,
+                "client": {"id": "gateway-client", "version": "1", "platform": "linux", "mode": "backend"}
             });
             if let Some(t) = token {
                 params["auth"] = serde_json::json!({"token": t});
@@ -105,4 +107,36 @@ pub fn listens_on_all_interfaces(port: u16) -> bool {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.len() > 3 && f[1] == want && f[3] == "0A"
         })
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), or None if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// `GET path` on 127.0.0.1:port inside the network namespace of process
+/// `pid` (a supervisor started offline), with curl through nsenter.
+pub fn http_get_in(pid: i32, port: u16, path: &str) -> Option<(u16, String)> {
+    let o = Command::new("nsenter")
+        .args([format!("--net=/proc/{pid}/ns/net"), "--".into()])
+        .args(["curl", "-s", "-m", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok()?;
+    (code != 0).then(|| (code, body.to_string()))
 }

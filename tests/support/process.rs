@@ -93,11 +93,15 @@ impl Sup {
         let stdout = dir.join(format!("sup-{}.out", unique()));
         let mut cmd = Command::new("unshare");
         if offline {
-            // Without --fork unshare execs the supervisor: same pid.
+            // Without --fork unshare execs: same pid. The namespace has only
+            // lo, brought up (it starts down) before the supervisor execs.
             cmd.arg("--net");
         }
         if pid1 {
             cmd.args(["--pid", "--fork", "--mount-proc"]);
+        }
+        if offline {
+            cmd.args(["/bin/sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]);
         }
         cmd.arg(supervisor());
         cmd.arg(sub)
