@@ -166,7 +166,7 @@ impl Boot {
             .map_err(|e| e.to_string())?;
         self.write(rendered)?;
         let m = &p.migrated;
-        if !m.is_empty() {
+        if m.changed() {
             info!(renamed = ?m.renamed, replaced_generic = ?m.replaced_generic, removed = ?m.removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "state carried over from an older image");
         }
         for (old, new) in &m.kept_both {

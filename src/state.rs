@@ -81,11 +81,9 @@ pub struct Migrated {
 }
 
 impl Migrated {
-    pub fn is_empty(&self) -> bool {
-        self.renamed.is_empty()
-            && self.kept_both.is_empty()
-            && self.replaced_generic.is_empty()
-            && self.removed.is_empty()
+    /// Whether anything changed (what was `kept_both` is left as it was).
+    pub fn changed(&self) -> bool {
+        !(self.renamed.is_empty() && self.replaced_generic.is_empty() && self.removed.is_empty())
     }
 }
 

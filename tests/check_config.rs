@@ -118,22 +118,22 @@ fn plaintext_secrets_are_found_by_key_and_by_shape_unless_allowed() {
     r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
         v["channels"]["telegram"]["botToken"] =
             json!("123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw");
-        v["env"]["TELEGRAM_ADMIN_ID"] = json!("48213377");
+        v["env"]["vars"]["TELEGRAM_ADMIN_ID"] = json!("48213377");
     });
     r.edit_json("buddies/roelbuddy-emrys/config.json", |v| {
         v["channels"]["whatsapp"]["allowFrom"] = json!(["+31 6 12345678"]);
-        v["env"]["NOTE"] = json!("call me at +31612345678");
+        v["env"]["vars"]["NOTE"] = json!("call me at +31612345678");
     });
-    let soul = r.root().join("buddies/estherbuddy-kazeh/workspace/SOUL.MD");
+    let soul = r.root().join("buddies/estherbuddy-kazeh/workspace/SOUL.md");
     let mut text = fs::read_to_string(&soul).unwrap();
     text.push_str("\nkey: AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY\n");
     fs::write(&soul, text).unwrap();
     let out = r.expect(&[
         "buddies/roelbuddy-galahad/config.json: channels.telegram.botToken: looks like a Telegram bot token",
-        "buddies/roelbuddy-galahad/config.json: env.TELEGRAM_ADMIN_ID: a secret-looking key holds a literal value",
+        "buddies/roelbuddy-galahad/config.json: env.vars.TELEGRAM_ADMIN_ID: a secret-looking key holds a literal value",
         "buddies/roelbuddy-emrys/config.json: channels.whatsapp.allowFrom[0]: looks like a phone number",
-        "buddies/roelbuddy-emrys/config.json: env.NOTE: looks like a phone number",
-        "buddies/estherbuddy-kazeh/workspace/SOUL.MD: line ",
+        "buddies/roelbuddy-emrys/config.json: env.vars.NOTE: looks like a phone number",
+        "buddies/estherbuddy-kazeh/workspace/SOUL.md: line ",
     ]);
     assert!(out.contains("looks like a Google API key"), "{out}");
     assert!(
@@ -143,11 +143,11 @@ fn plaintext_secrets_are_found_by_key_and_by_shape_unless_allowed() {
     // A deliberate exception, with its reason, silences exactly that place.
     fs::write(
         r.root().join("buddies/.secrets-allow"),
-        "buddies/roelbuddy-emrys/config.json:env.NOTE  # the public support line, not a secret\n",
+        "buddies/roelbuddy-emrys/config.json:env.vars.NOTE  # the public support line, not a secret\n",
     )
     .unwrap();
     let (_, out) = r.check();
-    assert!(!out.contains("env.NOTE"), "{out}");
+    assert!(!out.contains("env.vars.NOTE"), "{out}");
     assert!(
         out.contains("allowFrom[0]: looks like a phone number"),
         "{out}"
@@ -159,7 +159,7 @@ fn secrets_shared_between_buddies_or_without_the_buddys_prefix_are_reported() {
     let r = Repo::new();
     r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
         v["channels"]["telegram"]["botToken"] = json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
-        v["env"]["TELEGRAM_ADMIN_ID"] = json!("${ROEL_TELEGRAM_ID}");
+        v["env"]["vars"]["TELEGRAM_ADMIN_ID"] = json!("${ROEL_TELEGRAM_ID}");
     });
     r.expect(&[
         "secret ${ROELBUDDY_EMRYS_TELEGRAM_TOKEN} is not specific to this Buddy: name it ROELBUDDY_GALAHAD_...",
@@ -196,14 +196,14 @@ fn dockerfiles_must_build_on_the_base_and_copy_only_the_buddy() {
 #[test]
 fn fly_toml_must_parse_mount_the_state_and_outwait_the_supervisor() {
     let r = Repo::new();
-    r.edit("fly.toml", "kill_timeout = 20", "kill_timeout = 5");
+    r.edit("fly.toml", "kill_timeout = 30", "kill_timeout = 5");
     r.edit(
         "fly.toml",
         "destination = \"/data\"",
         "destination = \"/state\"",
     );
     r.expect(&[
-        "fly.toml: kill_timeout: 5 s must be longer than the supervisor's stop timeout (10 s",
+        "fly.toml: kill_timeout: 5 s must be longer than the supervisor's stop timeout (20 s",
         "fly.toml: mounts.destination: the Buddy's state volume must be mounted at /data",
     ]);
     r.edit("fly.toml", "[mounts]", "[mounts");
@@ -213,7 +213,7 @@ fn fly_toml_must_parse_mount_the_state_and_outwait_the_supervisor() {
 #[test]
 fn json_format_lists_the_same_problems() {
     let r = Repo::new();
-    r.edit("fly.toml", "kill_timeout = 20", "kill_timeout = 5");
+    r.edit("fly.toml", "kill_timeout = 30", "kill_timeout = 5");
     let o = Command::new(supervisor())
         .args(["check-config", "--format", "json"])
         .arg(r.root())
@@ -224,4 +224,69 @@ fn json_format_lists_the_same_problems() {
     assert_eq!(v["buddies"], json!(4));
     assert_eq!(v["problems"][0]["file"], json!("fly.toml"));
     assert_eq!(v["problems"][0]["location"], json!("kill_timeout"));
+}
+
+#[test]
+fn a_configuration_that_would_make_a_buddy_public_is_rejected() {
+    let r = Repo::new();
+    // fly.toml: a public HTTPS service, TLS on a port, the readiness check.
+    r.edit(
+        "fly.toml",
+        "[[services]]",
+        "[http_service]\n  internal_port = 18789\n  force_https = true\n\n[[services]]",
+    );
+    r.edit(
+        "fly.toml",
+        "handlers = [\"http\"]",
+        "handlers = [\"tls\", \"http\"]",
+    );
+    r.edit("fly.toml", "path = \"/healthz\"", "path = \"/readyz\"");
+    r.edit("fly.toml", "policy = \"always\"", "policy = \"on-failure\"");
+    // The gateway: a public origin for the Control UI, Tailscale funnel,
+    // no brute-force limit, a loopback bind Flycast cannot reach.
+    r.edit_json("buddies/roelbuddy-galahad/config.json", |v| {
+        v["gateway"] = json!({
+            "bind": "loopback",
+            "controlUi": {"allowedOrigins": ["https://galahad.example.com"]},
+            "tailscale": {"mode": "funnel"},
+        });
+    });
+    r.edit_json("buddies/_template/config.json", |v| {
+        v["gateway"]["auth"]
+            .as_object_mut()
+            .unwrap()
+            .remove("rateLimit");
+    });
+    r.expect(&[
+        "fly.toml: http_service: a Buddy has no public HTTP service",
+        "fly.toml: services[0].ports[0].handlers: a tls handler terminates TLS on a public address",
+        "fly.toml: checks.healthz.path: not /readyz",
+        "fly.toml: checks: needs an http check of the gateway's /healthz on port 18789",
+        "fly.toml: restart: needs [[restart]] policy = \"always\"",
+        "buddies/roelbuddy-galahad/config.json: gateway.bind: must be \"lan\"",
+        "buddies/roelbuddy-galahad/config.json: gateway.controlUi.allowedOrigins[0]: only the operator's browser",
+        "buddies/roelbuddy-galahad/config.json: gateway.tailscale.mode: must be \"off\"",
+        "buddies/_template/config.json: gateway.auth.rateLimit: must be set",
+    ]);
+}
+
+#[test]
+fn the_old_schema_and_workspace_names_are_rejected_with_the_fix() {
+    let r = Repo::new();
+    r.edit_json("buddies/roelbuddy-emrys/config.json", |v| {
+        v["env"]["CLAWDBOT_TELEGRAM_TOKEN"] = json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+        v["agents"] =
+            json!({"defaults": {"model": {"fallbacks": ["google/gemini-3-pro-preview"]}}});
+        v["plugins"]["load"] = json!({"paths": ["${MYBUDDY_STATE_DIR}/plugins/whatsapp"]});
+    });
+    let ws = r.root().join("buddies/roelbuddy-emrys/workspace");
+    fs::rename(ws.join("SOUL.md"), ws.join("SOUL.MD")).unwrap();
+    fs::write(ws.join("notes.txt"), "a note\n").unwrap();
+    r.expect(&[
+        "buddies/roelbuddy-emrys/config.json: env.CLAWDBOT_TELEGRAM_TOKEN: variables go under env.vars: move this to env.vars.CLAWDBOT_TELEGRAM_TOKEN",
+        "agents.defaults.model.fallbacks[0]: google/gemini-3-pro-preview was shut down and the gateway refuses it; use google/gemini-3.1-pro-preview",
+        "plugins.load.paths[0]: plugins load from the image only",
+        "buddies/roelbuddy-emrys/workspace/SOUL.MD: the gateway reads SOUL.md, not SOUL.MD (names are case-sensitive): rename it to SOUL.md",
+        "buddies/roelbuddy-emrys/workspace/notes.txt: the gateway never reads notes.txt",
+    ]);
 }

@@ -101,23 +101,31 @@ fn docker_stop_kills_a_child_that_ignores_sigterm_within_our_timeout() {
 }
 
 #[test]
-fn docker_kill_usr1_reaches_the_child_and_hup_reloads() {
+fn docker_kill_usr2_reaches_the_child_usr1_never_does_and_hup_reloads() {
     let c = run(
         "signals",
         &[],
-        "trap 'echo got USR1' USR1; trap 'echo got HUP' HUP; trap 'exit 0' TERM; echo ready; while :; do sleep 1000 & wait $!; done",
+        "trap 'echo got USR1' USR1; trap 'echo got USR2' USR2; trap 'echo got HUP' HUP; trap 'exit 0' TERM; echo ready; while :; do sleep 1000 & wait $!; done",
     );
     assert!(
         c.wait_logs("ready", Duration::from_secs(30)),
         "{}",
         c.logs()
     );
+    // SIGUSR1 would open the real gateway's Node inspector: dropped.
     sh(Command::new("docker").args(["kill", "-s", "USR1", &c.0]));
     assert!(
-        c.wait_logs("got USR1", Duration::from_secs(30)),
+        c.wait_logs("signal dropped", Duration::from_secs(30)),
         "{}",
         c.logs()
     );
+    sh(Command::new("docker").args(["kill", "-s", "USR2", &c.0]));
+    assert!(
+        c.wait_logs("got USR2", Duration::from_secs(30)),
+        "{}",
+        c.logs()
+    );
+    assert!(!c.logs().contains("got USR1"), "USR1 reached the child");
     sh(Command::new("docker").args(["kill", "-s", "HUP", &c.0]));
     assert!(
         c.wait_logs("reload: config re-rendered", Duration::from_secs(30)),

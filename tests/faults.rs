@@ -50,14 +50,14 @@ fn disk_full_while_writing_the_config_keeps_the_previous_file() {
         r#"set -e
 mkdir -p {state}
 mount -t tmpfs -o size=64k tmpfs {state}
-printf '{{"previous": true}}\n' > {state}/clawdbot.json
+printf '{{"previous": true}}\n' > {state}/openclaw.json
 {sup} render --buddy {buddy} --state-dir {state} --out {state}/seed.json >/dev/null 2>&1
 rm {state}/seed.json
 dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null || true
 set +e
-{sup} render --buddy {buddy} --state-dir {state} --out {state}/clawdbot.json
+{sup} render --buddy {buddy} --state-dir {state} --out {state}/openclaw.json
 echo "render-exit=$?"
-cat {state}/clawdbot.json
+cat {state}/openclaw.json
 ls -a {state}"#
     );
     let o = in_mount_ns(&script, &env);
@@ -65,7 +65,7 @@ ls -a {state}"#
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(out.contains("render-exit=1"), "{out}{err}");
     assert!(
-        err.contains("No space left on device") && err.contains("clawdbot.json"),
+        err.contains("No space left on device") && err.contains("openclaw.json"),
         "{err}"
     );
     assert!(
@@ -74,7 +74,7 @@ ls -a {state}"#
     );
     assert!(!out.contains(".tmp-"), "a temp file was left: {out}");
     figure(
-        "disk full while writing clawdbot.json: clear error, previous file intact, no temp file left",
+        "disk full while writing openclaw.json: clear error, previous file intact, no temp file left",
     );
 }
 
@@ -149,7 +149,7 @@ fn kill_9_at_random_moments_of_boot_never_tears_state() {
         let _ = child.kill();
         let _ = child.wait();
         for file in [
-            f.state.join("clawdbot.json"),
+            f.state.join("openclaw.json"),
             f.swarm.join("mybuddybook/registry.json"),
         ] {
             if let Ok(text) = fs::read_to_string(&file) {
@@ -220,7 +220,7 @@ fn signal_storms_are_absorbed() {
     let child = script(
         f.tmp.path(),
         "storm.sh",
-        "trap 'echo usr1' USR1\ntrap 'exit 0' TERM\necho ready\n# 3000 short-lived orphans: a SIGCHLD storm at the supervisor\ni=0; while [ $i -lt 3000 ]; do (true &); i=$((i+1)); done\necho storm-done\nwhile :; do sleep 1000 & wait $!; done",
+        "trap 'echo usr2' USR2\ntrap 'exit 0' TERM\necho ready\n# 3000 short-lived orphans: a SIGCHLD storm at the supervisor\ni=0; while [ $i -lt 3000 ]; do (true &); i=$((i+1)); done\necho storm-done\nwhile :; do sleep 1000 & wait $!; done",
     );
     let args = buddy_args(&f, "roelbuddy-galahad", &[], &[child.to_str().unwrap()]);
     let mut s = Sup::start(f.tmp.path(), false, &args, &env);
@@ -229,10 +229,10 @@ fn signal_storms_are_absorbed() {
     for _ in 0..1000 {
         kill(pid, Signal::SIGHUP).unwrap();
     }
-    kill(pid, Signal::SIGUSR1).unwrap();
+    kill(pid, Signal::SIGUSR2).unwrap();
     assert!(
-        s.wait_out("usr1", T),
-        "USR1 lost in the storm:\n{}",
+        s.wait_out("usr2", T),
+        "USR2 lost in the storm:\n{}",
         s.log()
     );
     assert!(s.wait_out("storm-done", T));
@@ -251,7 +251,7 @@ fn signal_storms_are_absorbed() {
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
     assert_eq!(zombies, 0);
     figure(&format!(
-        "signal storms: 1000 SIGHUP (coalesced into {reloads} reloads) + 3000-orphan SIGCHLD storm; USR1 still forwarded, gateway never restarted, 0 zombies"
+        "signal storms: 1000 SIGHUP (coalesced into {reloads} reloads) + 3000-orphan SIGCHLD storm; USR2 still forwarded, gateway never restarted, 0 zombies"
     ));
 }
 

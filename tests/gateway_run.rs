@@ -39,7 +39,10 @@ fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
         "--swarm-seed",
         repo().join("images/swarm-seed").to_str().unwrap(),
         "--warm-cache",
-        gateway_dir().join("warm/node-compile-cache").to_str().unwrap(),
+        gateway_dir()
+            .join("warm/node-compile-cache")
+            .to_str()
+            .unwrap(),
         "--gateway-dir",
         gateway_dir().to_str().unwrap(),
     ]

@@ -41,7 +41,7 @@ fn every_swarm_member_renders_with_its_secrets() {
     for slug in SWARM_MEMBERS {
         let b = f.buddy(slug);
         let env = marker_env(&b);
-        let out_file = f.state.join(slug).join("clawdbot.json");
+        let out_file = f.state.join(slug).join("openclaw.json");
         let o = render(
             &b,
             &f.state.join(slug),
@@ -80,7 +80,7 @@ fn merge_is_rfc7396_personal_wins_arrays_replaced_null_deletes() {
     let mut personal: Value =
         serde_json::from_str(&fs::read_to_string(b.join("config.json")).unwrap()).unwrap();
     personal["agents"] = json!({"defaults": {"model": {"fallbacks": ["google/gemini-2.5-pro", "google/gemini-2.5-flash"]}}});
-    personal["env"]["BRAVE_API_KEY"] = Value::Null;
+    personal["plugins"] = json!({"entries": {"brave": null}});
     personal["gateway"] = json!({"port": 19999});
     write_json(&b.join("config.json"), &personal);
     let env = marker_env(&b);
@@ -101,8 +101,9 @@ fn merge_is_rfc7396_personal_wins_arrays_replaced_null_deletes() {
         v["agents"]["defaults"]["model"]["fallbacks"],
         json!(["google/gemini-2.5-pro", "google/gemini-2.5-flash"])
     );
-    assert!(v["env"].get("BRAVE_API_KEY").is_none());
-    assert!(v["env"].get("GEMINI_API_KEY").is_some());
+    assert!(v["plugins"]["entries"].get("brave").is_none());
+    assert!(v["plugins"]["entries"].get("telegram").is_some());
+    assert!(v["env"]["vars"].get("GEMINI_API_KEY").is_some());
     assert_eq!(v["gateway"]["port"], json!(19999));
     assert_eq!(v["gateway"]["mode"], json!("local"));
 }
@@ -125,7 +126,7 @@ fn every_missing_variable_is_listed_with_file_and_path() {
     let template = f.buddies.join("_template/config.json");
     let personal = b.join("config.json");
     for (file, path, var) in [
-        (&template, "env.GEMINI_API_KEY", "GEMINI_API_KEY"),
+        (&template, "env.vars.GEMINI_API_KEY", "GEMINI_API_KEY"),
         (
             &personal,
             "channels.whatsapp.allowFrom[0]",
@@ -136,16 +137,11 @@ fn every_missing_variable_is_listed_with_file_and_path() {
             "channels.telegram.botToken",
             "ROELBUDDY_EMRYS_TELEGRAM_TOKEN",
         ),
-        (
-            &personal,
-            "env.CLAWDBOT_TELEGRAM_TOKEN",
-            "ROELBUDDY_EMRYS_TELEGRAM_TOKEN",
-        ),
     ] {
         let line = format!("{}: {path}: ${{{var}}}", file.display());
         assert!(t.contains(&line), "missing line {line:?} in:\n{t}");
     }
-    assert!(t.contains("(4 problems)"), "{t}");
+    assert!(t.contains("(3 problems)"), "{t}");
     assert!(
         !out_file.exists(),
         "nothing is written when the render fails"
@@ -171,7 +167,7 @@ fn secrets_with_quotes_backslashes_newlines_and_references_stay_literal() {
     // Written escaped for the gateway's own ${VAR} expansion; the real gateway
     // reading it back is proven in tests/gateway_config.rs.
     assert_eq!(
-        v["env"]["GEMINI_API_KEY"],
+        v["env"]["vars"]["GEMINI_API_KEY"],
         json!("a\"b\\c\nd $${OTHER} $$${X} }{ é")
     );
 }
@@ -226,7 +222,7 @@ fn out_is_0600_and_stdout_is_redacted() {
     let f = Fixture::new();
     let b = f.buddy("roelbuddy-emrys");
     let env = marker_env(&b);
-    let out = f.path("deep/dir/clawdbot.json");
+    let out = f.path("deep/dir/openclaw.json");
     let o = render(&b, &f.state, &env, &["--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
@@ -237,7 +233,7 @@ fn out_is_0600_and_stdout_is_redacted() {
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
-        .filter(|n| n != "clawdbot.json")
+        .filter(|n| n != "openclaw.json")
         .collect();
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
     let o = render(&b, &f.state, &env, &[]);
@@ -245,7 +241,7 @@ fn out_is_0600_and_stdout_is_redacted() {
     let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shown["gateway"]["auth"]["token"], json!("***"));
     assert_eq!(shown["channels"]["whatsapp"]["allowFrom"], json!(["***"]));
-    assert_eq!(shown["env"]["GEMINI_API_KEY"], json!("***"));
+    assert_eq!(shown["env"]["vars"]["GEMINI_API_KEY"], json!("***"));
     assert_eq!(
         shown["gateway"]["mode"],
         json!("local"),
@@ -303,7 +299,7 @@ fn policy_violations_are_all_reported_with_their_paths() {
         "swarm-manager": {"enabled": false}, "whatsapp": {"enabled": true}
     }, "allow": ["beekeeper"]});
     personal["channels"]["whatsapp"] = json!({"dmPolicy": "allowlist", "allowFrom": []});
-    personal["logging"] = json!({"file": "/tmp/clawdbot.log"});
+    personal["logging"] = json!({"file": "/tmp/openclaw.log"});
     personal["update"] = json!({"checkOnStart": true});
     personal["gateway"] = json!({"mode": "remote", "auth": {"token": null}});
     write_json(&b.join("config.json"), &personal);

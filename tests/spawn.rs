@@ -148,13 +148,36 @@ fn a_magician_spawns_a_buddy_step_by_step() {
         serde_json::from_str(&fs::read_to_string(dir.join("buddy.json")).unwrap()).unwrap();
     assert_eq!(identity["status"], "planned");
     assert_eq!(
-        fs::read_to_string(dir.join("workspace/SOUL.MD")).unwrap(),
+        fs::read_to_string(dir.join("workspace/SOUL.md")).unwrap(),
         "Lyra is gentle and curious.\n"
     );
     assert!(
-        fs::read_to_string(dir.join("workspace/USER.MD"))
+        fs::read_to_string(dir.join("workspace/USER.md"))
             .unwrap()
             .contains("**Name:** Esther")
+    );
+    // Every name the gateway reads, the swarm's AGENTS.md filled in for Lyra.
+    let mut names: Vec<String> = fs::read_dir(dir.join("workspace"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "AGENTS.md",
+            "HEARTBEAT.md",
+            "IDENTITY.md",
+            "MEMORY.md",
+            "SOUL.md",
+            "TOOLS.md",
+            "USER.md"
+        ]
+    );
+    let agents = fs::read_to_string(dir.join("workspace/AGENTS.md")).unwrap();
+    assert!(
+        agents.contains("You are EstherBuddy-Lyra") && !agents.contains("{Human}"),
+        "{agents}"
     );
     assert!(
         fs::read_to_string(dir.join("config.json"))
