@@ -51,6 +51,8 @@ fn first_deploy_creates_the_app_volume_secrets_and_deploys_only_that_buddy() {
                 "--yes"
             ]),
             strs(&["secrets", "import", "--app", app, "--stage"]),
+            strs(&["ips", "list", "--app", app, "--json"]),
+            strs(&["ips", "allocate-v6", "--private", "--app", app]),
             strs(&[
                 "deploy",
                 "--app",
@@ -62,8 +64,10 @@ fn first_deploy_creates_the_app_volume_secrets_and_deploys_only_that_buddy() {
                 "--build-arg",
                 "BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest",
                 "--ha=false",
+                "--no-public-ips",
                 "--yes",
             ]),
+            strs(&["ips", "list", "--app", app, "--json"]),
         ]
     );
     // The secrets went through stdin, each exactly once, and appear in no argument or log.
@@ -97,12 +101,42 @@ fn a_second_deploy_reuses_the_app_and_keeps_the_secrets_already_set() {
         .map(|n| format!(r#"{{"Name":"{n}"}}"#))
         .collect();
     fly.answer("secrets", &format!("[{}]", listed.join(",")));
+    // Deployed before Buddies were private: a Flycast address and two public ones.
+    fly.answer(
+        "ips",
+        r#"[{"Address":"fdaa:0:1::3","Type":"private_v6"},{"Address":"2a09:8280:1::1","Type":"v6"},{"Address":"66.241.124.9","Type":"shared_v4"}]"#,
+    );
     let o = deploy(&fly, &[], &["roelbuddy-galahad"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
     let calls = fly.calls();
-    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert_eq!(calls.len(), 8, "{calls:?}");
     assert_eq!(calls[2], strs(&["secrets", "list", "--app", app, "--json"]));
-    assert_eq!(calls[3][..3], strs(&["deploy", "--app", app]));
+    assert_eq!(calls[3], strs(&["ips", "list", "--app", app, "--json"]));
+    assert_eq!(calls[4][..3], strs(&["deploy", "--app", app]));
+    assert!(
+        calls[4].contains(&"--no-public-ips".to_string()),
+        "{calls:?}"
+    );
+    assert_eq!(calls[5], strs(&["ips", "list", "--app", app, "--json"]));
+    assert_eq!(
+        calls[6],
+        strs(&["ips", "release", "2a09:8280:1::1", "--app", app, "--yes"])
+    );
+    assert_eq!(
+        calls[7],
+        strs(&["ips", "release", "66.241.124.9", "--app", app, "--yes"])
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c[..2] == strs(&["ips", "allocate-v6"])[..]),
+        "{calls:?}"
+    );
+    assert!(
+        err.contains("fly proxy 18789:18789 --app mybuddytalk-roelbuddy-galahad"),
+        "{err}"
+    );
     assert!(
         calls.iter().all(|c| !c
             .iter()
@@ -173,6 +207,7 @@ fn dry_run_prints_the_commands_and_calls_nothing_that_changes() {
         "+ fly apps create mybuddytalk-roelbuddy-galahad --org personal",
         "+ fly volumes create buddy_state --app mybuddytalk-roelbuddy-galahad --region ams --size 3 --yes",
         "+ fly secrets import --app mybuddytalk-roelbuddy-galahad --stage   (BRAVE_API_KEY GEMINI_API_KEY ROELBUDDY_GALAHAD_HUMAN_TELEGRAM_ID ROELBUDDY_GALAHAD_TELEGRAM_TOKEN)",
+        "+ fly ips allocate-v6 --private --app mybuddytalk-roelbuddy-galahad",
         "+ fly deploy --app mybuddytalk-roelbuddy-galahad --config fly.toml --dockerfile buddies/roelbuddy-galahad/Dockerfile",
     ] {
         assert!(err.contains(line), "{line:?} not in:\n{err}");

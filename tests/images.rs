@@ -60,13 +60,23 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "/bin/sh",
         "mybuddytalk-estherbuddy-kazeh:test",
         "-c",
-        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy",
+        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json",
     ]));
     assert!(
         listing.contains("/opt/mybuddy/buddy/buddy.json")
-            && listing.contains("/opt/mybuddy/buddy/workspace/SOUL.MD"),
+            && listing.contains("/opt/mybuddy/buddy/workspace/SOUL.md")
+            && listing.contains("/opt/mybuddy/buddy/workspace/AGENTS.md"),
         "{listing}"
     );
+    // The plugins a Buddy loads ship in the image: nothing is installed at start.
+    for plugin in ["whatsapp", "brave-plugin"] {
+        assert!(
+            listing.contains(&format!(
+                "/opt/mybuddy/gateway/node_modules/@openclaw/{plugin}/openclaw.plugin.json"
+            )),
+            "{listing}"
+        );
+    }
     assert!(
         !listing.contains("/data/") && !listing.contains("credentials"),
         "{listing}"
@@ -112,9 +122,7 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         .arg("mybuddytalk-estherbuddy-kazeh:test");
     sh(&mut cmd);
     let up = wait_for(Duration::from_secs(180), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
+        (http_get(port, "/readyz")?.0 == 200).then_some(())
     });
     assert!(
         up.is_some(),

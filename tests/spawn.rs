@@ -339,8 +339,12 @@ fn deploy_through_the_fly_boundary_marks_the_buddy_active() {
     assert!(o.status.success(), "{t}");
     let calls = w.fly.calls();
     let app = "mybuddytalk-estherbuddy-lyra";
+    let deploy = calls
+        .iter()
+        .find(|c| c[0] == "deploy")
+        .unwrap_or_else(|| panic!("no fly deploy: {calls:?}"));
     assert_eq!(
-        calls.last().unwrap()[..6],
+        deploy[..6],
         [
             "deploy",
             "--app",
@@ -350,6 +354,16 @@ fn deploy_through_the_fly_boundary_marks_the_buddy_active() {
             "--dockerfile"
         ]
         .map(String::from)
+    );
+    // Private from its first deploy: a Flycast address, no public one.
+    assert!(
+        deploy.contains(&"--no-public-ips".to_string()),
+        "{deploy:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c[..] == ["ips", "allocate-v6", "--private", "--app", app].map(String::from))
     );
     assert!(
         calls

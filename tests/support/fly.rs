@@ -7,8 +7,9 @@ use super::*;
 
 /// A recording stand-in for `fly`, first on PATH: every call is appended as
 /// one JSON array of its arguments to `calls`, the stdin of `secrets import`
-/// to `stdin`. `apps list`, `volumes list` and `secrets list` answer with the
-/// JSON in `apps.json`, `volumes.json`, `secrets.json` (default `[]`); a call
+/// to `stdin`. `apps list`, `volumes list`, `secrets list` and `ips list`
+/// answer with the JSON in `apps.json`, `volumes.json`, `secrets.json`,
+/// `ips.json` (default `[]`); a call
 /// whose arguments start with a line of `fail` exits 1.
 pub struct FakeFly {
     pub dir: PathBuf,
@@ -34,6 +35,7 @@ case "$args" in
   "apps list"*) cat "$d/apps.json" 2>/dev/null || echo '[]' ;;
   "volumes list"*) cat "$d/volumes.json" 2>/dev/null || echo '[]' ;;
   "secrets list"*) cat "$d/secrets.json" 2>/dev/null || echo '[]' ;;
+  "ips list"*) cat "$d/ips.json" 2>/dev/null || echo '[]' ;;
   "secrets import"*) cat >> "$d/stdin" ;;
 esac
 exit 0"#,
