@@ -272,6 +272,66 @@ fn a_crashing_child_restarts_with_growing_delays_then_gives_up(pid1: bool) {
 
 both_modes!(a_crashing_child_restarts_with_growing_delays_then_gives_up);
 
+/// The default policy never gives up: an outage that makes the gateway fail
+/// 30 times in a row ends, and the gateway runs again, supervised.
+fn thirty_failures_in_a_row_then_it_runs_under_the_default_policy(pid1: bool) {
+    let c = Case::new("roelbuddy-galahad");
+    let registry = c.f.swarm.join("mybuddybook/registry.json");
+    let count = c.f.path("attempts");
+    let child = c.script(
+        "flaky.sh",
+        &format!(
+            "n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\n\
+             [ $n -le 30 ] && exit 1\n\
+             grep -o '\"state\": *\"[a-z-]*\"' {registry} | tr -d ' '\n\
+             echo running\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done",
+            count = count.display(),
+            registry = registry.display()
+        ),
+    );
+    fs::write(&count, "0").unwrap();
+    fs::set_permissions(&count, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let mut s = c.start(
+        pid1,
+        &[
+            "--backoff-initial-ms",
+            "10",
+            "--backoff-max-ms",
+            "40",
+            "--reset-after",
+            "2",
+        ],
+        &[&child],
+    );
+    assert!(s.wait_out("running", T), "{}", s.log());
+    assert!(s.wait_log("gateway recovered", T), "{}", s.log());
+    let log = s.log();
+    assert_eq!(log.matches("gateway started").count(), 31, "{log}");
+    assert_eq!(
+        log.matches("gateway is crash-looping; restarting it")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("giving up"), "{log}");
+    assert!(log.contains("exits=30"), "{log}");
+    // While it looped, its registry entry said so; recovered, it says running.
+    assert!(
+        s.out().contains("\"state\":\"crash-looping\""),
+        "{}",
+        s.out()
+    );
+    let reg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&registry).unwrap()).unwrap();
+    let gw = &reg["buddies"]["roelbuddy-galahad"]["gateway"];
+    assert_eq!(gw["state"], "running", "{reg}");
+    assert_eq!(gw["exits"], 30, "{reg}");
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+}
+
+both_modes!(thirty_failures_in_a_row_then_it_runs_under_the_default_policy);
+
 fn exit_codes_pass_through_under_policy_never(pid1: bool) {
     let c = Case::new("roelbuddy-galahad");
     for (body, want) in [

@@ -3,7 +3,8 @@
 //! arguments), [`process`] (the supervisor run for real, optionally as PID 1
 //! of a new PID namespace, and /proc), [`gateway`] (the pinned gateway, its
 //! ports and handshake), [`docker`] (static supervisor, containers), [`fly`]
-//! (the recording `fly` stand-in). Here: what every subject uses.
+//! (the recording `fly` stand-in), [`gemini`] (a loopback-only network
+//! namespace and a recording Gemini stand-in in it). Here: what every subject uses.
 #![allow(dead_code)]
 
 use std::fs;
@@ -15,6 +16,7 @@ pub mod docker;
 pub mod fixtures;
 pub mod fly;
 pub mod gateway;
+pub mod gemini;
 pub mod process;
 
 // Each test binary uses some of them.
@@ -26,6 +28,8 @@ pub use fixtures::*;
 pub use fly::*;
 #[allow(unused_imports)]
 pub use gateway::*;
+#[allow(unused_imports)]
+pub use gemini::*;
 #[allow(unused_imports)]
 pub use process::*;
 
