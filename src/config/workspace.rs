@@ -209,12 +209,14 @@ const GENERIC_TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// Removes the gateway's own generic files where the image ships the
-/// Buddy's version, so seeding puts ours in their place. Returns the names.
+/// Buddy's version, so seeding puts ours in their place, and its generic
+/// BOOTSTRAP.md (a first-run "who am I?" ritual for a Buddy that has long
+/// known). Returns the names.
 pub fn drop_generic(workspace: &Path, image_workspace: &Path) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for name in BOOTSTRAP_FILES {
         let ours = workspace.join(name);
-        if !image_workspace.join(name).is_file() {
+        if name != "BOOTSTRAP.md" && !image_workspace.join(name).is_file() {
             continue;
         }
         match fs::read(&ours) {
