@@ -286,3 +286,47 @@ fn a_gateway_that_hangs_on_stop_is_killed_on_time() {
         took.as_millis()
     ));
 }
+
+#[test]
+fn a_supervisor_killed_outright_takes_its_gateway_with_it() {
+    // SIGKILL (or the OOM killer) gives the supervisor no chance to stop the
+    // gateway; the kernel's parent-death signal does it, so a supervisor
+    // started again never finds a second gateway on the same state.
+    let f = Fixture::new();
+    let env = env_for(&f, "roelbuddy-galahad");
+    let child = script(
+        f.tmp.path(),
+        "pid.sh",
+        "echo \"gateway-pid=$$\"\ntrap '' TERM INT HUP\nwhile :; do sleep 1000 & wait $!; done",
+    );
+    let args = buddy_args(&f, "roelbuddy-galahad", &[], &[child.to_str().unwrap()]);
+    let mut s = Sup::start(f.tmp.path(), false, &args, &env);
+    assert!(s.wait_out("gateway-pid=", T), "{}", s.log());
+    let gw: i32 = s
+        .out()
+        .split("gateway-pid=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(Path::new(&format!("/proc/{gw}")).exists());
+    kill(Pid::from_raw(s.pid()), Signal::SIGKILL).unwrap();
+    let _ = s.wait_exit(T);
+    let t = Instant::now();
+    let gone = wait_for(Duration::from_secs(5), || {
+        // A zombie waiting for its new parent counts as gone.
+        let st = std::fs::read_to_string(format!("/proc/{gw}/stat")).unwrap_or_default();
+        (st.is_empty() || st.contains(") Z ")).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the gateway outlived its SIGKILLed supervisor"
+    );
+    figure(&format!(
+        "supervisor SIGKILLed: its gateway (ignoring TERM/INT/HUP) gone {} ms later",
+        t.elapsed().as_millis()
+    ));
+}

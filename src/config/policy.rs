@@ -335,15 +335,17 @@ fn container(config: &Value, fail: &mut impl FnMut(&str, String)) {
             ),
         }
     }
-    match get(config, "update.checkOnStart") {
-        Some(Value::Bool(false)) => {}
-        other => fail(
-            "update.checkOnStart",
-            format!(
-                "must be false: a Buddy's gateway version is pinned by its image; found {}",
-                show(other)
+    for path in ["update.checkOnStart", "models.catalogRefresh.enabled"] {
+        match get(config, path) {
+            Some(Value::Bool(false)) => {}
+            other => fail(
+                path,
+                format!(
+                    "must be false: a Buddy's gateway and its model catalog are pinned by its image (no start-up calls home); found {}",
+                    show(other)
+                ),
             ),
-        ),
+        }
     }
 }
 

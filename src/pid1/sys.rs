@@ -281,6 +281,11 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
             }
             if harden {
                 nix::sys::prctl::set_no_new_privs()?;
+                // The gateway never outlives its supervisor: a supervisor
+                // killed outright (SIGKILL, OOM) and started again must not
+                // find a second gateway polling the same bot on the same
+                // state. Set after the credential change, which clears it.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // Files the gateway creates in MyBuddyBook (setgid dirs) stay
                 // writable by every Buddy's gateway, and readable by nobody else.
                 nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));

@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-
 /// A network namespace with only `lo` (up), held by a sleeping process.
 pub struct NetNs {
     holder: Child,
