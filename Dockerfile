@@ -23,6 +23,7 @@ RUN install -D -m 0755 "$(scripts/build-static --locked)" /out/usr/local/bin/sup
 FROM ${NODE_IMAGE} AS gateway-build
 COPY images/gateway/package.json /src/images/gateway/package.json
 COPY scripts/install-gateway /src/scripts/install-gateway
+COPY buddies/_template/config.json /src/buddies/_template/config.json
 # Installs into its final path: compile-cache entries are keyed by file path, and the
 # template's plugins.load.paths name ${MYBUDDY_GATEWAY_DIR}/node_modules/@openclaw/*.
 RUN /src/scripts/install-gateway --dest /opt/mybuddy/gateway

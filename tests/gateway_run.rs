@@ -117,7 +117,34 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
         "roelbuddy-emrys",
         &["--channels", "off", "--env-file", "ENV_FILE"],
     );
+    // The supervisor wrote the config before it started the gateway; the
+    // gateway, which takes seconds to read it, must leave it as it is.
+    assert!(g.sup.wait_log("gateway started", BOOT), "{}", g.sup.log());
+    let config = g.f.state.join("openclaw.json");
+    let written = fs::read(&config).unwrap();
     g.wait_listening();
+    assert_eq!(
+        fs::read(&config).unwrap(),
+        written,
+        "the gateway rewrote openclaw.json"
+    );
+    let baks: Vec<_> = fs::read_dir(&g.f.state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("openclaw.json."))
+        .collect();
+    assert!(baks.is_empty(), "{baks:?}");
+    // The plugins came from the image's install, not from npm at start.
+    let out = g.sup.out();
+    let listening = out
+        .lines()
+        .find(|l| l.contains("http server listening"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(listening.contains("brave"), "{listening}");
+    assert!(
+        !out.contains("npm install") && !out.contains("registry.npmjs.org"),
+        "{out}"
+    );
     assert!(
         listens_on_all_interfaces(g.port),
         "not bound to lan (0.0.0.0:{})",

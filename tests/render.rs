@@ -313,6 +313,7 @@ fn policy_violations_are_all_reported_with_their_paths() {
         "plugins.entries.beekeeper",
         "plugins.entries.swarm-manager",
         "plugins.allow[0]",
+        "plugins.allow",
         "plugins.entries.whatsapp.enabled",
         "channels.whatsapp",
         "agents.defaults.workspace",
@@ -326,7 +327,15 @@ fn policy_violations_are_all_reported_with_their_paths() {
             "no problem at {path}:\n{t}"
         );
     }
-    assert!(t.contains("(13 problems)"), "{t}");
+    for channel in ["telegram", "whatsapp"] {
+        assert!(
+            t.contains(&format!(
+                "plugins.allow: {channel} is enabled but not allowed"
+            )),
+            "{t}"
+        );
+    }
+    assert!(t.contains("(15 problems)"), "{t}");
 }
 
 #[test]

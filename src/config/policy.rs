@@ -63,8 +63,35 @@ fn env(config: &Value, fail: &mut impl FnMut(&str, String)) {
 }
 
 /// The gateway's plugins come from the image only: code on the volume or
-/// the share could be written by an agent's own tools.
+/// the share could be written by an agent's own tools. And only those a
+/// Buddy uses load (`plugins.allow`): less code within a prompt-injected
+/// agent's reach, a faster start, less memory.
 fn plugin_paths(config: &Value, fail: &mut impl FnMut(&str, String)) {
+    match get(config, "plugins.allow") {
+        Some(Value::Array(list))
+            if !list.is_empty() && list.iter().all(|p| p.as_str().is_some_and(|p| p != "*")) =>
+        {
+            for channel in ["telegram", "whatsapp"] {
+                let on = get(config, &format!("plugins.entries.{channel}.enabled"))
+                    == Some(&Value::Bool(true));
+                if on && !list.iter().any(|p| p == channel) {
+                    fail(
+                        "plugins.allow",
+                        format!(
+                            "{channel} is enabled but not allowed: add \"{channel}\" to plugins.allow"
+                        ),
+                    );
+                }
+            }
+        }
+        other => fail(
+            "plugins.allow",
+            format!(
+                "must list the plugins a Buddy loads (no \"*\"): the template's list, found {}",
+                show(other)
+            ),
+        ),
+    }
     if let Some(Value::Array(items)) = get(config, "plugins.load.paths") {
         let prefix = format!("${{{GATEWAY_DIR_VAR}}}/");
         for (i, item) in items.iter().enumerate() {
