@@ -212,27 +212,7 @@ fn kazeh_migrated_from_clawdbot_boots_on_openclaw_with_nothing_lost() {
     set_buddy_port(&b, port);
     let mut env = marker_env(&b);
     env.push(("PATH".into(), gateway_path()));
-    let args: Vec<String> = [
-        "--buddy",
-        b.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--swarm",
-        f.swarm.to_str().unwrap(),
-        "--swarm-dir-unmounted",
-        "--gateway-dir",
-        gateway_dir().to_str().unwrap(),
-        "--warm-cache",
-        gateway_dir()
-            .join("warm/node-compile-cache")
-            .to_str()
-            .unwrap(),
-        "--channels",
-        "off",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = real_gateway_args(&f, &b, &["--channels", "off"]);
     let mut sup = Sup::start_wrapped(f.tmp.path(), false, true, &args, &env);
     let ready = wait_for(std::time::Duration::from_secs(120), || {
         (http_get_in(sup.pid(), port, "/readyz")?.0 == 200).then_some(())
@@ -251,13 +231,7 @@ fn kazeh_migrated_from_clawdbot_boots_on_openclaw_with_nothing_lost() {
             .arg("openclaw")
             .args(args)
             .env_clear()
-            .env("PATH", gateway_path())
-            .env("HOME", &state)
-            .env("TMPDIR", state.join("tmp"))
-            .env("OPENCLAW_STATE_DIR", &state)
-            .env("OPENCLAW_CONFIG_PATH", state.join("openclaw.json"))
-            .env("OPENCLAW_NO_RESPAWN", "1")
-            .env("NO_COLOR", "1")
+            .envs(openclaw_env(&state))
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&o.stdout).to_string();

@@ -27,26 +27,11 @@ fn the_system_prompt_of_a_turn_carries_the_buddys_own_soul_and_identity() {
     // config) and runs `true` as its "gateway".
     let mut env = marker_env(&b);
     env.push(("PATH".into(), gateway_path()));
-    let args: Vec<String> = [
-        "--buddy",
-        b.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--swarm",
-        f.swarm.to_str().unwrap(),
-        "--swarm-dir-unmounted",
-        "--gateway-dir",
-        gateway_dir().to_str().unwrap(),
-        "--channels",
-        "off",
-        "--restart",
-        "never",
-        "--",
-        "true",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = real_gateway_args(
+        &f,
+        &b,
+        &["--channels", "off", "--restart", "never", "--", "true"],
+    );
     let mut s = Sup::start_wrapped(f.tmp.path(), false, false, &args, &env);
     assert_eq!(
         s.wait_exit(std::time::Duration::from_secs(60)),
@@ -80,13 +65,7 @@ fn the_system_prompt_of_a_turn_carries_the_buddys_own_soul_and_identity() {
             "--json",
         ])
         .env_clear()
-        .env("PATH", gateway_path())
-        .env("HOME", &state)
-        .env("TMPDIR", state.join("tmp"))
-        .env("OPENCLAW_STATE_DIR", &state)
-        .env("OPENCLAW_CONFIG_PATH", &config)
-        .env("OPENCLAW_NO_RESPAWN", "1")
-        .env("NO_COLOR", "1")
+        .envs(openclaw_env(&state))
         .output()
         .unwrap();
     let out = format!(

@@ -140,3 +140,39 @@ pub fn http_get_in(pid: i32, port: u16, path: &str) -> Option<(u16, String)> {
     let code: u16 = code.trim().parse().ok()?;
     (code != 0).then(|| (code, body.to_string()))
 }
+
+/// `supervisor run` arguments for Buddy dir `b` of fixture `f` with the real
+/// gateway: its install, its warm compile cache, an unmounted local swarm.
+pub fn real_gateway_args(f: &Fixture, b: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let gw = gateway_dir();
+    let mut args: Vec<String> = vec![
+        "--buddy".into(),
+        b.display().to_string(),
+        "--state-dir".into(),
+        f.state.display().to_string(),
+        "--swarm".into(),
+        f.swarm.display().to_string(),
+        "--swarm-dir-unmounted".into(),
+        "--gateway-dir".into(),
+        gw.display().to_string(),
+        "--warm-cache".into(),
+        gw.join("warm/node-compile-cache").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The environment the supervisor gives the gateway of state dir `state`,
+/// for running `openclaw` commands against that Buddy as it would.
+pub fn openclaw_env(state: &std::path::Path) -> Vec<(String, String)> {
+    let s = state.display().to_string();
+    vec![
+        ("PATH".into(), gateway_path()),
+        ("HOME".into(), s.clone()),
+        ("TMPDIR".into(), format!("{s}/tmp")),
+        ("OPENCLAW_STATE_DIR".into(), s.clone()),
+        ("OPENCLAW_CONFIG_PATH".into(), format!("{s}/openclaw.json")),
+        ("OPENCLAW_NO_RESPAWN".into(), "1".into()),
+        ("NO_COLOR".into(), "1".into()),
+    ]
+}
