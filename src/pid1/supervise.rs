@@ -362,7 +362,11 @@ impl<'a> Supervisor<'a> {
         if sys::group_alive(d.pgid) {
             return None;
         }
-        sys::reap_all();
+        // The last orphans may exit with the gateway: every one is reaped
+        // and logged, as in the loop.
+        for (pid, exit) in sys::reap_all() {
+            debug!(pid = pid.as_raw(), status = %exit, "reaped orphan");
+        }
         let code = self.exit_override.unwrap_or(code);
         info!(exit = code, "supervisor exiting");
         Some(code)
