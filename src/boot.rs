@@ -130,6 +130,7 @@ impl Boot {
             template: self.cfg.template.clone(),
             state_dir: self.cfg.state_dir.clone(),
             gateway_dir: self.cfg.gateway_dir.clone(),
+            swarm_dir: self.cfg.swarm_dir.clone(),
             rotate_token: self.cfg.rotate_token,
         };
         let mut r = render::render(&opts, &lookup(&file)).map_err(|e| e.to_string())?;

@@ -67,6 +67,7 @@ pub fn check_repo(repo: &Path) -> Report {
             let builtins = render::Builtins {
                 state_dir: Path::new(STATE_MOUNT),
                 gateway_dir: Path::new(render::IMAGE_GATEWAY_DIR),
+                swarm_dir: Path::new(crate::swarm::IMAGE_SWARM_DIR),
             };
             if let Err(e) = prepared.substitute(builtins, Some("placeholder-token"), &placeholder) {
                 problems.extend(e.items);

@@ -30,7 +30,16 @@ fn the_system_prompt_of_a_turn_carries_the_buddys_own_soul_and_identity() {
     let args = real_gateway_args(
         &f,
         &b,
-        &["--channels", "off", "--restart", "never", "--", "true"],
+        &[
+            "--channels",
+            "off",
+            "--swarm-seed",
+            repo().join("images/swarm-seed").to_str().unwrap(),
+            "--restart",
+            "never",
+            "--",
+            "true",
+        ],
     );
     let mut s = Sup::start_wrapped(f.tmp.path(), false, false, &args, &env);
     assert_eq!(
@@ -98,6 +107,11 @@ fn the_system_prompt_of_a_turn_carries_the_buddys_own_soul_and_identity() {
             "{needle:?} is not in the system prompt:\n{system}"
         );
     }
+    // Emrys is a Magician: the SpellBook's spells are among its skills.
+    assert!(
+        system.contains("spawn-buddy") && system.contains("spellbook/spells/spawn-buddy/SKILL.md"),
+        "the Magician's spells are not among its skills:\n{system}"
+    );
     // None of the gateway's generic SOUL template (what it writes into a
     // workspace that lacks SOUL.md) is in the prompt, and no old name is left.
     assert!(

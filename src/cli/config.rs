@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{BuddyArgs, IMAGE_STATE_DIR, fail};
+use super::{BuddyArgs, IMAGE_STATE_DIR, SwarmDirArg, fail};
 use crate::config::render::{self, RenderOptions};
 
 #[derive(Debug, Args)]
@@ -22,6 +22,8 @@ pub struct RenderArgs {
     /// Replace the persisted gateway token with a new one
     #[arg(long)]
     pub rotate_token: bool,
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +54,7 @@ pub(super) fn cmd_render(a: RenderArgs) -> i32 {
         template: a.buddy.template(),
         state_dir: a.state_dir,
         gateway_dir: a.buddy.gateway_dir.clone(),
+        swarm_dir: a.swarm.swarm_dir.clone(),
         rotate_token: a.rotate_token,
     };
     let rendered = match render::render(&opts, &render::process_env) {

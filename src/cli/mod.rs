@@ -109,7 +109,7 @@ pub struct SwarmDirArg {
     #[arg(
         long = "swarm",
         env = "MYBUDDY_SWARM_DIR",
-        default_value = "/mnt/swarm"
+        default_value = crate::swarm::IMAGE_SWARM_DIR
     )]
     pub swarm_dir: PathBuf,
 }

@@ -72,7 +72,7 @@ pub struct RunArgs {
     #[arg(
         long = "swarm",
         env = "MYBUDDY_SWARM_DIR",
-        default_value = "/mnt/swarm"
+        default_value = crate::swarm::IMAGE_SWARM_DIR
     )]
     pub swarm_dir: PathBuf,
     /// Accept a swarm dir that is not a mount point (local development; warns)

@@ -15,6 +15,8 @@ pub const MODEL_PREFIX: &str = "google/gemini-";
 pub const STATE_DIR_VAR: &str = "MYBUDDY_STATE_DIR";
 /// The render-provided variable naming the gateway's install in the image.
 pub const GATEWAY_DIR_VAR: &str = "MYBUDDY_GATEWAY_DIR";
+/// The render-provided variable naming the swarm share (`/mnt/swarm`).
+pub const SWARM_DIR_VAR: &str = "MYBUDDY_SWARM_DIR";
 /// Plugins MyBuddy removes; `moltbook` is replaced by MyBuddyBook.
 pub const FORBIDDEN_PLUGINS: [&str; 3] = ["beekeeper", "swarm-manager", "moltbook"];
 
@@ -34,6 +36,7 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
     removed_plugins(config, &mut fail);
     plugin_paths(config, &mut fail);
     channels(config, identity, &mut fail);
+    skills(config, identity, &mut fail);
     gateway(config, &mut fail);
     container(config, &mut fail);
     out
@@ -242,6 +245,31 @@ fn channels(config: &Value, identity: &Identity, fail: &mut impl FnMut(&str, Str
                 "dmPolicy \"allowlist\" needs a non-empty allowFrom list (the Human's phone as a ${VAR} reference)".into(),
             );
         }
+    }
+}
+
+/// Skills come from the image, the workspace, and for a Magician the
+/// SpellBook's spells; a Buddy-role gateway is never pointed at the SpellBook.
+fn skills(config: &Value, identity: &Identity, fail: &mut impl FnMut(&str, String)) {
+    let spells = format!("${{{SWARM_DIR_VAR}}}/spellbook/spells");
+    let dirs: Vec<&str> = match get(config, "skills.load.extraDirs") {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let magician = identity.role == crate::buddy::Role::Magician;
+    for (i, d) in dirs.iter().enumerate() {
+        if d.contains("spellbook") && !magician {
+            fail(
+                &format!("skills.load.extraDirs[{i}]"),
+                "only a Magician's gateway loads the SpellBook's spells; remove it (its gateway cannot read the SpellBook anyway)".into(),
+            );
+        }
+    }
+    if magician && !dirs.contains(&spells.as_str()) {
+        fail(
+            "skills.load.extraDirs",
+            format!("a Magician's spells are skills: list \"{spells}\""),
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::buddy::{self, BuddyDir};
 use crate::config::jsonfile;
-use crate::config::policy::{self, GATEWAY_DIR_VAR, STATE_DIR_VAR};
+use crate::config::policy::{self, GATEWAY_DIR_VAR, STATE_DIR_VAR, SWARM_DIR_VAR};
 use crate::config::problem::{PathSeg, Problem, Problems};
 use crate::config::secrets::{self, Resolved, Substituted};
 use crate::config::token::{self, AUTO_GENERATED, TokenSource};
@@ -30,7 +30,12 @@ pub const DEFAULT_PORT: u16 = 18789;
 pub const IMAGE_GATEWAY_DIR: &str = "/opt/mybuddy/gateway";
 
 /// Variables the renderer itself provides; never secrets an operator sets.
-pub const BUILTIN_VARS: [&str; 3] = [AUTO_GENERATED, STATE_DIR_VAR, GATEWAY_DIR_VAR];
+pub const BUILTIN_VARS: [&str; 4] = [
+    AUTO_GENERATED,
+    STATE_DIR_VAR,
+    GATEWAY_DIR_VAR,
+    SWARM_DIR_VAR,
+];
 
 /// The values of the renderer's own variables for one render.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +44,8 @@ pub struct Builtins<'a> {
     pub state_dir: &'a Path,
     /// `${MYBUDDY_GATEWAY_DIR}`: the gateway's install (plugins load from it).
     pub gateway_dir: &'a Path,
+    /// `${MYBUDDY_SWARM_DIR}`: the swarm share (a Magician's spells).
+    pub swarm_dir: &'a Path,
 }
 
 /// The template beside a Buddy directory: `DIR/../_template/config.json`.
@@ -154,6 +161,7 @@ impl Prepared {
     ) -> Result<Substituted, Problems> {
         let state = builtins.state_dir.to_string_lossy().into_owned();
         let gateway = builtins.gateway_dir.to_string_lossy().into_owned();
+        let swarm = builtins.swarm_dir.to_string_lossy().into_owned();
         let lookup = |name: &str| -> Option<Resolved> {
             match name {
                 AUTO_GENERATED => token.map(|t| Resolved {
@@ -166,6 +174,10 @@ impl Prepared {
                 }),
                 GATEWAY_DIR_VAR => Some(Resolved {
                     value: gateway.clone(),
+                    secret: false,
+                }),
+                SWARM_DIR_VAR => Some(Resolved {
+                    value: swarm.clone(),
                     secret: false,
                 }),
                 other => env(other).map(|value| Resolved {
@@ -279,6 +291,7 @@ pub struct RenderOptions {
     pub template: PathBuf,
     pub state_dir: PathBuf,
     pub gateway_dir: PathBuf,
+    pub swarm_dir: PathBuf,
     pub rotate_token: bool,
 }
 
@@ -287,6 +300,7 @@ impl RenderOptions {
         Builtins {
             state_dir: &self.state_dir,
             gateway_dir: &self.gateway_dir,
+            swarm_dir: &self.swarm_dir,
         }
     }
 }

@@ -15,6 +15,9 @@
 //! SpellBook mask), [`registry`] and [`resonate`] (what the Buddies write
 //! there). [`prepare`] is the boot's swarm step: those layers in order.
 
+/// Where every image mounts the share.
+pub const IMAGE_SWARM_DIR: &str = "/mnt/swarm";
+
 use std::io;
 use std::path::{Path, PathBuf};
 

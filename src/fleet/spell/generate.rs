@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use super::{Spawn, World};
+use crate::config::policy::SWARM_DIR_VAR;
 
 /// The files of the new Buddy directory: (relative path, content).
 pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, String> {
@@ -42,6 +43,14 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
         config.insert("env".into(), json!({ "vars": env }));
     }
     config.insert("channels".into(), channels.into());
+    // A Magician's spells are skills: the gateway loads the SpellBook's
+    // spell directories (a Buddy-role gateway could not even read them).
+    if id.role == crate::buddy::Role::Magician {
+        config.insert(
+            "skills".into(),
+            json!({"load": {"extraDirs": [format!("${{{SWARM_DIR_VAR}}}/spellbook/spells")]}}),
+        );
+    }
     // The template enables Telegram and disables WhatsApp; say what differs.
     let mut entries = serde_json::Map::new();
     if !id.channels.telegram {
