@@ -1,4 +1,5 @@
-//! `supervisor run` with the real, pinned OpenClaw gateway on 127.0.0.1.
+//! `supervisor run` with the real, pinned OpenClaw gateway on 127.0.0.1 of
+//! its own loopback-only network namespace.
 
 mod support;
 
@@ -13,14 +14,11 @@ struct Live {
     f: Fixture,
     port: u16,
     sup: Sup,
-    offline: bool,
 }
 
+/// Every real gateway here runs in its own network namespace with only lo:
+/// nothing it starts can leave the machine.
 fn start(slug: &str, extra: &[&str]) -> Live {
-    start_in(slug, extra, false)
-}
-
-fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
     let f = Fixture::new();
     let b = f.buddy(slug);
     let port = free_port_block();
@@ -56,23 +54,21 @@ fn start_in(slug: &str, extra: &[&str], offline: bool) -> Live {
             .map(|s| s.replace("ENV_FILE", f.path("secrets.env").to_str().unwrap())),
     );
     fs::write(f.path("secrets.env"), "").unwrap();
-    let sup = Sup::start_wrapped(f.tmp.path(), false, offline, &args, &env);
-    Live {
-        f,
-        port,
-        sup,
-        offline,
-    }
+    let sup = Sup::start_wrapped(f.tmp.path(), false, true, &args, &env);
+    Live { f, port, sup }
 }
 
 impl Live {
-    /// GET on the gateway, from inside its network namespace if it has one.
+    /// The WebSocket handshake, from inside the gateway's namespace.
+    fn handshake(&self, token: Option<&str>) -> Result<Handshake, String> {
+        let (port, token) = (self.port, token.map(str::to_string));
+        in_netns_of(self.sup.pid(), move || {
+            gateway_handshake(port, token.as_deref())
+        })
+    }
+    /// GET on the gateway, from inside its network namespace.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        if self.offline {
-            http_get_in(self.sup.pid(), self.port, path)
-        } else {
-            http_get(self.port, path)
-        }
+        http_get_in(self.sup.pid(), self.port, path)
     }
     fn token(&self) -> String {
         fs::read_to_string(self.f.state.join("gateway-token"))
@@ -146,20 +142,20 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
         "{out}"
     );
     assert!(
-        listens_on_all_interfaces(g.port),
+        listens_on_all_interfaces(g.sup.pid(), g.port),
         "not bound to lan (0.0.0.0:{})",
         g.port
     );
     let token = g.token();
-    match gateway_handshake(g.port, Some(&token)).unwrap() {
+    match g.handshake(Some(&token)).unwrap() {
         Handshake::HelloOk => {}
         other => panic!("right token refused: {other:?}"),
     }
-    match gateway_handshake(g.port, Some("wrong-token")).unwrap() {
+    match g.handshake(Some("wrong-token")).unwrap() {
         Handshake::Refused(why) => assert!(why.contains("token mismatch"), "{why}"),
         other => panic!("wrong token accepted: {other:?}"),
     }
-    match gateway_handshake(g.port, None).unwrap() {
+    match g.handshake(None).unwrap() {
         Handshake::Refused(why) => assert!(why.contains("NOT_PAIRED"), "{why}"),
         other => panic!("no token accepted: {other:?}"),
     }
@@ -181,10 +177,7 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
             .contains("rotated-gemini-key")
     );
     assert!(
-        matches!(
-            gateway_handshake(g.port, Some(&token)),
-            Ok(Handshake::HelloOk)
-        ),
+        matches!(g.handshake(Some(&token)), Ok(Handshake::HelloOk)),
         "{}",
         g.sup.out()
     );
@@ -219,10 +212,8 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
         "{}",
         g.sup.log()
     );
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", g.port)).is_err(),
-        "still listening after stop"
-    );
+    // Its namespace ends with its last process: the gateway is gone, so is
+    // its listener.
     assert!(!std::path::Path::new(&format!("/proc/{gw}")).exists());
 }
 
@@ -247,7 +238,7 @@ fn a_killed_gateway_is_restarted_and_answers_again() {
     assert!(g.sup.log().contains("status=signal SIGKILL"));
     let second = g.gateway_pid();
     assert_ne!(first, second);
-    let answered = wait_for(BOOT, || match gateway_handshake(g.port, Some(&token)) {
+    let answered = wait_for(BOOT, || match g.handshake(Some(&token)) {
         Ok(Handshake::HelloOk) => Some(()),
         _ => None,
     });
@@ -270,10 +261,9 @@ fn with_telegram_unreachable_the_gateway_stays_up_and_a_stuck_stop_is_killed_on_
     // Telegram on, in a network namespace with only lo: every Bot API call
     // fails. OpenClaw logs the errors and keeps running (Clawdbot exited);
     // the supervisor has nothing to restart.
-    let mut g = start_in(
+    let mut g = start(
         "roelbuddy-galahad",
         &["--backoff-initial-ms", "100", "--stop-timeout", "5"],
-        true,
     );
     g.wait_listening();
     let first = g.gateway_pid();

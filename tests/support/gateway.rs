@@ -97,16 +97,31 @@ pub fn gateway_handshake(port: u16, token: Option<&str>) -> Result<Handshake, St
     }
 }
 
-/// Whether something listens on 0.0.0.0:port (a `lan` bind), per /proc/net/tcp.
-pub fn listens_on_all_interfaces(port: u16) -> bool {
+/// Whether something listens on 0.0.0.0:port (a `lan` bind) in the network
+/// namespace of process `pid`, per its /proc/PID/net/tcp.
+pub fn listens_on_all_interfaces(pid: i32, port: u16) -> bool {
     let want = format!("00000000:{port:04X}");
-    fs::read_to_string("/proc/net/tcp")
+    fs::read_to_string(format!("/proc/{pid}/net/tcp"))
         .unwrap_or_default()
         .lines()
         .any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.len() > 3 && f[1] == want && f[3] == "0A"
         })
+}
+
+/// Runs `f` on a thread that has joined the network namespace of process
+/// `pid` (setns is per thread: the test's other threads stay where they are),
+/// so a client can reach a gateway on that namespace's loopback.
+pub fn in_netns_of<T: Send + 'static>(pid: i32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsFd;
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net")).expect("open the netns");
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
 }
 
 /// `GET path` on 127.0.0.1:port: (status, body), or None if nothing answers.
