@@ -321,8 +321,13 @@ fn thirty_failures_in_a_row_then_it_runs_under_the_default_policy(pid1: bool) {
         "{}",
         s.out()
     );
-    let reg: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&registry).unwrap()).unwrap();
+    // The log line comes first, the registry write right after it.
+    let reg: serde_json::Value = wait_for(T, || {
+        let r: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&registry).ok()?).ok()?;
+        (r["buddies"]["roelbuddy-galahad"]["gateway"]["state"] == "running").then_some(r)
+    })
+    .unwrap_or_else(|| panic!("{}", fs::read_to_string(&registry).unwrap_or_default()));
     let gw = &reg["buddies"]["roelbuddy-galahad"]["gateway"];
     assert_eq!(gw["state"], "running", "{reg}");
     assert_eq!(gw["exits"], 30, "{reg}");
