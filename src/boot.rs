@@ -168,9 +168,9 @@ impl Boot {
         self.write(rendered)?;
         let m = &p.migrated;
         if m.changed() {
-            info!(renamed = ?m.renamed, replaced_generic = ?m.replaced_generic, removed = ?m.removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "state carried over from an older image");
+            info!(renamed = ?m.workspace.renamed, replaced_generic = ?m.replaced_generic, removed = ?m.removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "state carried over from an older image");
         }
-        for (old, new) in &m.kept_both {
+        for (old, new) in &m.workspace.kept_both {
             warn!(workspace = %self.layout.workspace().display(), "both {old} and {new} hold text: kept both; the gateway reads only {new}, merge {old} into it by hand");
         }
         info!(state = %self.cfg.state_dir.display(), seeded_files = p.seeded_files, warm_cache_files = p.warm_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
@@ -472,11 +472,10 @@ fn register(swarm_dir: &std::path::Path, identity: &crate::buddy::Identity) -> R
             .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
     );
     entry.last_boot = Some(registry::now_rfc3339());
-    entry.gateway = Some(registry::GatewayHealth {
-        state: registry::GatewayState::Running,
-        since: registry::now_rfc3339(),
-        exits: None,
-    });
+    entry.gateway = Some(registry::GatewayHealth::since_now(
+        registry::GatewayState::Running,
+        None,
+    ));
     info!(id = %entry.id, status = %entry.status, "registered in the swarm");
     l.registry.buddies.insert(identity.slug(), entry);
     l.commit().map_err(|e| e.to_string())
@@ -494,11 +493,7 @@ fn set_gateway_health(
     let Some(entry) = l.registry.buddies.get_mut(&identity.slug()) else {
         return Err(format!("{} is not in the registry", identity.id()));
     };
-    entry.gateway = Some(registry::GatewayHealth {
-        state,
-        since: registry::now_rfc3339(),
-        exits,
-    });
+    entry.gateway = Some(registry::GatewayHealth::since_now(state, exits));
     l.commit().map_err(|e| e.to_string())
 }
 

@@ -74,8 +74,8 @@ pub struct Prepared {
 /// upper-case persona names): what was renamed or removed, for the log.
 #[derive(Debug, Default)]
 pub struct Migrated {
-    pub renamed: Vec<(String, String)>,
-    pub kept_both: Vec<(String, String)>,
+    /// The persona files renamed, or kept both where both hold text.
+    pub workspace: crate::config::workspace::Migration,
     pub replaced_generic: Vec<String>,
     pub removed: Vec<PathBuf>,
 }
@@ -83,7 +83,9 @@ pub struct Migrated {
 impl Migrated {
     /// Whether anything changed (what was `kept_both` is left as it was).
     pub fn changed(&self) -> bool {
-        !(self.renamed.is_empty() && self.replaced_generic.is_empty() && self.removed.is_empty())
+        !(self.workspace.renamed.is_empty()
+            && self.replaced_generic.is_empty()
+            && self.removed.is_empty())
     }
 }
 
@@ -113,10 +115,9 @@ fn stale_entries(layout: &Layout) -> Vec<PathBuf> {
 fn migrate(layout: &Layout, image_workspace: Option<&Path>) -> Result<Migrated, StateError> {
     use crate::config::workspace;
     let ws = layout.workspace();
-    let w = workspace::migrate(&ws).map_err(ctx(&ws, "cannot rename the old persona files"))?;
     let mut m = Migrated {
-        renamed: w.renamed,
-        kept_both: w.kept_both,
+        workspace: workspace::migrate(&ws)
+            .map_err(ctx(&ws, "cannot rename the old persona files"))?,
         ..Default::default()
     };
     if let Some(img) = image_workspace.filter(|p| p.is_dir()) {

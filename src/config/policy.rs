@@ -123,21 +123,12 @@ fn model_problem(m: &str) -> Option<String> {
 
 /// The swarm runs on the current Gemini family: primary and every fallback.
 fn models(config: &Value, fail: &mut impl FnMut(&str, String)) {
-    if let Some(Value::String(m)) = get(config, "agents.defaults.model.primary")
-        && let Some(msg) = model_problem(m)
-    {
-        fail("agents.defaults.model.primary", msg);
-    }
-    if let Some(Value::Array(list)) = get(config, "agents.defaults.model.fallbacks") {
-        for (i, m) in list.iter().enumerate() {
-            if let Some(msg) = m.as_str().and_then(model_problem) {
-                fail(&format!("agents.defaults.model.fallbacks[{i}]"), msg);
+    match get(config, "agents.defaults.model.primary") {
+        Some(Value::String(m)) => {
+            if let Some(msg) = model_problem(m) {
+                fail("agents.defaults.model.primary", msg);
             }
         }
-    }
-    match get(config, "agents.defaults.model.primary") {
-        Some(Value::String(m)) if m.starts_with(MODEL_PREFIX) => {}
-        Some(Value::String(_)) => {}
         other => fail(
             "agents.defaults.model.primary",
             format!(
@@ -145,6 +136,13 @@ fn models(config: &Value, fail: &mut impl FnMut(&str, String)) {
                 show(other)
             ),
         ),
+    }
+    if let Some(Value::Array(list)) = get(config, "agents.defaults.model.fallbacks") {
+        for (i, m) in list.iter().enumerate() {
+            if let Some(msg) = m.as_str().and_then(model_problem) {
+                fail(&format!("agents.defaults.model.fallbacks[{i}]"), msg);
+            }
+        }
     }
     match get(config, "agents.defaults.model.fallbacks") {
         Some(Value::Array(list)) if !list.is_empty() && list.iter().all(Value::is_string) => {}

@@ -192,13 +192,9 @@ impl<'a> Supervisor<'a> {
             Signal::SIGCHLD => return self.on_children(),
             Signal::SIGTERM | Signal::SIGINT => return self.on_stop(sig),
             Signal::SIGHUP if self.hooks.reload() => {}
-            other if self.hooks.withheld(other).is_some() => warn!(
-                signal = other.as_str(),
-                "signal dropped: {}",
-                self.hooks.withheld(other).unwrap_or_default()
-            ),
-            other => match &self.gateway {
-                Some(g) => {
+            other => match (self.hooks.withheld(other), &self.gateway) {
+                (Some(why), _) => warn!(signal = other.as_str(), "signal dropped: {why}"),
+                (None, Some(g)) => {
                     info!(
                         signal = other.as_str(),
                         pid = g.pid.as_raw(),
@@ -208,7 +204,7 @@ impl<'a> Supervisor<'a> {
                         warn!(signal = other.as_str(), error = %e, "forwarding failed");
                     }
                 }
-                None => info!(
+                (None, None) => info!(
                     signal = other.as_str(),
                     "signal dropped: no gateway running"
                 ),

@@ -56,6 +56,17 @@ pub struct GatewayHealth {
     pub exits: Option<u32>,
 }
 
+impl GatewayHealth {
+    /// `state` beginning now.
+    pub fn since_now(state: GatewayState, exits: Option<u32>) -> GatewayHealth {
+        GatewayHealth {
+            state,
+            since: now_rfc3339(),
+            exits,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GatewayState {
