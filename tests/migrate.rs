@@ -258,17 +258,8 @@ fn kazeh_migrated_from_clawdbot_boots_on_openclaw_with_nothing_lost() {
         "the transcript did not reach the session store"
     );
     // Cron jobs: both of Esther's jobs, as they were scheduled.
-    let token = fs::read_to_string(state.join("gateway-token")).unwrap();
-    let url = format!("ws://127.0.0.1:{port}");
-    let cron = openclaw(&[
-        "cron",
-        "list",
-        "--json",
-        "--url",
-        &url,
-        "--token",
-        token.trim(),
-    ]);
+    // The CLI finds the gateway (port, token) in its config, as an operator's would.
+    let cron = openclaw(&["cron", "list", "--json"]);
     let jobs = cron["jobs"].as_array().unwrap();
     let job = |name: &str| {
         jobs.iter()
