@@ -50,6 +50,11 @@ pub struct RunConfig {
     pub warm_cache: Option<PathBuf>,
     /// What the image ships to seed a new swarm share.
     pub swarm_seed: Option<PathBuf>,
+    /// Tests and offline runs only (`--config-overlay`).
+    pub config_overlay: Option<PathBuf>,
+    /// Tests and offline runs only (`--gateway-env`): more of our variables
+    /// the gateway gets, checked by [`gateway_env_problems`].
+    pub gateway_env: Vec<String>,
     pub policy: Policy,
     /// Empty: the real gateway.
     pub command: Vec<String>,
@@ -132,7 +137,19 @@ impl Boot {
             gateway_dir: self.cfg.gateway_dir.clone(),
             swarm_dir: self.cfg.swarm_dir.clone(),
             rotate_token: self.cfg.rotate_token,
+            overlay: self.cfg.config_overlay.clone(),
         };
+        let mut problems = gateway_env_problems(&self.cfg.gateway_env);
+        let test_only = self.cfg.config_overlay.is_some() || !self.cfg.gateway_env.is_empty();
+        if test_only && std::env::var_os("FLY_MACHINE_ID").is_some() {
+            problems.push(
+                "--config-overlay and --gateway-env are for tests and offline runs: refused on a Fly Machine (FLY_MACHINE_ID is set)"
+                    .to_string(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
         let mut r = render::render(&opts, &lookup(&file)).map_err(|e| e.to_string())?;
         if self.cfg.channels_off {
             r.disable_channels();
@@ -343,6 +360,11 @@ fn child_env(
             env.insert(k, v);
         }
     }
+    for name in &cfg.gateway_env {
+        if let Ok(v) = std::env::var(name) {
+            env.insert(name.clone(), v);
+        }
+    }
     // The Buddy's own secrets, and no one else's.
     let look = lookup(secret_values);
     for name in r.prepared.secret_vars() {
@@ -351,6 +373,52 @@ fn child_env(
         }
     }
     env.into_iter().collect()
+}
+
+/// Variables the supervisor sets for the gateway itself: `--gateway-env`
+/// cannot replace them (the state dir, the config, no respawn).
+const OWN_GATEWAY_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+    "OPENCLAW_STATE_DIR",
+    "OPENCLAW_CONFIG_PATH",
+    "OPENCLAW_NO_RESPAWN",
+    "OPENCLAW_DISABLE_BONJOUR",
+    // Makes openclaw's launcher respawn a child (see child_env).
+    "NODE_COMPILE_CACHE",
+];
+
+/// What is wrong with `--gateway-env`, all of it: a name that is not a
+/// variable name, one we set ourselves, the Fly org token (never for a
+/// gateway), or one that is not set.
+pub fn gateway_env_problems(names: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        let valid = !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            out.push(format!(
+                "--gateway-env {n:?}: not a variable name (letters, digits, _)"
+            ));
+        } else if OWN_GATEWAY_ENV.contains(&n.as_str()) {
+            out.push(format!(
+                "--gateway-env {n}: the supervisor sets it for the gateway itself; drop it"
+            ));
+        } else if n == "FLY_API_TOKEN" {
+            out.push(
+                "--gateway-env FLY_API_TOKEN: the Fly org token never reaches a gateway".to_string(),
+            );
+        } else if std::env::var_os(n).is_none() {
+            out.push(format!(
+                "--gateway-env {n}: not set in the supervisor's environment; set it or drop the name"
+            ));
+        }
+    }
+    out
 }
 
 /// Boots and supervises; returns the process exit code.
@@ -392,6 +460,12 @@ fn boot(
         registered: None,
     };
     let rendered = step("render", || boot.render())?;
+    if let Some(o) = &boot.cfg.config_overlay {
+        warn!(overlay = %o.display(), "config overlay applied (tests and offline runs only)");
+    }
+    if !boot.cfg.gateway_env.is_empty() {
+        warn!(names = ?boot.cfg.gateway_env, "passing extra variables to the gateway (tests and offline runs only)");
+    }
     if boot.cfg.channels_off {
         warn!(
             "channels are off for this run (--channels off): Telegram and WhatsApp stay disconnected"

@@ -391,6 +391,30 @@ fn dockerfile_lines(text: &str) -> Vec<(usize, String)> {
     out
 }
 
+/// Flags of `supervisor run` for tests and offline runs only: no
+/// deployment sets them (the supervisor also refuses them on a Fly Machine).
+pub const TEST_ONLY_ENV: &[&str] = &["MYBUDDY_CONFIG_OVERLAY", "MYBUDDY_GATEWAY_ENV"];
+
+/// ENV (or ARG) lines of a Dockerfile that set a test-only variable.
+fn test_only_env_lines(path: &Path, lines: &[(usize, String)]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (n, l) in lines {
+        let (instr, rest) = l.split_once(' ').unwrap_or((l.as_str(), ""));
+        if !matches!(instr.to_ascii_uppercase().as_str(), "ENV" | "ARG") {
+            continue;
+        }
+        for name in TEST_ONLY_ENV {
+            let set = rest
+                .split_whitespace()
+                .any(|w| w == *name || w.starts_with(&format!("{name}=")));
+            if set {
+                out.push(Problem::new(path, format!("line {n}"), format!("sets {name}: a test-only flag (stand-ins on loopback); no image may carry it")));
+            }
+        }
+    }
+    out
+}
+
 fn check_buddy_dockerfile(dir: &Path) -> Vec<Problem> {
     let path = dir.join("Dockerfile");
     let slug = dir
@@ -458,6 +482,7 @@ fn check_buddy_dockerfile(dir: &Path) -> Vec<Problem> {
     if from_ok.is_none() {
         out.push(Problem::new(&path, "", "no FROM line"));
     }
+    out.extend(test_only_env_lines(&path, &lines));
     out
 }
 
@@ -523,6 +548,11 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
     };
     if !mounts_ok {
         out.push(Problem::new(&path, "mounts.destination", format!("the Buddy's state volume must be mounted at {STATE_MOUNT} (the supervisor's --state-dir)")));
+    }
+    for name in TEST_ONLY_ENV {
+        if doc.get("env").and_then(|e| e.get(*name)).is_some() {
+            out.push(Problem::new(&path, format!("env.{name}"), "a test-only flag (stand-ins on loopback): a deployed Buddy never sets it; remove it"));
+        }
     }
     out.extend(check_fly_private(&path, &doc));
     out.extend(check_fly_health(&path, &doc));
@@ -638,7 +668,7 @@ fn check_base_dockerfile(repo: &Path) -> Vec<Problem> {
         )];
     };
     let lines = dockerfile_lines(&text);
-    let mut out = Vec::new();
+    let mut out = test_only_env_lines(&path, &lines);
     let last_entry = lines
         .iter()
         .rev()

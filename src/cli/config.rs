@@ -56,6 +56,7 @@ pub(super) fn cmd_render(a: RenderArgs) -> i32 {
         gateway_dir: a.buddy.gateway_dir.clone(),
         swarm_dir: a.swarm.swarm_dir.clone(),
         rotate_token: a.rotate_token,
+        overlay: None,
     };
     let rendered = match render::render(&opts, &render::process_env) {
         Ok(r) => r,

@@ -109,6 +109,12 @@ pub struct RunArgs {
         default_value = "/opt/mybuddy/gateway/warm/node-compile-cache"
     )]
     pub warm_cache: PathBuf,
+    /// Tests and offline runs only: an RFC 7396 patch applied after the personal config, before the policy (`${VAR}`s substituted); check-config refuses it in a deployment
+    #[arg(long, env = "MYBUDDY_CONFIG_OVERLAY")]
+    pub config_overlay: Option<PathBuf>,
+    /// Tests and offline runs only: pass this variable of ours to the gateway too (repeatable; env: comma-separated), e.g. NODE_EXTRA_CA_CERTS
+    #[arg(long, env = "MYBUDDY_GATEWAY_ENV", value_delimiter = ',')]
+    pub gateway_env: Vec<String>,
     /// The child to supervise instead of `openclaw gateway --bind lan --port <port>`
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -139,6 +145,8 @@ fn run_config(a: RunArgs) -> RunConfig {
         port: a.port,
         warm_cache: Some(a.warm_cache),
         swarm_seed: Some(a.swarm_seed),
+        config_overlay: a.config_overlay,
+        gateway_env: a.gateway_env,
         policy: a.supervise.policy(RestartPolicy::Always),
         command: a.command,
     }

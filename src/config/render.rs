@@ -65,6 +65,8 @@ pub struct Prepared {
     pub template_path: PathBuf,
     pub personal_path: PathBuf,
     personal: Value,
+    /// The overlay file and its content, when one was given.
+    overlay: Option<(PathBuf, Value)>,
     pub merged: Value,
 }
 
@@ -83,6 +85,18 @@ pub fn prepare(buddy_dir: &Path, template_path: &Path) -> Result<Prepared, Probl
 /// Like [`prepare`], but returns the merged config even when the policy
 /// fails, so callers can go on and report substitution problems too.
 pub fn prepare_all(buddy_dir: &Path, template_path: &Path) -> (Option<Prepared>, Vec<Problem>) {
+    prepare_with_overlay(buddy_dir, template_path, None)
+}
+
+/// Like [`prepare_all`], with an RFC 7396 overlay applied after the personal
+/// config and before the policy (`supervisor run --config-overlay`: tests
+/// and offline runs point a Buddy at loopback stand-ins; the policy still
+/// holds, so an overlay cannot make a Buddy public or unsafe).
+pub fn prepare_with_overlay(
+    buddy_dir: &Path,
+    template_path: &Path,
+    overlay_path: Option<&Path>,
+) -> (Option<Prepared>, Vec<Problem>) {
     let mut problems = Vec::new();
     let buddy = buddy::load(buddy_dir)
         .map_err(|p| problems.extend(p.items))
@@ -94,18 +108,31 @@ pub fn prepare_all(buddy_dir: &Path, template_path: &Path) -> (Option<Prepared>,
     let personal = jsonfile::read_json_object(&personal_path)
         .map_err(|p| problems.push(p))
         .ok();
+    let overlay = overlay_path.and_then(|p| {
+        jsonfile::read_json_object(p)
+            .map(|v| (p.to_path_buf(), v))
+            .map_err(|e| problems.push(e))
+            .ok()
+    });
     let (Some(buddy), Some(template), Some(personal)) = (buddy, template, personal) else {
         return (None, problems);
     };
+    if overlay_path.is_some() && overlay.is_none() {
+        return (None, problems);
+    }
     let mut merged = template;
     // RFC 7396: objects merge recursively, the personal config wins, arrays
     // are replaced whole, null deletes.
     json_patch::merge(&mut merged, &personal);
+    if let Some((_, o)) = &overlay {
+        json_patch::merge(&mut merged, o);
+    }
     let prepared = Prepared {
         buddy,
         template_path: template_path.to_path_buf(),
         personal_path,
         personal,
+        overlay,
         merged,
     };
     problems.extend(policy::check(
@@ -116,25 +143,36 @@ pub fn prepare_all(buddy_dir: &Path, template_path: &Path) -> (Option<Prepared>,
     (Some(prepared), problems)
 }
 
-impl Prepared {
-    /// Which file a merged value came from: the personal config if it holds
-    /// that path (it wins the merge), otherwise the template.
-    pub fn source_of(&self, path: &[PathSeg]) -> PathBuf {
-        let mut v = &self.personal;
-        for seg in path {
-            let next = match seg {
-                PathSeg::Key(k) => v.get(k.as_str()),
-                PathSeg::Index(_) => {
-                    // Arrays are replaced whole, so whoever holds the array holds the item.
-                    return self.personal_path.clone();
-                }
-            };
-            match next {
+/// Whether `v` holds `path` (an array holds every index: arrays merge whole).
+fn holds(v: &Value, path: &[PathSeg]) -> bool {
+    let mut v = v;
+    for seg in path {
+        match seg {
+            PathSeg::Key(k) => match v.get(k.as_str()) {
                 Some(n) => v = n,
-                None => return self.template_path.clone(),
-            }
+                None => return false,
+            },
+            PathSeg::Index(_) => return true,
         }
-        self.personal_path.clone()
+    }
+    true
+}
+
+impl Prepared {
+    /// Which file a merged value came from: the overlay if it holds that
+    /// path, else the personal config if it does (it wins the merge over
+    /// the template), otherwise the template.
+    pub fn source_of(&self, path: &[PathSeg]) -> PathBuf {
+        if let Some((file, o)) = &self.overlay
+            && holds(o, path)
+        {
+            return file.clone();
+        }
+        if holds(&self.personal, path) {
+            self.personal_path.clone()
+        } else {
+            self.template_path.clone()
+        }
     }
 
     /// The environment variables this Buddy needs from its operator: every
@@ -293,6 +331,8 @@ pub struct RenderOptions {
     pub gateway_dir: PathBuf,
     pub swarm_dir: PathBuf,
     pub rotate_token: bool,
+    /// `--config-overlay` (tests and offline runs only).
+    pub overlay: Option<PathBuf>,
 }
 
 impl RenderOptions {
@@ -312,7 +352,8 @@ pub fn render(
 ) -> Result<Rendered, RenderError> {
     // Policy problems and missing variables are reported together, before the
     // token is touched, so a broken Buddy leaves no new state behind.
-    let (prepared, mut problems) = prepare_all(&opts.buddy_dir, &opts.template);
+    let (prepared, mut problems) =
+        prepare_with_overlay(&opts.buddy_dir, &opts.template, opts.overlay.as_deref());
     if let Some(p) = &prepared
         && let Err(e) = p.substitute(opts.builtins(), Some("probe"), env)
     {
