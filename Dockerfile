@@ -17,6 +17,9 @@ FROM ${RUST_IMAGE} AS supervisor-build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# A workspace member (the tests' stand-ins): its manifest must be there for cargo to
+# load the workspace; only the supervisor is built, and only it leaves this stage.
+COPY standins ./standins
 COPY scripts/build-static ./scripts/build-static
 RUN install -D -m 0755 "$(scripts/build-static --locked)" /out/usr/local/bin/supervisor
 

@@ -410,7 +410,8 @@ pub fn gateway_env_problems(names: &[String]) -> Vec<String> {
             ));
         } else if n == "FLY_API_TOKEN" {
             out.push(
-                "--gateway-env FLY_API_TOKEN: the Fly org token never reaches a gateway".to_string(),
+                "--gateway-env FLY_API_TOKEN: the Fly org token never reaches a gateway"
+                    .to_string(),
             );
         } else if std::env::var_os(n).is_none() {
             out.push(format!(

@@ -60,7 +60,7 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "/bin/sh",
         "mybuddytalk-estherbuddy-kazeh:test",
         "-c",
-        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json",
+        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json; find / -xdev -name 'standins*' -o -name '*mybuddy_standins*' -o -name 'standins-ca.pem' | sed 's/^/stand-in: /'",
     ]));
     assert!(
         listing.contains("/opt/mybuddy/buddy/buddy.json")
@@ -86,6 +86,8 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
             .contains("uid=10001(buddy) gid=10001(buddy) groups=10001(buddy),10100(mybuddybook)"),
         "{listing}"
     );
+    // The stand-ins are for tests and offline runs: never in an image.
+    assert!(!listing.contains("stand-in: "), "{listing}");
     let inspect = sh(Command::new("docker").args([
         "inspect",
         "-f",
@@ -93,6 +95,21 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "mybuddytalk-estherbuddy-kazeh:test",
     ]));
     assert_eq!(inspect, r#"["/usr/local/bin/supervisor","run"] SIGTERM"#);
+    // Nor do the test-only flags: no deployed Buddy runs with an overlay or
+    // extra gateway variables.
+    let env = sh(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        "mybuddytalk-estherbuddy-kazeh:test",
+    ]));
+    for name in [
+        "MYBUDDY_CONFIG_OVERLAY",
+        "MYBUDDY_GATEWAY_ENV",
+        "NODE_EXTRA_CA_CERTS",
+    ] {
+        assert!(!env.contains(name), "{name} in the image's env: {env}");
+    }
 
     let f = Fixture::new();
     let port = free_port_block();

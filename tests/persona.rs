@@ -9,7 +9,6 @@ mod support;
 
 use std::fs;
 
-use serde_json::json;
 use support::*;
 
 #[test]
@@ -52,14 +51,18 @@ fn the_system_prompt_of_a_turn_carries_the_buddys_own_soul_and_identity() {
     // The model provider pointed at the stand-in (test only: #13's overlay
     // does this through the supervisor).
     let ns = NetNs::new();
-    let gemini = FakeGemini::start_in(&ns, "Hallo Roel, Emrys hier.");
+    let st = mybuddy_standins::Standins::start(
+        Some(std::path::Path::new(&ns.path())),
+        Default::default(),
+        None,
+    )
+    .unwrap();
+    st.gemini
+        .script([mybuddy_standins::Step::text("Hallo Roel, Emrys hier.")]);
     let config = state.join("openclaw.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
-    v["models"] = json!({"providers": {"google": {
-        "baseUrl": gemini.base_url(), "apiKey": "test-key", "api": "google-generative-ai",
-        "models": [{"id": "gemini-3-flash-preview", "name": "Gemini 3 Flash"}]
-    }}});
+    v["models"]["providers"] = st.overlay("test-key")["models"]["providers"].clone();
     fs::write(&config, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 
     let o = ns
@@ -82,7 +85,7 @@ fn the_system_prompt_of_a_turn_carries_the_buddys_own_soul_and_identity() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    let seen = gemini.seen();
+    let seen = st.gemini.seen();
     let turn = seen
         .iter()
         .find(|r| r.path.contains(":streamGenerateContent"))

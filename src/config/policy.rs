@@ -39,6 +39,7 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
     skills(config, identity, &mut fail);
     gateway(config, &mut fail);
     container(config, &mut fail);
+    tools(config, &mut fail);
     out
 }
 
@@ -399,6 +400,27 @@ fn container(config: &Value, fail: &mut impl FnMut(&str, String)) {
                 ),
             ),
         }
+    }
+}
+
+/// The agent's tools are the ones its workspace describes (AGENTS.md: `read`,
+/// `write`, the shell `exec`): no code mode, which OpenClaw turns on by
+/// default for Gemini models and which replaces them with a JavaScript
+/// `exec` run in the gateway's own process (node:vm, no isolation).
+fn tools(config: &Value, fail: &mut impl FnMut(&str, String)) {
+    let off = match get(config, "tools.codeMode") {
+        Some(Value::Bool(false)) => true,
+        Some(Value::Object(o)) => matches!(o.get("enabled"), None | Some(Value::Bool(false))),
+        _ => false,
+    };
+    if !off {
+        fail(
+            "tools.codeMode",
+            format!(
+                "must be false: the Buddy's tools are read, write and the shell exec its AGENTS.md describes (absent means \"auto\", on for Gemini); found {}",
+                show(get(config, "tools.codeMode"))
+            ),
+        );
     }
 }
 

@@ -3,8 +3,9 @@
 //! arguments), [`process`] (the supervisor run for real, optionally as PID 1
 //! of a new PID namespace, and /proc), [`gateway`] (the pinned gateway, its
 //! ports and handshake), [`docker`] (static supervisor, containers), [`fly`]
-//! (the recording `fly` stand-in), [`gemini`] (a loopback-only network
-//! namespace and a recording Gemini stand-in in it). Here: what every subject uses.
+//! (the recording `fly` stand-in), [`netns`] (a loopback-only network
+//! namespace), [`e2e`] (a Buddy live in one, with the Telegram and Gemini
+//! stand-ins). Here: what every subject uses.
 #![allow(dead_code)]
 
 use std::fs;
@@ -13,15 +14,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub mod docker;
+pub mod e2e;
 pub mod fixtures;
 pub mod fly;
 pub mod gateway;
-pub mod gemini;
+pub mod netns;
 pub mod process;
 
 // Each test binary uses some of them.
 #[allow(unused_imports)]
 pub use docker::*;
+#[allow(unused_imports)]
+pub use e2e::*;
 #[allow(unused_imports)]
 pub use fixtures::*;
 #[allow(unused_imports)]
@@ -29,7 +33,7 @@ pub use fly::*;
 #[allow(unused_imports)]
 pub use gateway::*;
 #[allow(unused_imports)]
-pub use gemini::*;
+pub use netns::*;
 #[allow(unused_imports)]
 pub use process::*;
 

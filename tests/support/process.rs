@@ -76,6 +76,38 @@ impl Sup {
         Self::start_sub(dir, pid1, offline, "run", args, env)
     }
 
+    /// Starts `supervisor run ARGS` as PID 1 of a new PID namespace inside
+    /// the network namespace `netns` (where the stand-ins already serve).
+    pub fn start_in_netns(
+        dir: &Path,
+        netns: &NetNs,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
+        let stderr = dir.join(format!("sup-{}.err", unique()));
+        let stdout = dir.join(format!("sup-{}.out", unique()));
+        // nsenter joins the net namespace and execs unshare (same pid), whose
+        // forked child is the supervisor, PID 1 of its namespace.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.path()))
+            .args(["--", "unshare", "--pid", "--fork", "--mount-proc"])
+            .arg(supervisor())
+            .arg("run")
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap());
+        Sup {
+            child: cmd.spawn().expect("start supervisor"),
+            pid1: true,
+            stderr,
+            stdout,
+            status: None,
+        }
+    }
+
     /// Starts `supervisor init ARGS` (the plain init) with exactly `env`.
     pub fn start_init(dir: &Path, pid1: bool, args: &[String], env: &[(String, String)]) -> Sup {
         Self::start_sub(dir, pid1, false, "init", args, env)

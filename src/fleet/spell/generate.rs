@@ -22,10 +22,14 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
     let mut channels = serde_json::Map::new();
     let mut config = serde_json::Map::new();
     if id.channels.telegram {
-        channels.insert(
-            "telegram".into(),
-            json!({"botToken": format!("${{{prefix}_TELEGRAM_TOKEN}}"), "dmPolicy": "pairing", "groupPolicy": "allowlist"}),
-        );
+        let mut tg =
+            json!({"botToken": format!("${{{prefix}_TELEGRAM_TOKEN}}"), "dmPolicy": "pairing"});
+        // Its Human is let in by id; anyone else gets the pairing answer.
+        if s.human_telegram_id.is_some() {
+            tg["allowFrom"] = json!([format!("${{{prefix}_HUMAN_TELEGRAM_ID}}")]);
+        }
+        tg["groupPolicy"] = json!("allowlist");
+        channels.insert("telegram".into(), tg);
     }
     if s.human_telegram_id.is_some() {
         env.insert(
