@@ -107,15 +107,17 @@ impl Seen {
         out
     }
 
-    /// The text of the last user content.
+    /// The text of the last user content, past the context block the
+    /// gateway appends after it (`<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>`).
     pub fn last_user_text(&self) -> String {
         self.body["contents"]
             .as_array()
             .into_iter()
             .flatten()
             .rev()
-            .find(|c| c["role"] == "user" && !texts(&c["parts"]).is_empty())
+            .filter(|c| c["role"] == "user")
             .map(|c| texts(&c["parts"]).join("\n"))
+            .find(|t| !t.is_empty() && !t.starts_with("<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>"))
             .unwrap_or_default()
     }
 

@@ -5,9 +5,11 @@
 //! Human's message as an update, reads every call the bot made, and switches
 //! the API down (new connections refused or reset, open tunnels cut) and up.
 //!
-//! Update ids start at the Unix time of the stand-in's start and only grow:
-//! the gateway keeps its offset on the volume, so ids must keep growing
-//! across gateway restarts (and, within reason, stand-in restarts).
+//! Update ids and message ids start at the Unix time of the stand-in's start
+//! and only grow: the gateway keeps its update offset on the volume and drops
+//! a message id it has already seen in a chat, so both must keep growing
+//! across gateway restarts and stand-in restarts (one id per second of
+//! downtime is plenty).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,7 +101,9 @@ impl Telegram {
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 next_update_id: unix_now(),
-                next_message_id: 1,
+                // The gateway drops a message id it has seen in a chat: ids
+                // must grow across stand-in restarts too, as in Telegram.
+                next_message_id: unix_now(),
                 pending: Vec::new(),
                 calls: Vec::new(),
                 expected_token: None,
