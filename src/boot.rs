@@ -147,10 +147,16 @@ impl Boot {
                     .to_string(),
             );
         }
-        if !problems.is_empty() {
-            return Err(problems.join("; "));
-        }
-        let mut r = render::render(&opts, &lookup(&file)).map_err(|e| e.to_string())?;
+        // Everything wrong is reported at once: the flags' problems with the
+        // render's.
+        let mut r = match render::render(&opts, &lookup(&file)) {
+            Ok(r) if problems.is_empty() => r,
+            Ok(_) => return Err(problems.join("; ")),
+            Err(e) => {
+                problems.push(e.to_string());
+                return Err(problems.join("; "));
+            }
+        };
         if self.cfg.channels_off {
             r.disable_channels();
         }

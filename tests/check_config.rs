@@ -290,3 +290,29 @@ fn the_old_schema_and_workspace_names_are_rejected_with_the_fix() {
         "buddies/roelbuddy-emrys/workspace/notes.txt: the gateway never reads notes.txt",
     ]);
 }
+
+#[test]
+fn no_deployment_sets_the_test_only_flags() {
+    let r = Repo::new();
+    r.edit(
+        "fly.toml",
+        "MYBUDDY_STOP_TIMEOUT = \"20\"",
+        "MYBUDDY_STOP_TIMEOUT = \"20\"\n  MYBUDDY_CONFIG_OVERLAY = \"/data/overlay.json\"",
+    );
+    r.edit(
+        "Dockerfile",
+        "ENV PATH=",
+        "ENV MYBUDDY_GATEWAY_ENV=NODE_EXTRA_CA_CERTS\nENV PATH=",
+    );
+    let dockerfile = r.root().join("buddies/roelbuddy-galahad/Dockerfile");
+    let mut t = fs::read_to_string(&dockerfile).unwrap();
+    t.push_str("ENV MYBUDDY_CONFIG_OVERLAY=/opt/overlay.json\n");
+    fs::write(&dockerfile, t).unwrap();
+    r.expect(&[
+        "fly.toml: env.MYBUDDY_CONFIG_OVERLAY: a test-only flag",
+        "Dockerfile: line ",
+        "sets MYBUDDY_GATEWAY_ENV: a test-only flag",
+        "buddies/roelbuddy-galahad/Dockerfile: line ",
+        "sets MYBUDDY_CONFIG_OVERLAY: a test-only flag",
+    ]);
+}

@@ -744,3 +744,104 @@ fn json_logs_one_object_per_line() {
         ]
     );
 }
+
+#[test]
+fn the_test_only_flags_patch_the_config_under_the_policy_and_pass_only_named_variables() {
+    let c = Case::new("roelbuddy-galahad");
+    // An overlay that points the provider elsewhere, with a ${VAR} in it.
+    let overlay = c.f.path("overlay.json");
+    fs::write(
+        &overlay,
+        r#"{"models": {"providers": {"google": {"baseUrl": "http://127.0.0.1:9/v1beta", "apiKey": "${GEMINI_API_KEY}", "api": "google-generative-ai", "models": []}}}}"#,
+    )
+    .unwrap();
+    let mut env = c.env.clone();
+    env.push(("NODE_EXTRA_CA_CERTS".into(), "/tmp/test-ca.pem".into()));
+    env.push(("NOT_PASSED".into(), "stays-with-the-supervisor".into()));
+    let child = c.script("env.sh", "env | sort\nexit 0");
+    let args = c.args(
+        &[
+            "--restart",
+            "never",
+            "--config-overlay",
+            overlay.to_str().unwrap(),
+            "--gateway-env",
+            "NODE_EXTRA_CA_CERTS",
+        ],
+        &[&child],
+    );
+    let mut s = Sup::start(c.f.tmp.path(), false, &args, &env);
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0), "{}", s.log());
+    let out = s.out();
+    assert!(
+        out.contains("NODE_EXTRA_CA_CERTS=/tmp/test-ca.pem\n"),
+        "{out}"
+    );
+    assert!(!out.contains("stays-with-the-supervisor"), "{out}");
+    assert!(
+        s.log()
+            .contains("config overlay applied (tests and offline runs only)")
+    );
+    let rendered: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(c.f.state.join("openclaw.json")).unwrap())
+            .unwrap();
+    let google = &rendered["models"]["providers"]["google"];
+    assert_eq!(google["baseUrl"], "http://127.0.0.1:9/v1beta");
+    assert_eq!(google["apiKey"], marker("GEMINI_API_KEY"));
+    // The template is still under it: the overlay patched, not replaced.
+    assert_eq!(rendered["models"]["catalogRefresh"]["enabled"], false);
+
+    // The policy holds under an overlay, and names the overlay file; bad
+    // --gateway-env names are all reported; on a Fly Machine both flags
+    // are refused outright.
+    fs::write(
+        &overlay,
+        r#"{"tools": {"codeMode": "auto"}, "gateway": {"bind": "lan", "auth": {"mode": "none"}}}"#,
+    )
+    .unwrap();
+    let mut fly = env.clone();
+    fly.push(("FLY_MACHINE_ID".into(), "e784079b449483".into()));
+    for (e, extra, needles) in [
+        (
+            &env,
+            vec!["--gateway-env", "NODE_EXTRA_CA_CERTS"],
+            vec![
+                "overlay.json: tools.codeMode: must be false",
+                "overlay.json: gateway.auth.mode",
+            ],
+        ),
+        (
+            &env,
+            vec!["--gateway-env", "FLY_API_TOKEN,HOME,UNSET_ONE,9BAD"],
+            vec![
+                "--gateway-env FLY_API_TOKEN: the Fly org token never reaches a gateway",
+                "--gateway-env HOME: the supervisor sets it",
+                "--gateway-env UNSET_ONE: not set",
+                "--gateway-env \"9BAD\": not a variable name",
+            ],
+        ),
+        (
+            &fly,
+            vec!["--gateway-env", "NODE_EXTRA_CA_CERTS"],
+            vec!["refused on a Fly Machine"],
+        ),
+    ] {
+        let mut flags = vec![
+            "--restart",
+            "never",
+            "--config-overlay",
+            overlay.to_str().unwrap(),
+        ];
+        flags.extend(extra);
+        let mut s = Sup::start(c.f.tmp.path(), false, &c.args(&flags, &["true"]), e);
+        assert_eq!(
+            s.wait_exit(Duration::from_secs(30)),
+            Some(78),
+            "{}",
+            s.log()
+        );
+        for n in needles {
+            assert!(s.log().contains(n), "{n:?} not in:\n{}", s.log());
+        }
+    }
+}
