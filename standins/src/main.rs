@@ -113,6 +113,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn serve(dir: &Path, api_key_ref: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    // Started in the background of a script (run-local --offline), which
+    // leaves SIGINT ignored: take the default back so Ctrl-C ends us too,
+    // and end with the process that started us (the supervisor, once the
+    // script has exec'd it) rather than outlive it holding the namespace.
+    // SAFETY: restoring a default disposition installs no handler.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::SigHandler::SigDfl,
+        )?;
+    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     // The gateway's user reads ca.pem and overlay.json; nothing here is secret.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
