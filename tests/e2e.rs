@@ -37,7 +37,7 @@ fn json_escaped(s: &str) -> String {
 #[test]
 fn a_magician_answers_its_human_with_its_persona_pairs_strangers_and_reads_its_spells() {
     let soul_line = "Emrys answers in riddles only when Roel asks for one.";
-    let mut live = Live::start("roelbuddy-emrys", |_, b| {
+    let live = Live::start("roelbuddy-emrys", |_, b| {
         let soul = b.join("workspace/SOUL.md");
         let mut text = fs::read_to_string(&soul).unwrap();
         text.push_str(&format!("\n{soul_line}\n"));
@@ -109,13 +109,12 @@ fn a_magician_answers_its_human_with_its_persona_pairs_strangers_and_reads_its_s
         "the Magician did not get the spell's text: {reply:?}"
     );
 
-    live.assert_private_and_quiet();
-    assert_eq!(live.stop(), Some(0), "{}", live.sup.log());
+    live.finish();
 }
 
 #[test]
 fn a_buddy_shares_wisdom_through_its_tools_and_is_refused_the_spellbook() {
-    let mut live = Live::start("roelbuddy-galahad", |_, _| {});
+    let live = Live::start("roelbuddy-galahad", |_, _| {});
     let book = live.swarm().join("mybuddybook");
     let book_gid = fs::metadata(&book).unwrap().gid();
     let uid = 10001;
@@ -223,13 +222,12 @@ fn a_buddy_shares_wisdom_through_its_tools_and_is_refused_the_spellbook() {
         );
     }
 
-    live.assert_private_and_quiet();
-    assert_eq!(live.stop(), Some(0), "{}", live.sup.log());
+    live.finish();
 }
 
 #[test]
 fn a_fact_written_to_memory_is_found_by_the_memory_tool_in_a_later_turn() {
-    let mut live = Live::start("roelbuddy-galahad", |_, _| {});
+    let live = Live::start("roelbuddy-galahad", |_, _| {});
     let note = live.state().join("workspace/memory/2026-12-02.md");
     live.st.gemini.script([
         Step::call(
@@ -282,13 +280,12 @@ fn a_fact_written_to_memory_is_found_by_the_memory_tool_in_a_later_turn() {
         "{embedded:?}"
     );
 
-    live.assert_private_and_quiet();
-    assert_eq!(live.stop(), Some(0), "{}", live.sup.log());
+    live.finish();
 }
 
 #[test]
 fn after_a_long_telegram_outage_the_next_message_is_answered_without_a_restart() {
-    let mut live = Live::start_with(
+    let live = Live::start_with(
         "roelbuddy-galahad",
         &["--restart-window", "30", "--backoff-max-ms", "5000"],
         |_, _| {},
@@ -324,6 +321,5 @@ fn after_a_long_telegram_outage_the_next_message_is_answered_without_a_restart()
         live.sup.log()
     );
 
-    live.assert_private_and_quiet();
-    assert_eq!(live.stop(), Some(0), "{}", live.sup.log());
+    live.finish();
 }

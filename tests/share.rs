@@ -24,13 +24,24 @@ impl Share {
             .prefix("mybuddy-share-")
             .tempdir()
             .unwrap();
+        let s = Share { dir };
+        let out = s.up_again();
+        assert!(out.contains("mybuddybook: formatted (trash off)"), "{out}");
+        assert!(out.contains("spellbook: formatted (trash off)"), "{out}");
+        s
+    }
+
+    /// `swarm-local up` (formatting through the supervisor under test): its stderr.
+    fn up_again(&self) -> String {
         let o = Command::new(repo().join("scripts/swarm-local"))
             .arg("up")
-            .arg(dir.path())
+            .arg(self.dir.path())
+            .env("MYBUDDY_SUPERVISOR", supervisor())
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        Share { dir }
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
     }
 
     fn env(&self, role: &str) -> BTreeMap<String, String> {
@@ -141,13 +152,9 @@ impl Drop for Mount {
 fn two_machines_share_mybuddybook_and_a_buddy_holds_nothing_of_the_spellbook() {
     let s = Share::up();
     // Idempotent: a second `up` finds everything running and formatted.
-    let again = Command::new(repo().join("scripts/swarm-local"))
-        .arg("up")
-        .arg(s.dir.path())
-        .output()
-        .unwrap();
-    assert!(again.status.success());
-    assert!(!String::from_utf8_lossy(&again.stderr).contains("formatting"));
+    let again = s.up_again();
+    assert!(again.contains("mybuddybook: already formatted"), "{again}");
+    assert!(!again.contains(": formatted"), "{again}");
 
     let magician = s.env("magician");
     let buddy = s.env("buddy");
@@ -196,20 +203,16 @@ fn two_machines_share_mybuddybook_and_a_buddy_holds_nothing_of_the_spellbook() {
     // including a write-temp-and-rename (the registry's way of writing).
     let tmp = tempfile::tempdir().unwrap();
     let pw = &buddy["MYBUDDY_BOOK_META_PASSWORD"];
-    let a = Mount::new(
-        book_url,
-        pw,
-        &tmp.path().join("a"),
-        &tmp.path().join("cache-a"),
+    let (swarm_a, swarm_b) = (tmp.path().join("machine-a"), tmp.path().join("machine-b"));
+    let pa = swarm_a.join("mybuddybook");
+    let pb = swarm_b.join("mybuddybook");
+    let a = Mount::new(book_url, pw, &pa, &tmp.path().join("cache-a"));
+    let b = Mount::new(book_url, pw, &pb, &tmp.path().join("cache-b"));
+    // `share format` gave the volume's root its group and the setgid mode.
+    assert_eq!(
+        a.run(&["stat", "-c", "%g %a", pa.to_str().unwrap()]).trim(),
+        "10100 2770"
     );
-    let b = Mount::new(
-        book_url,
-        pw,
-        &tmp.path().join("b"),
-        &tmp.path().join("cache-b"),
-    );
-    let pa = tmp.path().join("a");
-    let pb = tmp.path().join("b");
     a.run(&[
         "sh",
         "-c",
@@ -229,4 +232,57 @@ fn two_machines_share_mybuddybook_and_a_buddy_holds_nothing_of_the_spellbook() {
     );
     // Neither Machine's mount is visible on the host.
     assert!(fs::read_dir(&pa).unwrap().next().is_none());
+
+    // `supervisor share check` inside Machine A: mounted, metadata answering
+    // (two sessions: both Machines); outside it: not mounted.
+    let check = |envs: &BTreeMap<String, String>, ns: Option<u32>| {
+        let mut c = match ns {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{pid}/ns/mnt"))
+                    .arg("--")
+                    .arg(supervisor());
+                c
+            }
+            None => Command::new(supervisor()),
+        };
+        let o = c
+            .args(["share", "check", "--swarm"])
+            .arg(&swarm_a)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("MYBUDDY_JUICEFS", juicefs())
+            .envs(envs)
+            .output()
+            .unwrap();
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.code(), text)
+    };
+    let (code, out) = check(&buddy, Some(a.ns_pid));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("mybuddybook: mounted at") && out.contains("metadata ok (2 sessions)"),
+        "{out}"
+    );
+    assert!(!out.contains("spellbook"), "{out}");
+    let (code, out) = check(&buddy, None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("mybuddybook: NOT mounted"), "{out}");
+    // A wrong password: the volume named, the cause said, nothing secret printed.
+    let mut wrong = buddy.clone();
+    wrong.insert(
+        "MYBUDDY_BOOK_META_PASSWORD".into(),
+        "not-the-password-4711".into(),
+    );
+    let (code, out) = check(&wrong, Some(a.ns_pid));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("volume mybuddybook: metadata at redis://127.0.0.1:"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("not-the-password-4711") && !out.contains(pw.as_str()),
+        "{out}"
+    );
 }

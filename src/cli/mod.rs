@@ -18,7 +18,7 @@ mod swarm;
 use config::{CheckConfigArgs, RenderArgs, SecretsArgs};
 use fleet::SpawnArgs;
 use run::{InitArgs, RunArgs};
-use swarm::{RegistryArgs, ResonateArgs, SwarmCommand};
+use swarm::{RegistryArgs, ResonateArgs, ShareCommand, SwarmCommand};
 
 /// Where a Buddy image keeps the Buddy's own files.
 pub const IMAGE_BUDDY_DIR: &str = "/opt/mybuddy/buddy";
@@ -48,6 +48,9 @@ pub enum Command {
     /// The swarm share: prepare and check it alone (the boot's swarm steps)
     #[command(subcommand)]
     Swarm(SwarmCommand),
+    /// The share's JuiceFS volumes: format them (operator, once) and check their health
+    #[command(subcommand)]
+    Share(ShareCommand),
     /// List the swarm's Buddies from registry.json
     Registry(RegistryArgs),
     /// Cast the SpawnBuddy spell (Magicians only): create, deploy, register and announce a Buddy
@@ -145,6 +148,7 @@ pub fn main() -> i32 {
         Command::Spawn(a) => fleet::cmd_spawn(a),
         Command::Resonate(a) => swarm::cmd_resonate(a),
         Command::Swarm(SwarmCommand::Check(a)) => swarm::cmd_swarm_check(a),
+        Command::Share(c) => swarm::cmd_share(c),
         Command::Registry(a) => swarm::cmd_registry(a),
         Command::Run(a) => match early {
             Some(Ok((sfd, mask))) => run::cmd_run(a, sfd, mask),

@@ -13,6 +13,85 @@ pub enum SwarmCommand {
     Check(SwarmCheckArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ShareCommand {
+    /// Format the volumes the environment configures (idempotent: a formatted volume is checked) and set their roots' group and mode
+    Format(ShareArgs),
+    /// Report each configured volume: mounted under the swarm dir, metadata reachable
+    Check(ShareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
+    /// Give up on a mount or a metadata answer after this many seconds
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Print JSON instead of text (check)
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn cmd_share(c: ShareCommand) -> i32 {
+    use crate::swarm::share;
+    let (ShareCommand::Format(a) | ShareCommand::Check(a)) = &c;
+    let env = crate::config::render::process_env;
+    let cfg = match share::from_env(&env) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if cfg.mode == share::Mode::Dir {
+        return fail(
+            "MYBUDDY_SHARE is not \"juicefs\": the share is a mounted directory, nothing to format or check here",
+        );
+    }
+    let timeout = std::time::Duration::from_secs_f64(a.timeout.max(1.0));
+    match c {
+        ShareCommand::Format(_) => {
+            let mut code = 0;
+            for v in &cfg.volumes {
+                match share::format(v, &env, timeout) {
+                    Ok(share::Formatted::Created) => {
+                        println!(
+                            "{}: formatted (trash off), root {} mode 2770",
+                            v.name, v.gid
+                        )
+                    }
+                    Ok(share::Formatted::AlreadyFormatted) => println!(
+                        "{}: already formatted (trash off), root {} mode 2770",
+                        v.name, v.gid
+                    ),
+                    Err(e) => code = fail(e),
+                }
+            }
+            code
+        }
+        ShareCommand::Check(a) => {
+            let health = share::check(&cfg, &a.swarm.swarm_dir);
+            let ok = health.iter().all(|h| h.mounted && h.metadata_ok);
+            if a.json {
+                println!("{}", serde_json::to_string(&health).unwrap_or_default());
+            } else {
+                for h in &health {
+                    println!(
+                        "{}: {} at {}; metadata {}",
+                        h.volume,
+                        if h.mounted { "mounted" } else { "NOT mounted" },
+                        h.mount_point.display(),
+                        if h.metadata_ok {
+                            format!("ok ({})", h.metadata)
+                        } else {
+                            format!("FAILING: {}", h.metadata)
+                        }
+                    );
+                }
+            }
+            if ok { 0 } else { 1 }
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SwarmCheckArgs {
     #[command(flatten)]

@@ -34,6 +34,7 @@ pub mod mount;
 pub mod permissions;
 pub mod registry;
 pub mod resonate;
+pub mod share;
 
 pub use layout::Seeds;
 

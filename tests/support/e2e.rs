@@ -253,9 +253,12 @@ impl Live {
         )
     }
 
-    /// SIGTERM; the supervisor's exit code.
-    pub fn stop(&mut self) -> Option<i32> {
+    /// How every live test ends: nothing left loopback, nothing secret in
+    /// any output, and a clean stop (SIGTERM → the supervisor exits 0).
+    pub fn finish(mut self) {
+        self.assert_private_and_quiet();
         self.sup.signal("TERM");
-        self.sup.wait_exit(Duration::from_secs(40))
+        let code = self.sup.wait_exit(Duration::from_secs(40));
+        assert_eq!(code, Some(0), "{}", self.sup.log());
     }
 }

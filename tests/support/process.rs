@@ -41,16 +41,21 @@ impl Sup {
             "run".to_string(),
         ];
         full.extend(args.iter().cloned());
-        let stderr = dir.join(format!("sup-{}.err", unique()));
-        let stdout = dir.join(format!("sup-{}.out", unique()));
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private"]);
         if pid1 {
             cmd.args(["--pid", "--fork", "--mount-proc"]);
         }
-        cmd.arg("/bin/sh")
-            .args(&full)
-            .env_clear()
+        cmd.arg("/bin/sh").args(&full);
+        Self::spawn(dir, pid1, cmd, env)
+    }
+
+    /// Spawns `cmd` (the supervisor, or what wraps it) with exactly `env`,
+    /// no stdin, and its output in files under `dir`.
+    fn spawn(dir: &Path, pid1: bool, mut cmd: Command, env: &[(String, String)]) -> Sup {
+        let stderr = dir.join(format!("sup-{}.err", unique()));
+        let stdout = dir.join(format!("sup-{}.out", unique()));
+        cmd.env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).unwrap())
@@ -84,8 +89,6 @@ impl Sup {
         args: &[String],
         env: &[(String, String)],
     ) -> Sup {
-        let stderr = dir.join(format!("sup-{}.err", unique()));
-        let stdout = dir.join(format!("sup-{}.out", unique()));
         // nsenter joins the net namespace and execs unshare (same pid), whose
         // forked child is the supervisor, PID 1 of its namespace.
         let mut cmd = Command::new("nsenter");
@@ -93,19 +96,8 @@ impl Sup {
             .args(["--", "unshare", "--pid", "--fork", "--mount-proc"])
             .arg(supervisor())
             .arg("run")
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap());
-        Sup {
-            child: cmd.spawn().expect("start supervisor"),
-            pid1: true,
-            stderr,
-            stdout,
-            status: None,
-        }
+            .args(args);
+        Self::spawn(dir, true, cmd, env)
     }
 
     /// Starts `supervisor init ARGS` (the plain init) with exactly `env`.
@@ -121,8 +113,6 @@ impl Sup {
         args: &[String],
         env: &[(String, String)],
     ) -> Sup {
-        let stderr = dir.join(format!("sup-{}.err", unique()));
-        let stdout = dir.join(format!("sup-{}.out", unique()));
         let mut cmd = Command::new("unshare");
         if offline {
             // Without --fork unshare execs: same pid. The namespace has only
@@ -135,22 +125,8 @@ impl Sup {
         if offline {
             cmd.args(["/bin/sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]);
         }
-        cmd.arg(supervisor());
-        cmd.arg(sub)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap());
-        let child = cmd.spawn().expect("start supervisor");
-        Sup {
-            child,
-            pid1,
-            stderr,
-            stdout,
-            status: None,
-        }
+        cmd.arg(supervisor()).arg(sub).args(args);
+        Self::spawn(dir, pid1, cmd, env)
     }
 
     /// The supervisor's pid as seen from here.

@@ -1,0 +1,426 @@
+//! The share's engine (issue 14): which mode a deployment uses (a mounted
+//! directory, or JuiceFS volumes) and each volume's settings, from the
+//! environment; `share format` and `share check`. MyBuddyBook and the
+//! SpellBook are separate volumes with separate credentials, so a Machine
+//! that holds only MyBuddyBook's cannot reach the SpellBook at all.
+//!
+//! Names: `MYBUDDY_SHARE` (`dir` | `juicefs`), then per volume
+//! `MYBUDDY_<V>_META_URL` and `MYBUDDY_<V>_META_PASSWORD` (what a Machine
+//! needs to mount it; V is `BOOK` or `SPELLBOOK`) and, for `share format`
+//! only, `MYBUDDY_<V>_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY` (JuiceFS keeps
+//! the bucket and its key in the volume's metadata from then on).
+//!
+//! Passwords and keys go to juicefs through its environment (`META_PASSWORD`,
+//! `ACCESS_KEY`, `SECRET_KEY`), never its command line, and are never
+//! printed: a URL that carries a password is refused for that reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::problem::{Problem, Problems};
+use crate::config::render::Secret;
+
+/// The two volumes: (directory under the swarm dir, variable infix, group).
+pub const VOLUMES: [(&str, &str, u32); 2] = [
+    (super::BOOK, "BOOK", crate::pid1::privileges::BOOK_GID),
+    (
+        super::SPELLBOOK,
+        "SPELLBOOK",
+        crate::pid1::privileges::MAGICIANS_GID,
+    ),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `/mnt/swarm` is a directory something else mounted (local runs, tests).
+    Dir,
+    /// The supervisor mounts JuiceFS volumes at `/mnt/swarm/<volume>`.
+    JuiceFs,
+}
+
+/// One JuiceFS volume as a Machine sees it.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// `mybuddybook` or `spellbook`: the volume's name and its directory.
+    pub name: &'static str,
+    /// `BOOK` or `SPELLBOOK`, as in `MYBUDDY_BOOK_META_URL`.
+    pub var: &'static str,
+    /// The group its root belongs to.
+    pub gid: u32,
+    pub meta_url: String,
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShareConfig {
+    pub mode: Mode,
+    /// The volumes configured (JuiceFS mode): MyBuddyBook always, the
+    /// SpellBook only where its credentials are.
+    pub volumes: Vec<Volume>,
+}
+
+fn var(infix: &str, what: &str) -> String {
+    format!("MYBUDDY_{infix}_{what}")
+}
+
+/// Reads the share's configuration; every problem at once.
+pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<ShareConfig, Problems> {
+    let mut problems = Vec::new();
+    let here = Path::new("(environment)");
+    let mode = match env("MYBUDDY_SHARE").as_deref() {
+        None | Some("dir") => Mode::Dir,
+        Some("juicefs") => Mode::JuiceFs,
+        Some(other) => {
+            problems.push(Problem::new(
+                here,
+                "MYBUDDY_SHARE",
+                format!(
+                    "{other:?} is not a share mode: \"dir\" (a mounted directory) or \"juicefs\""
+                ),
+            ));
+            Mode::Dir
+        }
+    };
+    let mut volumes = Vec::new();
+    for (name, infix, gid) in VOLUMES {
+        let url = env(&var(infix, "META_URL"));
+        if mode == Mode::Dir {
+            continue;
+        }
+        let Some(url) = url else {
+            if name == super::BOOK {
+                problems.push(Problem::new(
+                    here,
+                    var(infix, "META_URL"),
+                    "missing: every Buddy mounts MyBuddyBook (its metadata URL, e.g. rediss://host:6379/1)",
+                ));
+            }
+            continue;
+        };
+        if url_has_password(&url) {
+            problems.push(Problem::new(
+                here,
+                var(infix, "META_URL"),
+                format!(
+                    "carries a password: put it in {} instead (a URL ends up in logs and process lists)",
+                    var(infix, "META_PASSWORD")
+                ),
+            ));
+            continue;
+        }
+        volumes.push(Volume {
+            name,
+            var: infix,
+            gid,
+            meta_url: url,
+            password: env(&var(infix, "META_PASSWORD")).map(Secret),
+        });
+    }
+    if problems.is_empty() {
+        Ok(ShareConfig { mode, volumes })
+    } else {
+        Err(Problems::new("the share is not configured", problems))
+    }
+}
+
+/// `scheme://user:password@host` or `scheme://:password@host`.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// The juicefs binary: `MYBUDDY_JUICEFS`, else `juicefs` on PATH.
+pub fn juicefs() -> PathBuf {
+    std::env::var_os("MYBUDDY_JUICEFS").map_or_else(|| PathBuf::from("juicefs"), PathBuf::from)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("volume {volume}: {what}")]
+    Volume { volume: String, what: String },
+    #[error(transparent)]
+    Config(#[from] Problems),
+}
+
+fn verr(v: &Volume, what: impl Into<String>) -> ShareError {
+    ShareError::Volume {
+        volume: v.name.to_string(),
+        what: what.into(),
+    }
+}
+
+/// A juicefs command for volume `v`, with nothing of ours in its
+/// environment but PATH and the volume's password.
+fn juicefs_cmd(v: &Volume) -> Command {
+    let mut c = Command::new(juicefs());
+    c.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .stdin(Stdio::null());
+    if let Some(p) = &v.password {
+        c.env("META_PASSWORD", &p.0);
+    }
+    c
+}
+
+/// The last lines juicefs printed, without anything secret in them.
+fn tail(out: &[u8], secrets: &[&str]) -> String {
+    let mut text = String::from_utf8_lossy(out).into_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(s, crate::config::secrets::REDACTED);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// `juicefs status`: the volume's settings, or why it cannot be read.
+pub fn status(v: &Volume) -> Result<serde_json::Value, ShareError> {
+    let o = juicefs_cmd(v)
+        .args(["status", "--no-color"])
+        .arg(&v.meta_url)
+        .output()
+        .map_err(|e| verr(v, format!("cannot run {}: {e}", juicefs().display())))?;
+    let pw = v.password.as_ref().map_or("", |p| p.0.as_str());
+    if !o.status.success() {
+        return Err(verr(
+            v,
+            format!(
+                "metadata at {} not readable: {} (is the URL right, the password {} set, the database up?)",
+                v.meta_url,
+                tail(&o.stderr, &[pw]),
+                var(v.var, "META_PASSWORD")
+            ),
+        ));
+    }
+    serde_json::from_slice(&o.stdout)
+        .map_err(|e| verr(v, format!("juicefs status gave no JSON: {e}")))
+}
+
+/// What `share format` did to one volume.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Formatted {
+    Created,
+    AlreadyFormatted,
+}
+
+/// Formats volume `v` (once: an existing volume is checked, not touched)
+/// with trash off, then sets its root's group and mode (2770, setgid) in a
+/// mount of its own at a temporary mount point.
+pub fn format(
+    v: &Volume,
+    env: &dyn Fn(&str) -> Option<String>,
+    timeout: Duration,
+) -> Result<Formatted, ShareError> {
+    if let Ok(st) = status(v) {
+        // With trash on, a write-temp-and-rename from another Machine is
+        // read stale and locked updates get lost (SWARM_SHARE_FACTS).
+        let trash = st["Setting"]["TrashDays"].as_i64().unwrap_or(-1);
+        if trash != 0 {
+            return Err(verr(
+                v,
+                format!(
+                    "formatted with trash days {trash}; run `juicefs config {} --trash-days 0` (renames from other Machines are read stale with trash on)",
+                    v.meta_url
+                ),
+            ));
+        }
+        set_root(v, timeout)?;
+        return Ok(Formatted::AlreadyFormatted);
+    }
+    let need = |what: &str| {
+        env(&var(v.var, what)).ok_or_else(|| {
+            verr(
+                v,
+                format!(
+                    "not formatted, and {} is not set (format needs the bucket URL and its keys)",
+                    var(v.var, what)
+                ),
+            )
+        })
+    };
+    let (bucket, access, secret) = (need("BUCKET")?, need("ACCESS_KEY")?, need("SECRET_KEY")?);
+    let o = juicefs_cmd(v)
+        .env("ACCESS_KEY", &access)
+        .env("SECRET_KEY", &secret)
+        .args(["format", "--no-update", "--storage", "s3", "--bucket"])
+        .arg(&bucket)
+        .args(["--trash-days", "0"])
+        .arg(&v.meta_url)
+        .arg(v.name)
+        .output()
+        .map_err(|e| verr(v, format!("cannot run juicefs format: {e}")))?;
+    if !o.status.success() {
+        let pw = v.password.as_ref().map_or("", |p| p.0.as_str());
+        return Err(verr(
+            v,
+            format!(
+                "juicefs format failed: {}",
+                tail(&o.stderr, &[pw, &access, &secret])
+            ),
+        ));
+    }
+    set_root(v, timeout)?;
+    Ok(Formatted::Created)
+}
+
+/// Mounts `v` at a fresh temporary directory, gives its root the volume's
+/// group and mode 2770, and unmounts (SIGTERM to the foreground mount).
+fn set_root(v: &Volume, timeout: Duration) -> Result<(), ShareError> {
+    use std::os::unix::fs::PermissionsExt;
+    let point = tempfile::Builder::new()
+        .prefix(&format!(".mybuddy-format-{}-", v.name))
+        .tempdir()
+        .map_err(|e| verr(v, format!("cannot make a temporary mount point: {e}")))?;
+    let mut child = juicefs_cmd(v)
+        .args(["mount", "--no-usage-report", "--no-syslog"])
+        .arg(&v.meta_url)
+        .arg(point.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| verr(v, format!("cannot run juicefs mount: {e}")))?;
+    let start = Instant::now();
+    let mounted = loop {
+        if is_volume_root(point.path()) {
+            break true;
+        }
+        if start.elapsed() > timeout || child.try_wait().ok().flatten().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let result = if mounted {
+        std::os::unix::fs::chown(point.path(), Some(0), Some(v.gid))
+            .and_then(|()| {
+                std::fs::set_permissions(point.path(), std::fs::Permissions::from_mode(0o2770))
+            })
+            .map_err(|e| verr(v, format!("cannot set the root's group and mode: {e}")))
+    } else {
+        Err(verr(
+            v,
+            format!("did not mount within {timeout:?} to set its root"),
+        ))
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let end = Instant::now() + timeout;
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// A JuiceFS volume's root is inode 1.
+pub fn is_volume_root(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| m.ino() == 1)
+}
+
+/// One volume's health, for `share check`.
+#[derive(Debug, serde::Serialize)]
+pub struct Health {
+    pub volume: String,
+    pub mount_point: PathBuf,
+    pub mounted: bool,
+    /// Whether its metadata answered, and what it said (or why not).
+    pub metadata_ok: bool,
+    pub metadata: String,
+}
+
+/// `share check`: is each configured volume mounted at its place under
+/// `swarm`, and does its metadata answer.
+pub fn check(cfg: &ShareConfig, swarm: &Path) -> Vec<Health> {
+    cfg.volumes
+        .iter()
+        .map(|v| {
+            let point = swarm.join(v.name);
+            let (metadata_ok, metadata) = match status(v) {
+                Ok(s) => (
+                    true,
+                    format!(
+                        "{} sessions",
+                        s["Sessions"].as_array().map_or(0, |a| a.len())
+                    ),
+                ),
+                Err(e) => (false, e.to_string()),
+            };
+            Health {
+                volume: v.name.to_string(),
+                mounted: is_volume_root(&point),
+                mount_point: point,
+                metadata_ok,
+                metadata,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn a_buddy_configures_mybuddybook_only_and_every_problem_is_reported() {
+        let c = from_env(&env_of(&[
+            ("MYBUDDY_SHARE", "juicefs"),
+            ("MYBUDDY_BOOK_META_URL", "rediss://db.upstash.io:6379/1"),
+            ("MYBUDDY_BOOK_META_PASSWORD", "pw"),
+        ]))
+        .unwrap();
+        assert_eq!(c.mode, Mode::JuiceFs);
+        assert_eq!(c.volumes.len(), 1);
+        assert_eq!(c.volumes[0].name, "mybuddybook");
+        assert!(!format!("{c:?}").contains("pw\""), "{c:?}");
+
+        let e = from_env(&env_of(&[
+            ("MYBUDDY_SHARE", "juicefs"),
+            (
+                "MYBUDDY_SPELLBOOK_META_URL",
+                "redis://:hunter2@127.0.0.1:6379/1",
+            ),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("MYBUDDY_BOOK_META_URL: missing"), "{e}");
+        assert!(
+            e.contains("MYBUDDY_SPELLBOOK_META_URL: carries a password"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+
+        let e = from_env(&env_of(&[("MYBUDDY_SHARE", "nfs")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"nfs\" is not a share mode"), "{e}");
+        assert_eq!(from_env(&env_of(&[])).unwrap().mode, Mode::Dir);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_recognised() {
+        assert!(url_has_password("redis://:pw@127.0.0.1:6379/1"));
+        assert!(url_has_password("rediss://default:pw@x.upstash.io:6379"));
+        assert!(!url_has_password("redis://127.0.0.1:6379/1"));
+        assert!(!url_has_password("redis://user@127.0.0.1:6379/1"));
+        assert!(!url_has_password(
+            "rediss://host:6379/1?tls-ca-cert-file=/a@b"
+        ));
+    }
+}
