@@ -403,12 +403,10 @@ const OWN_GATEWAY_ENV: &[&str] = &[
 pub fn gateway_env_problems(names: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for n in names {
-        let valid = !n.is_empty()
-            && !n.starts_with(|c: char| c.is_ascii_digit())
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        // The grammar of the `${VAR}`s the configs use, one definition.
+        if !secrets::is_var_name(n) {
             out.push(format!(
-                "--gateway-env {n:?}: not a variable name (letters, digits, _)"
+                "--gateway-env {n:?}: not a variable name (UPPER_CASE letters, digits, _)"
             ));
         } else if OWN_GATEWAY_ENV.contains(&n.as_str()) {
             out.push(format!(
