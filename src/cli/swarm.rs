@@ -68,7 +68,7 @@ pub(super) fn cmd_share(c: ShareCommand) -> i32 {
             code
         }
         ShareCommand::Check(a) => {
-            let health = share::check(&cfg, &a.swarm.swarm_dir);
+            let health = share::check(&cfg, &a.swarm.swarm_dir, timeout);
             let ok = health.iter().all(|h| h.mounted && h.metadata_ok);
             if a.json {
                 println!("{}", serde_json::to_string(&health).unwrap_or_default());
@@ -187,9 +187,15 @@ pub(super) fn cmd_swarm_check(a: SwarmCheckArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    // JuiceFS mode: the volumes this Machine's configuration mounts.
+    let volumes = crate::swarm::share::from_env(&crate::config::render::process_env)
+        .ok()
+        .filter(|c| c.mode == crate::swarm::share::Mode::JuiceFs)
+        .map(|c| c.volumes.iter().map(|v| v.name).collect());
     let opts = crate::swarm::Options {
         root: a.swarm.swarm_dir.clone(),
         allow_unmounted: a.swarm_dir_unmounted,
+        volumes,
         repair: !a.no_repair,
         want_mask: true,
         seeds: crate::swarm::Seeds {

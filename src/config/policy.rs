@@ -40,7 +40,43 @@ pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -
     gateway(config, &mut fail);
     container(config, &mut fail);
     tools(config, &mut fail);
+    supervisor_only_vars(config, "", &mut fail);
     out
+}
+
+/// The share's credentials belong to the mount processes: a `${VAR}` naming
+/// one would put it into the gateway's config and environment.
+fn supervisor_only_vars(v: &Value, path: &str, fail: &mut impl FnMut(&str, String)) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::String(s) => {
+            for name in crate::config::secrets::referenced_vars(v) {
+                if crate::swarm::share::is_share_setting(&name) {
+                    fail(
+                        path,
+                        format!(
+                            "${{{name}}} is the swarm share's setting: it goes to the share's mount processes only, never to a gateway; remove it ({} chars here)",
+                            s.len()
+                        ),
+                    );
+                }
+            }
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| supervisor_only_vars(x, &format!("{path}[{i}]"), fail)),
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, x)| supervisor_only_vars(x, &join(k), fail)),
+        _ => {}
+    }
 }
 
 /// Models Google shut down, which OpenClaw refuses, and what replaces them.

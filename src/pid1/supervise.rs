@@ -34,6 +34,50 @@ pub trait Hooks {
     }
     /// The gateway's health changed (crash loop began or ended).
     fn health_changed(&mut self, _health: Health) {}
+    /// The reaper collected a child that is not the gateway. True: it was
+    /// one the gateway depends on (a share mount): the loop stops the
+    /// gateway and calls [`Hooks::repair`] until the dependency is back.
+    fn child_ended(&mut self, _pid: Pid, _exit: Exit) -> bool {
+        false
+    }
+    /// One step of bringing back what [`Hooks::child_ended`] reported gone,
+    /// called from the loop (never blocking it for long).
+    fn repair(&mut self) -> Repair {
+        Repair::Ready
+    }
+}
+
+/// Where a repair stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Back: (re)start the gateway on it.
+    Ready,
+    /// Under way: ask again after this long.
+    Pending(Duration),
+    /// This attempt failed: try again after this long. Meanwhile the
+    /// gateway runs without it (a Buddy keeps talking to its Human).
+    Failed { retry_in: Duration },
+}
+
+/// The gateway taken down around a repair of what it depends on.
+#[derive(Debug, Clone, Copy)]
+enum Cycle {
+    /// SIGTERM sent to the gateway's group; SIGKILL at `deadline`.
+    Stopping {
+        pgid: Pid,
+        deadline: Instant,
+        killed: bool,
+        then: AfterStop,
+    },
+    /// Asking [`Hooks::repair`] at `at`. `degraded`: the gateway was started
+    /// without the repaired dependency and must be restarted once it is back.
+    Repairing { at: Instant, degraded: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterStop {
+    Repair,
+    Start,
 }
 
 /// What the loop reports about the gateway beyond single exits.
@@ -77,6 +121,8 @@ pub struct Supervisor<'a> {
     release_at: Option<Instant>,
     /// When the running gateway counts as healthy again after a crash loop.
     healthy_at: Option<Instant>,
+    /// A repair of the gateway's dependencies in progress.
+    cycle: Option<Cycle>,
 }
 
 /// After SIGKILL, how long to wait for the kernel to finish the group off
@@ -112,6 +158,7 @@ impl<'a> Supervisor<'a> {
             exit_override: None,
             release_at: None,
             healthy_at: None,
+            cycle: None,
         }
     }
 
@@ -152,10 +199,25 @@ impl<'a> Supervisor<'a> {
                 d.deadline
             }
         });
-        [drain, self.restart_at, self.release_at, self.healthy_at]
-            .into_iter()
-            .flatten()
-            .min()
+        let cycle = match self.cycle {
+            Some(Cycle::Stopping {
+                deadline,
+                killed: false,
+                ..
+            }) => Some(deadline),
+            Some(Cycle::Repairing { at, .. }) => Some(at),
+            _ => None,
+        };
+        [
+            drain,
+            self.restart_at,
+            self.release_at,
+            self.healthy_at,
+            cycle,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Starts the gateway. Err carries the exit code when it cannot start.
@@ -226,6 +288,8 @@ impl<'a> Supervisor<'a> {
         }
         self.stop_requested = true;
         self.restart_at = None;
+        // A repair in progress is abandoned: the stop takes the gateway down.
+        self.cycle = None;
         match &self.gateway {
             Some(g) => {
                 info!(
@@ -272,10 +336,124 @@ impl<'a> Supervisor<'a> {
                         return Some(code);
                     }
                 }
+                _ if self.hooks.child_ended(pid, exit) => self.begin_cycle(),
                 _ => debug!(pid = pid.as_raw(), status = %exit, "reaped orphan"),
             }
         }
         self.check_drained()
+    }
+
+    /// Something the gateway depends on is gone: stop the gateway (its view
+    /// of the share is dead: a remount in our namespace does not reach the
+    /// private one a Buddy-role gateway lives in), then repair.
+    fn begin_cycle(&mut self) {
+        if self.stop_requested || self.draining.is_some() {
+            return;
+        }
+        match &mut self.cycle {
+            Some(Cycle::Stopping { then, .. }) => {
+                *then = AfterStop::Repair;
+                return;
+            }
+            // The repair picks up whatever else has gone meanwhile.
+            Some(Cycle::Repairing { .. }) => return,
+            None => {}
+        }
+        self.restart_at = None;
+        self.healthy_at = None;
+        let now = Instant::now();
+        self.cycle = Some(match &self.gateway {
+            Some(g) => {
+                warn!(
+                    pid = g.pid.as_raw(),
+                    timeout_ms = self.policy.stop_timeout.as_millis() as u64,
+                    "stopping the gateway to repair what it depends on"
+                );
+                let _ = sys::signal_group(g.pid, Signal::SIGTERM);
+                Cycle::Stopping {
+                    pgid: g.pid,
+                    deadline: now + self.policy.stop_timeout,
+                    killed: false,
+                    then: AfterStop::Repair,
+                }
+            }
+            None => Cycle::Repairing {
+                at: now,
+                degraded: false,
+            },
+        });
+    }
+
+    /// The repair's timers: the gateway's stop deadline, the next repair step.
+    fn cycle_timer(&mut self, now: Instant) -> Option<i32> {
+        match self.cycle? {
+            Cycle::Stopping {
+                pgid,
+                deadline,
+                killed: false,
+                then,
+            } if now >= deadline => {
+                warn!(
+                    pgid = pgid.as_raw(),
+                    "stop timeout reached; killing the gateway's process group"
+                );
+                let _ = sys::signal_group(pgid, Signal::SIGKILL);
+                self.cycle = Some(Cycle::Stopping {
+                    pgid,
+                    deadline,
+                    killed: true,
+                    then,
+                });
+            }
+            Cycle::Repairing { at, degraded } if now >= at => match self.hooks.repair() {
+                Repair::Pending(d) => {
+                    self.cycle = Some(Cycle::Repairing {
+                        at: now + d,
+                        degraded,
+                    })
+                }
+                Repair::Ready => match &self.gateway {
+                    Some(g) => {
+                        info!(
+                            pid = g.pid.as_raw(),
+                            "repaired: restarting the gateway that ran without it"
+                        );
+                        let _ = sys::signal_group(g.pid, Signal::SIGTERM);
+                        self.cycle = Some(Cycle::Stopping {
+                            pgid: g.pid,
+                            deadline: now + self.policy.stop_timeout,
+                            killed: false,
+                            then: AfterStop::Start,
+                        });
+                    }
+                    None => {
+                        info!("repaired: starting the gateway");
+                        self.cycle = None;
+                        self.restart_at = None;
+                        if let Err(code) = self.start() {
+                            return Some(code);
+                        }
+                    }
+                },
+                Repair::Failed { retry_in } => {
+                    self.cycle = Some(Cycle::Repairing {
+                        at: now + retry_in,
+                        degraded: true,
+                    });
+                    if self.gateway.is_none() && self.restart_at.is_none() {
+                        warn!(
+                            retry_in_ms = retry_in.as_millis() as u64,
+                            "repair failed; starting the gateway without it meanwhile"
+                        );
+                        if let Err(code) = self.start() {
+                            return Some(code);
+                        }
+                    }
+                }
+            },
+            _ => {}
+        }
+        None
     }
 
     fn on_gateway_exit(&mut self, pid: Pid, exit: Exit, ran: Duration) -> Option<i32> {
@@ -283,6 +461,29 @@ impl<'a> Supervisor<'a> {
         if let Some(d) = &mut self.draining {
             info!(pid = pid.as_raw(), status = %exit, ran_ms, "gateway stopped");
             d.code = Some(exit.code());
+            return None;
+        }
+        if let Some(Cycle::Stopping { pgid, then, .. }) = self.cycle
+            && pgid == pid
+        {
+            info!(pid = pid.as_raw(), status = %exit, ran_ms, "gateway stopped for the repair");
+            if sys::group_alive(pid) {
+                let _ = sys::signal_group(pid, Signal::SIGKILL);
+            }
+            match then {
+                AfterStop::Repair => {
+                    self.cycle = Some(Cycle::Repairing {
+                        at: Instant::now(),
+                        degraded: false,
+                    })
+                }
+                AfterStop::Start => {
+                    self.cycle = None;
+                    if let Err(code) = self.start() {
+                        return Some(code);
+                    }
+                }
+            }
             return None;
         }
         let now = Instant::now();
@@ -382,6 +583,9 @@ impl<'a> Supervisor<'a> {
         }
         if self.draining.is_some() {
             return self.drain_timer(now);
+        }
+        if let Some(code) = self.cycle_timer(now) {
+            return Some(code);
         }
         if self.healthy_at.is_some_and(|t| now >= t) {
             self.healthy_at = None;

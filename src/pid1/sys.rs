@@ -153,6 +153,35 @@ pub fn reap_all() -> Vec<(Pid, Exit)> {
     out
 }
 
+/// Whether our child `pid` has ended, without collecting it: `waitid` with
+/// WNOWAIT leaves the zombie for [`reap_all`], so a share mount can be
+/// watched while it comes up without a second reaper taking the gateway's
+/// (or anyone's) exit status from the loop.
+pub fn has_ended(pid: Pid) -> bool {
+    use nix::sys::wait::{Id, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Ok(_) => return true,
+            Err(Errno::EINTR) => continue,
+            // Already collected (or not ours): it is not running either.
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Detaches whatever is mounted at `path` (MNT_DETACH: a FUSE mount whose
+/// process died answers ENOTCONN to everything, and a new mount on top of it
+/// fails; detaching lets the next mount take the path at once, while anyone
+/// still inside the dead one keeps only their errors).
+pub fn detach_mount(path: &Path) -> io::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) => Ok(()), // EINVAL: nothing mounted there
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Sends `sig` to one process; ESRCH (already gone) is not an error.
 pub fn signal_pid(pid: Pid, sig: Signal) -> io::Result<()> {
     match kill(pid, sig) {

@@ -88,6 +88,7 @@ pub fn verify_access(
     buddy: &Credentials,
     magician: &Credentials,
     mask: bool,
+    spellbook_here: bool,
 ) -> Result<bool, SwarmError> {
     let bp = start_probe(p, buddy)?;
     let mp = start_probe(p, magician);
@@ -115,7 +116,9 @@ pub fn verify_access(
             format!("a Buddy-role gateway ({}) can read the SpellBook; it must belong to the magicians group with no access for others", who(buddy)),
         ));
     }
-    if !(m.list_spellbook && m.read_spell && m.read_changelog) {
+    // (Where the SpellBook is not mounted, a Buddy-role Machine on JuiceFS,
+    // there is nothing for a Magician to read.)
+    if spellbook_here && !(m.list_spellbook && m.read_spell && m.read_changelog) {
         problems.push(Problem::new(
             &p.spellbook(),
             "",

@@ -18,30 +18,43 @@ pub struct Seeds {
 }
 
 /// Step 2: creates what is missing, touching nothing that exists. Returns the
-/// paths it created.
-pub fn ensure_layout(p: &Paths, seeds: &Seeds) -> Result<Vec<PathBuf>, SwarmError> {
+/// paths it created. Without `spellbook` (a Buddy-role Machine that does not
+/// mount it) the SpellBook is only an empty directory.
+pub fn ensure_layout(
+    p: &Paths,
+    seeds: &Seeds,
+    spellbook: bool,
+) -> Result<Vec<PathBuf>, SwarmError> {
     let mut created = Vec::new();
     let book = p.book();
     let spell = p.spellbook();
-    for dir in [
+    let mut dirs = vec![
         book.join("wisdom"),
         book.join("announcements"),
         book.join("templates"),
-        spell.join("spells"),
-    ] {
+    ];
+    dirs.push(if spellbook {
+        spell.join("spells")
+    } else {
+        spell.clone()
+    });
+    for dir in dirs {
         if !dir.exists() {
             fs::create_dir_all(&dir).map_err(io_ctx(&dir, "cannot create"))?;
             created.push(dir);
         }
     }
     if let Some(src) = seeds.share.as_deref().filter(|s| s.is_dir()) {
-        let before = list_files(&p.root);
-        copy_missing(src, &p.root)?;
-        created.extend(
-            list_files(&p.root)
-                .into_iter()
-                .filter(|f| !before.contains(f)),
-        );
+        let books = [(super::BOOK, true), (super::SPELLBOOK, spellbook)];
+        for (name, here) in books {
+            let (from, to) = (src.join(name), p.root.join(name));
+            if !here || !from.is_dir() {
+                continue;
+            }
+            let before = list_files(&to);
+            copy_missing(&from, &to)?;
+            created.extend(list_files(&to).into_iter().filter(|f| !before.contains(f)));
+        }
     }
     if let Some(src) = seeds.template_dir.as_deref().filter(|s| s.is_dir()) {
         let dest = book.join("templates").join("_template");
@@ -55,19 +68,22 @@ pub fn ensure_layout(p: &Paths, seeds: &Seeds) -> Result<Vec<PathBuf>, SwarmErro
         );
     }
     let changelog = p.changelog();
-    match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o660)
-        .open(&changelog)
-    {
-        Ok(mut f) => {
+    let opened = spellbook.then(|| {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o660)
+            .open(&changelog)
+    });
+    match opened {
+        None => {}
+        Some(Ok(mut f)) => {
             f.write_all(b"# SpellBook changelog\n\nOne line per spell cast: date, caster, spell, what changed.\n\n")
                 .map_err(io_ctx(&changelog, "cannot write"))?;
             created.push(changelog);
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_ctx(&changelog, "cannot create")(e)),
+        Some(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Some(Err(e)) => return Err(io_ctx(&changelog, "cannot create")(e)),
     }
     // The registry is created under its lock, so two Buddies booting at once
     // cannot both decide it is missing and clobber each other.

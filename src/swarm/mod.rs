@@ -87,6 +87,10 @@ pub enum SwarmError {
     },
     #[error("the swarm share's permissions are unsafe:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Unsafe(Vec<Problem>),
+    #[error(
+        "{0} is not the root of its JuiceFS volume: the share step mounts it before this step (is the mount still running?)"
+    )]
+    VolumeNotMounted(PathBuf),
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
 }
@@ -107,6 +111,10 @@ pub(crate) fn io_ctx<'a>(
 pub struct Options {
     pub root: PathBuf,
     pub allow_unmounted: bool,
+    /// JuiceFS mode: the volumes mounted under the root (each must be its
+    /// volume's root; the root itself is a plain directory). None: the root
+    /// is one mounted directory holding both books.
+    pub volumes: Option<Vec<&'static str>>,
     pub repair: bool,
     pub seeds: Seeds,
     /// Probe whether the SpellBook can be masked (only a Buddy-role gateway needs it).
@@ -126,8 +134,15 @@ pub struct Report {
 /// not root: nothing can be repaired or probed then).
 pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, SwarmError> {
     let p = Paths::new(&opts.root);
-    mount::check_mounted(&p.root, opts.allow_unmounted)?;
-    let created = layout::ensure_layout(&p, &opts.seeds)?;
+    match &opts.volumes {
+        None => mount::check_mounted(&p.root, opts.allow_unmounted)?,
+        Some(v) => mount::check_volumes(&p.root, v)?,
+    }
+    // A Buddy-role Machine on JuiceFS has no SpellBook volume: its
+    // `spellbook` is an empty local directory, kept (and masked) so the
+    // gateway meets the same walls everywhere, and never seeded.
+    let spellbook_here = opts.volumes.as_ref().is_none_or(|v| v.contains(&SPELLBOOK));
+    let created = layout::ensure_layout(&p, &opts.seeds, spellbook_here)?;
     for c in &created {
         info!(path = %c.display(), "swarm: created");
     }
@@ -143,7 +158,8 @@ pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, 
         Some(c) if root => {
             let buddy = with_groups(c, vec![book_gid]);
             let magician = with_groups(c, vec![book_gid, magicians_gid]);
-            let can_mask = access::verify_access(&p, &buddy, &magician, opts.want_mask)?;
+            let can_mask =
+                access::verify_access(&p, &buddy, &magician, opts.want_mask, spellbook_here)?;
             if opts.want_mask && !can_mask {
                 info!(
                     "swarm: mounting is not allowed here (no CAP_SYS_ADMIN, as under plain Docker); the SpellBook is protected by its permissions alone"

@@ -55,3 +55,15 @@ pub fn check_mounted(root: &Path, allow_unmounted: bool) -> Result<(), SwarmErro
     }
     Err(SwarmError::NotMounted(root.to_path_buf()))
 }
+
+/// JuiceFS mode: every volume the share step mounted is there (its mount
+/// point is the volume's root), so nothing below writes to the image's disk.
+pub fn check_volumes(root: &Path, volumes: &[&str]) -> Result<(), SwarmError> {
+    for v in volumes {
+        let point = root.join(v);
+        if !super::share::is_volume_root(&point) {
+            return Err(SwarmError::VolumeNotMounted(point));
+        }
+    }
+    Ok(())
+}

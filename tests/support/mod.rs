@@ -4,7 +4,7 @@
 //! of a new PID namespace, and /proc), [`gateway`] (the pinned gateway, its
 //! ports and handshake), [`docker`] (static supervisor, containers), [`fly`]
 //! (the recording `fly` stand-in), [`netns`] (a loopback-only network
-//! namespace), [`e2e`] (a Buddy live in one, with the Telegram and Gemini
+//! namespace), [`share`] (the share's servers on loopback), [`e2e`] (a Buddy live in one, with the Telegram and Gemini
 //! stand-ins). Here: what every subject uses.
 #![allow(dead_code)]
 
@@ -20,6 +20,7 @@ pub mod fly;
 pub mod gateway;
 pub mod netns;
 pub mod process;
+pub mod share;
 
 // Each test binary uses some of them.
 #[allow(unused_imports)]
@@ -36,6 +37,8 @@ pub use gateway::*;
 pub use netns::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use share::*;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

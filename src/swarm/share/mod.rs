@@ -16,10 +16,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::config::problem::{Problem, Problems};
 use crate::config::render::Secret;
+
+pub mod admin;
+pub mod mounts;
+
+pub use admin::{Formatted, Health, check, format, status};
 
 /// The two volumes: (directory under the swarm dir, variable infix, group).
 pub const VOLUMES: [(&str, &str, u32); 2] = [
@@ -60,9 +64,28 @@ pub struct ShareConfig {
     pub volumes: Vec<Volume>,
 }
 
-fn var(infix: &str, what: &str) -> String {
+pub(crate) fn var(infix: &str, what: &str) -> String {
     format!("MYBUDDY_{infix}_{what}")
 }
+
+/// Whether `name` is one of the share's settings (`MYBUDDY_SHARE`,
+/// `MYBUDDY_<V>_META_URL`, `_META_PASSWORD`, `_BUCKET`, `_ACCESS_KEY`,
+/// `_SECRET_KEY`): the supervisor's and its mounts' alone, never a gateway's.
+pub fn is_share_setting(name: &str) -> bool {
+    name == "MYBUDDY_SHARE"
+        || VOLUMES
+            .iter()
+            .any(|(_, infix, _)| SETTINGS.iter().any(|what| name == var(infix, what)))
+}
+
+/// The per-volume settings, as in `MYBUDDY_BOOK_META_URL`.
+pub const SETTINGS: [&str; 5] = [
+    "META_URL",
+    "META_PASSWORD",
+    "BUCKET",
+    "ACCESS_KEY",
+    "SECRET_KEY",
+];
 
 /// Reads the share's configuration; every problem at once.
 pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<ShareConfig, Problems> {
@@ -146,7 +169,7 @@ pub enum ShareError {
     Config(#[from] Problems),
 }
 
-fn verr(v: &Volume, what: impl Into<String>) -> ShareError {
+pub(crate) fn verr(v: &Volume, what: impl Into<String>) -> ShareError {
     ShareError::Volume {
         volume: v.name.to_string(),
         what: what.into(),
@@ -155,7 +178,7 @@ fn verr(v: &Volume, what: impl Into<String>) -> ShareError {
 
 /// A juicefs command for volume `v`, with nothing of ours in its
 /// environment but PATH and the volume's password.
-fn juicefs_cmd(v: &Volume) -> Command {
+pub(crate) fn juicefs_cmd(v: &Volume) -> Command {
     let mut c = Command::new(juicefs());
     c.env_clear()
         .env(
@@ -170,7 +193,7 @@ fn juicefs_cmd(v: &Volume) -> Command {
 }
 
 /// The last lines juicefs printed, without anything secret in them.
-fn tail(out: &[u8], secrets: &[&str]) -> String {
+pub(crate) fn tail(out: &[u8], secrets: &[&str]) -> String {
     let mut text = String::from_utf8_lossy(out).into_owned();
     for s in secrets.iter().filter(|s| !s.is_empty()) {
         text = text.replace(s, crate::config::secrets::REDACTED);
@@ -179,190 +202,10 @@ fn tail(out: &[u8], secrets: &[&str]) -> String {
     lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
-/// `juicefs status`: the volume's settings, or why it cannot be read.
-pub fn status(v: &Volume) -> Result<serde_json::Value, ShareError> {
-    let o = juicefs_cmd(v)
-        .args(["status", "--no-color"])
-        .arg(&v.meta_url)
-        .output()
-        .map_err(|e| verr(v, format!("cannot run {}: {e}", juicefs().display())))?;
-    let pw = v.password.as_ref().map_or("", |p| p.0.as_str());
-    if !o.status.success() {
-        return Err(verr(
-            v,
-            format!(
-                "metadata at {} not readable: {} (is the URL right, the password {} set, the database up?)",
-                v.meta_url,
-                tail(&o.stderr, &[pw]),
-                var(v.var, "META_PASSWORD")
-            ),
-        ));
-    }
-    serde_json::from_slice(&o.stdout)
-        .map_err(|e| verr(v, format!("juicefs status gave no JSON: {e}")))
-}
-
-/// What `share format` did to one volume.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Formatted {
-    Created,
-    AlreadyFormatted,
-}
-
-/// Formats volume `v` (once: an existing volume is checked, not touched)
-/// with trash off, then sets its root's group and mode (2770, setgid) in a
-/// mount of its own at a temporary mount point.
-pub fn format(
-    v: &Volume,
-    env: &dyn Fn(&str) -> Option<String>,
-    timeout: Duration,
-) -> Result<Formatted, ShareError> {
-    if let Ok(st) = status(v) {
-        // With trash on, a write-temp-and-rename from another Machine is
-        // read stale and locked updates get lost (SWARM_SHARE_FACTS).
-        let trash = st["Setting"]["TrashDays"].as_i64().unwrap_or(-1);
-        if trash != 0 {
-            return Err(verr(
-                v,
-                format!(
-                    "formatted with trash days {trash}; run `juicefs config {} --trash-days 0` (renames from other Machines are read stale with trash on)",
-                    v.meta_url
-                ),
-            ));
-        }
-        set_root(v, timeout)?;
-        return Ok(Formatted::AlreadyFormatted);
-    }
-    let need = |what: &str| {
-        env(&var(v.var, what)).ok_or_else(|| {
-            verr(
-                v,
-                format!(
-                    "not formatted, and {} is not set (format needs the bucket URL and its keys)",
-                    var(v.var, what)
-                ),
-            )
-        })
-    };
-    let (bucket, access, secret) = (need("BUCKET")?, need("ACCESS_KEY")?, need("SECRET_KEY")?);
-    let o = juicefs_cmd(v)
-        .env("ACCESS_KEY", &access)
-        .env("SECRET_KEY", &secret)
-        .args(["format", "--no-update", "--storage", "s3", "--bucket"])
-        .arg(&bucket)
-        .args(["--trash-days", "0"])
-        .arg(&v.meta_url)
-        .arg(v.name)
-        .output()
-        .map_err(|e| verr(v, format!("cannot run juicefs format: {e}")))?;
-    if !o.status.success() {
-        let pw = v.password.as_ref().map_or("", |p| p.0.as_str());
-        return Err(verr(
-            v,
-            format!(
-                "juicefs format failed: {}",
-                tail(&o.stderr, &[pw, &access, &secret])
-            ),
-        ));
-    }
-    set_root(v, timeout)?;
-    Ok(Formatted::Created)
-}
-
-/// Mounts `v` at a fresh temporary directory, gives its root the volume's
-/// group and mode 2770, and unmounts (SIGTERM to the foreground mount).
-fn set_root(v: &Volume, timeout: Duration) -> Result<(), ShareError> {
-    use std::os::unix::fs::PermissionsExt;
-    let point = tempfile::Builder::new()
-        .prefix(&format!(".mybuddy-format-{}-", v.name))
-        .tempdir()
-        .map_err(|e| verr(v, format!("cannot make a temporary mount point: {e}")))?;
-    let mut child = juicefs_cmd(v)
-        .args(["mount", "--no-usage-report", "--no-syslog"])
-        .arg(&v.meta_url)
-        .arg(point.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| verr(v, format!("cannot run juicefs mount: {e}")))?;
-    let start = Instant::now();
-    let mounted = loop {
-        if is_volume_root(point.path()) {
-            break true;
-        }
-        if start.elapsed() > timeout || child.try_wait().ok().flatten().is_some() {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let result = if mounted {
-        std::os::unix::fs::chown(point.path(), Some(0), Some(v.gid))
-            .and_then(|()| {
-                std::fs::set_permissions(point.path(), std::fs::Permissions::from_mode(0o2770))
-            })
-            .map_err(|e| verr(v, format!("cannot set the root's group and mode: {e}")))
-    } else {
-        Err(verr(
-            v,
-            format!("did not mount within {timeout:?} to set its root"),
-        ))
-    };
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let end = Instant::now() + timeout;
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    result
-}
-
 /// A JuiceFS volume's root is inode 1.
 pub fn is_volume_root(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).is_ok_and(|m| m.ino() == 1)
-}
-
-/// One volume's health, for `share check`.
-#[derive(Debug, serde::Serialize)]
-pub struct Health {
-    pub volume: String,
-    pub mount_point: PathBuf,
-    pub mounted: bool,
-    /// Whether its metadata answered, and what it said (or why not).
-    pub metadata_ok: bool,
-    pub metadata: String,
-}
-
-/// `share check`: is each configured volume mounted at its place under
-/// `swarm`, and does its metadata answer.
-pub fn check(cfg: &ShareConfig, swarm: &Path) -> Vec<Health> {
-    cfg.volumes
-        .iter()
-        .map(|v| {
-            let point = swarm.join(v.name);
-            let (metadata_ok, metadata) = match status(v) {
-                Ok(s) => (
-                    true,
-                    format!(
-                        "{} sessions",
-                        s["Sessions"].as_array().map_or(0, |a| a.len())
-                    ),
-                ),
-                Err(e) => (false, e.to_string()),
-            };
-            Health {
-                volume: v.name.to_string(),
-                mounted: is_volume_root(&point),
-                mount_point: point,
-                metadata_ok,
-                metadata,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
