@@ -554,6 +554,7 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
             out.push(Problem::new(&path, format!("env.{name}"), "a test-only flag (stand-ins on loopback): a deployed Buddy never sets it; remove it"));
         }
     }
+    out.extend(check_fly_share(&path, &doc));
     out.extend(check_fly_private(&path, &doc));
     out.extend(check_fly_health(&path, &doc));
     match doc
@@ -567,6 +568,37 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
             "restart",
             format!("needs [[restart]] policy = \"always\": a Buddy must come back after any exit, with no retry limit an outage could use up; found {other:?}"),
         )),
+    }
+    out
+}
+
+/// A Fly deployment names its share: there is no directory anyone else
+/// mounts at /mnt/swarm on a Fly Machine, so `dir` (the default) could only
+/// mean a boot that fails or, worse, a private copy. The share's passwords,
+/// keys and URLs are per-app secrets (`fly secrets`), never `[env]`, which
+/// is in git and in every Machine's config.
+fn check_fly_share(path: &Path, doc: &toml::Table) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let env = doc.get("env");
+    match env.and_then(|e| e.get("MYBUDDY_SHARE")).and_then(|v| v.as_str()) {
+        Some("juicefs") => {}
+        other => out.push(Problem::new(
+            path,
+            "env.MYBUDDY_SHARE",
+            format!("must be \"juicefs\" (the Buddies' shared MyBuddyBook and SpellBook volumes); found {other:?}"),
+        )),
+    }
+    if let Some(toml::Value::Table(t)) = env {
+        for name in t
+            .keys()
+            .filter(|k| *k != "MYBUDDY_SHARE" && crate::swarm::share::is_share_setting(k))
+        {
+            out.push(Problem::new(
+                path,
+                format!("env.{name}"),
+                "the share's settings are per-app secrets (`fly secrets`), never fly.toml: remove it",
+            ));
+        }
     }
     out
 }

@@ -211,6 +211,21 @@ fn fly_toml_must_parse_mount_the_state_and_outwait_the_supervisor() {
 }
 
 #[test]
+fn a_fly_deployment_names_its_share_and_keeps_its_secrets_out_of_fly_toml() {
+    let r = Repo::new();
+    r.edit(
+        "fly.toml",
+        "MYBUDDY_SHARE = \"juicefs\"",
+        "MYBUDDY_SHARE = \"dir\"\n  MYBUDDY_BOOK_META_PASSWORD = \"hunter2\"",
+    );
+    let out = r.expect(&[
+        "fly.toml: env.MYBUDDY_SHARE: must be \"juicefs\"",
+        "fly.toml: env.MYBUDDY_BOOK_META_PASSWORD: the share's settings are per-app secrets",
+    ]);
+    assert!(!out.contains("hunter2"), "{out}");
+}
+
+#[test]
 fn json_format_lists_the_same_problems() {
     let r = Repo::new();
     r.edit("fly.toml", "kill_timeout = 30", "kill_timeout = 5");
