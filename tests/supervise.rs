@@ -739,6 +739,7 @@ fn json_logs_one_object_per_line() {
             "privileges",
             "render",
             "state",
+            "share",
             "swarm",
             "register"
         ]
