@@ -43,7 +43,9 @@ pub fn status(v: &Volume, timeout: Duration) -> Result<serde_json::Value, ShareE
 
 /// Runs `cmd` to its end or until `timeout` (then kills it: None). The
 /// output is read on threads so a full pipe cannot stall the command.
-/// (The CLI's path, never the PID-1 one: the wait here is for this one child.)
+/// The wait is for this one child's pid, not waitpid(-1): on the PID-1 path
+/// (a failed mount's diagnosis) it runs on the loop's own thread, so the
+/// reaper cannot race it, and it never collects anyone else's exit.
 fn bounded(
     mut cmd: std::process::Command,
     timeout: Duration,
