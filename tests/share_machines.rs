@@ -153,22 +153,6 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn make_buddies(dir: &Path, prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let name = format!("{prefix}{i:03}");
-            let d = dir.join(format!("loadbuddy-{}", name.to_lowercase()));
-            fs::create_dir_all(&d).unwrap();
-            fs::write(
-                d.join("buddy.json"),
-                format!(r#"{{"human":"Load","name":"{name}","role":"buddy","channels":{{"telegram":true}},"status":"planned"}}"#),
-            )
-            .unwrap();
-            quote(&d.display().to_string())
-        })
-        .collect()
-}
-
 fn registry_len(m: &Machine) -> usize {
     let text = m.as_root("cat mybuddybook/registry.json");
     let v: serde_json::Value =
@@ -266,7 +250,11 @@ fn two_machines_share_mybuddybook_and_only_the_magician_mounts_the_spellbook() {
     // 2×100 concurrent upserts from the two Machines: 200 entries (plus the two Buddies).
     let loads = f.path("load");
     let run_loads = |m: &Machine, prefix: &str| {
-        let list = make_buddies(&loads, prefix, 100).join(" ");
+        let list = make_buddies(&loads, prefix, 100)
+            .iter()
+            .map(|d| quote(&d.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(" ");
         let cmd = format!(
             "for d in {list}; do {} registry --swarm . register --buddy \"$d\" || exit 1; done; echo LOADS-DONE",
             supervisor().display()

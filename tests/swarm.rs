@@ -215,22 +215,6 @@ fn an_unmounted_swarm_dir_is_a_clear_error() {
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
 }
 
-fn make_buddies(dir: &Path, prefix: &str, n: usize) -> Vec<std::path::PathBuf> {
-    (0..n)
-        .map(|i| {
-            let name = format!("{prefix}{i:03}");
-            let d = dir.join(format!("loadbuddy-{}", name.to_lowercase()));
-            fs::create_dir_all(&d).unwrap();
-            fs::write(
-                d.join("buddy.json"),
-                format!(r#"{{"human":"Load","name":"{name}","role":"buddy","channels":{{"telegram":true}},"status":"planned"}}"#),
-            )
-            .unwrap();
-            d
-        })
-        .collect()
-}
-
 #[test]
 fn concurrent_registry_writers_lose_nothing() {
     let f = Fixture::new();

@@ -169,3 +169,20 @@ pub fn run_cmd(args: &[String], env: &[(String, String)]) -> Command {
         .stderr(Stdio::null());
     c
 }
+
+/// `n` minimal Buddy dirs (`loadbuddy-<prefix><i>`, role buddy, planned) for registry load tests.
+pub fn make_buddies(dir: &Path, prefix: &str, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}{i:03}");
+            let d = dir.join(format!("loadbuddy-{}", name.to_lowercase()));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(
+                d.join("buddy.json"),
+                format!(r#"{{"human":"Load","name":"{name}","role":"buddy","channels":{{"telegram":true}},"status":"planned"}}"#),
+            )
+            .unwrap();
+            d
+        })
+        .collect()
+}
