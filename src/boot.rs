@@ -673,9 +673,12 @@ fn register(swarm_dir: &std::path::Path, identity: &crate::buddy::Identity) -> R
         registry::GatewayState::Running,
         None,
     ));
-    info!(id = %entry.id, status = %entry.status, "registered in the swarm");
+    let (id, status) = (entry.id.clone(), entry.status);
     l.registry.buddies.insert(identity.slug(), entry);
-    l.commit().map_err(|e| e.to_string())
+    l.commit().map_err(|e| e.to_string())?;
+    // Only once it is written: whoever reads the log may read the registry.
+    info!(id = %id, status = %status, "registered in the swarm");
+    Ok(())
 }
 
 /// Records the gateway's state in this Buddy's registry entry.

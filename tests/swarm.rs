@@ -174,6 +174,58 @@ fn a_world_readable_spellbook_is_repaired_or_refused() {
     assert!(text(&o).contains("0 created, 0 repaired"), "{}", text(&o));
 }
 
+/// Every Machine runs the swarm step on the same MyBuddyBook while other
+/// Machines' gateways write there: two checks at once, each PID 1 of its own
+/// PID namespace (so both supervisors have the same pid, as on Fly), while
+/// files appear, are renamed and vanish under their permission walk.
+#[test]
+fn swarm_steps_on_two_machines_at_once_survive_a_busy_share() {
+    let f = Fixture::new();
+    let o = swarm_check(&f.swarm, &["--swarm-dir-unmounted"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let churn = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {}/mybuddybook && i=0; while :; do i=$((i+1)); echo x > wisdom/.tmp-$i; mv wisdom/.tmp-$i wisdom/n-$i; mkdir -p d-$i; rm -rf wisdom/n-$i d-$i; done",
+            quote(&f.swarm.display().to_string())
+        ))
+        .spawn()
+        .unwrap();
+    let churn = KillOnDrop(churn);
+    let machine = || {
+        let mut failures = Vec::new();
+        for _ in 0..20 {
+            let o = Command::new("unshare")
+                .args(["--pid", "--fork", "--"])
+                .arg(supervisor())
+                .args(["swarm", "check", "--swarm-dir-unmounted", "--swarm"])
+                .arg(&f.swarm)
+                .output()
+                .unwrap();
+            if !o.status.success() {
+                failures.push(text(&o));
+            }
+        }
+        failures
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(machine);
+        let b = s.spawn(machine);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    drop(churn);
+    assert!(a.is_empty() && b.is_empty(), "{a:?}\n{b:?}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn an_unmounted_swarm_dir_is_a_clear_error() {
     let f = Fixture::new();

@@ -43,12 +43,7 @@ pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<sys::Probe<i32>, Sw
     let spawn_exists = spawn.exists();
     let changelog = p.changelog();
     let book = p.book();
-    // Unique per probe: two probes run at once.
-    let probe_file = book.join(format!(
-        ".access-probe-{}-{}",
-        std::process::id(),
-        creds.groups.len()
-    ));
+    let probe_file = book.join(probe_name());
     let registry = registry::path_in(&book);
     sys::probe_as(creds, move || {
         let mut b = 0;
@@ -71,6 +66,13 @@ pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<sys::Probe<i32>, Sw
         b
     })
     .map_err(io_ctx(&p.root, "cannot run the access probe"))
+}
+
+/// A name no other probe uses: two probes run at once here, and every
+/// Machine probes the same MyBuddyBook, each supervisor often with the same
+/// pid (PID 1 of its container), so neither the pid nor the role is unique.
+fn probe_name() -> String {
+    format!(".access-probe-{:016x}", rand::random::<u64>())
 }
 
 pub fn probe_access(p: &Paths, probe: sys::Probe<i32>) -> Result<Access, SwarmError> {
@@ -144,5 +146,15 @@ pub fn verify_access(
         Ok(can_mask)
     } else {
         Err(SwarmError::Unsafe(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probe_files_are_unique_across_probes_and_machines() {
+        let names: std::collections::HashSet<String> =
+            (0..64).map(|_| super::probe_name()).collect();
+        assert_eq!(names.len(), 64);
     }
 }

@@ -51,21 +51,12 @@ pub fn ensure_layout(
             if !here || !from.is_dir() {
                 continue;
             }
-            let before = list_files(&to);
-            copy_missing(&from, &to)?;
-            created.extend(list_files(&to).into_iter().filter(|f| !before.contains(f)));
+            seed_missing(&from, &to, &mut created)?;
         }
     }
     if let Some(src) = seeds.template_dir.as_deref().filter(|s| s.is_dir()) {
         let dest = book.join("templates").join("_template");
-        let before = list_files(&dest);
-        fs::create_dir_all(&dest).map_err(io_ctx(&dest, "cannot create"))?;
-        copy_missing(src, &dest)?;
-        created.extend(
-            list_files(&dest)
-                .into_iter()
-                .filter(|f| !before.contains(f)),
-        );
+        seed_missing(src, &dest, &mut created)?;
     }
     let changelog = p.changelog();
     let opened = spellbook.then(|| {
@@ -98,29 +89,34 @@ pub fn ensure_layout(
     Ok(created)
 }
 
-fn copy_missing(src: &Path, dest: &Path) -> Result<(), SwarmError> {
-    let opts = fs_extra::dir::CopyOptions {
-        skip_exist: true,
-        content_only: true,
-        ..Default::default()
-    };
-    fs_extra::dir::copy(src, dest, &opts)
-        .map(|_| ())
-        .map_err(|e| io_ctx(dest, "cannot seed")(io::Error::other(e.to_string())))
-}
-
-fn list_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
+/// Copies every file of `src` that `dest` lacks, and records each one it
+/// created. Every Machine seeds the same share, often at the same moment
+/// (a swarm-wide deploy), so a file appears whole or not at all and the
+/// first Machine's copy wins: each is written to a temporary name and
+/// hard-linked into place, which fails if the name exists (JuiceFS and
+/// every local filesystem do this atomically). What a Buddy has edited is
+/// never overwritten.
+fn seed_missing(src: &Path, dest: &Path, created: &mut Vec<PathBuf>) -> Result<(), SwarmError> {
+    fs::create_dir_all(dest).map_err(io_ctx(dest, "cannot create"))?;
+    let entries = fs::read_dir(src).map_err(io_ctx(src, "cannot read the seed"))?;
+    for e in entries {
+        let e = e.map_err(io_ctx(src, "cannot read the seed"))?;
+        let (from, to) = (e.path(), dest.join(e.file_name()));
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            seed_missing(&from, &to, created)?;
+            continue;
+        }
+        if to.symlink_metadata().is_ok() {
+            continue;
+        }
+        let tmp = dest.join(format!(".seed-{:016x}", rand::random::<u64>()));
+        let linked = fs::copy(&from, &tmp).and_then(|_| fs::hard_link(&tmp, &to));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => created.push(to),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_ctx(&to, "cannot seed")(e)),
         }
     }
-    out
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! 2770 so what one Buddy writes stays the group's, and others get nothing.
 
 use std::fs;
+use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
@@ -54,9 +55,17 @@ pub fn enforce_permissions(
         }
     }
     for (tree, gid) in [(p.book(), book_gid), (p.spellbook(), magicians_gid)] {
-        let mut stack = vec![tree];
+        let mut stack = vec![tree.clone()];
         while let Some(path) = stack.pop() {
-            let md = fs::symlink_metadata(&path).map_err(io_ctx(&path, "cannot stat"))?;
+            // Below the tree's root, an entry may vanish between its listing
+            // and its turn: other Machines' gateways and probes write
+            // temporary files and rename them away all the time. Gone is fine.
+            let gone = |e: &std::io::Error| path != tree && e.kind() == ErrorKind::NotFound;
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(io_ctx(&path, "cannot stat")(e)),
+            };
             if md.file_type().is_symlink() {
                 // A link could point the gateway anywhere: not allowed in the share.
                 problems.push(Problem::new(
@@ -76,8 +85,11 @@ pub fn enforce_permissions(
             };
             if md.gid() != gid.as_raw() {
                 if repair {
-                    nix::unistd::chown(&path, None, Some(gid))
-                        .map_err(|e| io_ctx(&path, "cannot chgrp")(e.into()))?;
+                    match nix::unistd::chown(&path, None, Some(gid)) {
+                        Ok(()) => {}
+                        Err(e) if gone(&e.into()) => continue,
+                        Err(e) => return Err(io_ctx(&path, "cannot chgrp")(e.into())),
+                    }
                     repairs.push(Repair {
                         path: path.clone(),
                         what: format!("group {} -> {}", md.gid(), gid.as_raw()),
@@ -92,8 +104,11 @@ pub fn enforce_permissions(
             }
             if mode != want {
                 if repair {
-                    fs::set_permissions(&path, fs::Permissions::from_mode(want))
-                        .map_err(io_ctx(&path, "cannot chmod"))?;
+                    match fs::set_permissions(&path, fs::Permissions::from_mode(want)) {
+                        Ok(()) => {}
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(io_ctx(&path, "cannot chmod")(e)),
+                    }
                     repairs.push(Repair {
                         path: path.clone(),
                         what: format!("mode {mode:04o} -> {want:04o}"),
@@ -107,12 +122,12 @@ pub fn enforce_permissions(
                 }
             }
             if md.is_dir() {
-                for e in fs::read_dir(&path)
-                    .map_err(io_ctx(&path, "cannot list"))?
-                    .flatten()
-                {
-                    stack.push(e.path());
-                }
+                let entries = match fs::read_dir(&path) {
+                    Ok(rd) => rd,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(io_ctx(&path, "cannot list")(e)),
+                };
+                stack.extend(entries.flatten().map(|e| e.path()));
             }
         }
     }
