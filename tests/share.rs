@@ -8,88 +8,9 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use support::*;
-
-/// A "Machine": `juicefs mount` in the foreground in a private mount
-/// namespace of its own, with the cross-Machine cache settings.
-struct Mount {
-    child: Child,
-    ns_pid: u32,
-}
-
-impl Mount {
-    fn new(meta: &str, password: &str, point: &Path, cache: &Path) -> Mount {
-        fs::create_dir_all(point).unwrap();
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--"])
-            .arg(juicefs())
-            .args([
-                "mount",
-                "--no-usage-report",
-                "--no-syslog",
-                "--attr-cache",
-                "0",
-                "--entry-cache",
-                "0",
-                "--dir-entry-cache",
-                "0",
-                "--heartbeat",
-                "3s",
-                "--cache-dir",
-            ])
-            .arg(cache)
-            .arg(meta)
-            .arg(point)
-            .env("META_PASSWORD", password)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let ns_pid = child.id();
-        let m = Mount { child, ns_pid };
-        let p = point.to_path_buf();
-        let ready = wait_for(Duration::from_secs(30), || {
-            let o = m.run(&["stat", "-c", "%i", p.to_str().unwrap()]);
-            // The root of a JuiceFS volume is inode 1.
-            (o.trim() == "1").then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "the volume never mounted at {}",
-            point.display()
-        );
-        m
-    }
-
-    /// Runs a command in this Machine's mount namespace.
-    fn run(&self, argv: &[&str]) -> String {
-        let o = Command::new("nsenter")
-            .arg(format!("--mount=/proc/{}/ns/mnt", self.ns_pid))
-            .arg("--")
-            .args(argv)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = wait_for(Duration::from_secs(10), || {
-            self.child.try_wait().ok().flatten()
-        });
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn two_machines_share_mybuddybook_and_a_buddy_holds_nothing_of_the_spellbook() {
@@ -149,8 +70,8 @@ fn two_machines_share_mybuddybook_and_a_buddy_holds_nothing_of_the_spellbook() {
     let (swarm_a, swarm_b) = (tmp.path().join("machine-a"), tmp.path().join("machine-b"));
     let pa = swarm_a.join("mybuddybook");
     let pb = swarm_b.join("mybuddybook");
-    let a = Mount::new(book_url, pw, &pa, &tmp.path().join("cache-a"));
-    let b = Mount::new(book_url, pw, &pb, &tmp.path().join("cache-b"));
+    let a = ShareMount::new(book_url, pw, &pa, &tmp.path().join("cache-a"));
+    let b = ShareMount::new(book_url, pw, &pb, &tmp.path().join("cache-b"));
     // `share format` gave the volume's root its group and the setgid mode.
     assert_eq!(
         a.run(&["stat", "-c", "%g %a", pa.to_str().unwrap()]).trim(),

@@ -3,8 +3,10 @@
 //! configuration it prints per role, `down` when dropped.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use super::*;
 
@@ -78,5 +80,99 @@ impl Share {
             }
         }
         panic!("{name} is not a setting of the local share")
+    }
+}
+
+/// A "Machine": `juicefs mount` in the foreground in a private mount
+/// namespace of its own, with the cross-Machine cache settings.
+pub struct ShareMount {
+    child: Child,
+    pub ns_pid: u32,
+}
+
+impl ShareMount {
+    pub fn new(meta: &str, password: &str, point: &Path, cache: &Path) -> ShareMount {
+        fs::create_dir_all(point).unwrap();
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .arg(juicefs())
+            .args([
+                "mount",
+                "--no-usage-report",
+                "--no-syslog",
+                "--attr-cache",
+                "0",
+                "--entry-cache",
+                "0",
+                "--dir-entry-cache",
+                "0",
+                "--heartbeat",
+                "3s",
+                "--cache-dir",
+            ])
+            .arg(cache)
+            .arg(meta)
+            .arg(point)
+            .env("META_PASSWORD", password)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ns_pid = child.id();
+        let m = ShareMount { child, ns_pid };
+        let p = point.to_path_buf();
+        let ready = wait_for(Duration::from_secs(30), || {
+            let o = m.run(&["stat", "-c", "%i", p.to_str().unwrap()]);
+            // The root of a JuiceFS volume is inode 1.
+            (o.trim() == "1").then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "the volume never mounted at {}",
+            point.display()
+        );
+        m
+    }
+
+    /// Runs a command in this Machine's mount namespace.
+    pub fn run(&self, argv: &[&str]) -> String {
+        let o = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.ns_pid))
+            .arg("--")
+            .args(argv)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for ShareMount {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = wait_for(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Share {
+    /// A file of MyBuddyBook as another Machine reads it: through a mount
+    /// of its own, in a mount namespace of its own.
+    pub fn read(&self, path: &str) -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let point = tmp.path().join("mybuddybook");
+        let m = ShareMount::new(
+            &format!("redis://127.0.0.1:{}/1", self.setting("BOOK_REDIS_PORT")),
+            &self.setting("BOOK_META_PASSWORD"),
+            &point,
+            &tmp.path().join("cache"),
+        );
+        let rel = path.strip_prefix("mybuddybook/").unwrap_or(path);
+        m.run(&["cat", point.join(rel).to_str().unwrap()])
     }
 }
