@@ -227,15 +227,35 @@ impl Boot {
             info!(swarm = %self.cfg.swarm_dir.display(), "share: a directory mounted by someone else (MYBUDDY_SHARE=dir)");
             return Ok(());
         }
+        // What this role may not hold, all of it named (the same list
+        // scripts/deploy unsets on the app).
+        let held: Vec<String> = share::forbidden_secrets(self.role)
+            .into_iter()
+            .filter(|n| std::env::var_os(n).is_some())
+            .collect();
+        if !held.is_empty() {
+            let mut why = Vec::new();
+            if held.iter().any(|n| n.contains("_SPELLBOOK_")) {
+                why.push("a Buddy-role Machine holds the SpellBook's credentials; only Magicians may mount the SpellBook");
+            }
+            if held
+                .iter()
+                .any(|n| n.ends_with("_BUCKET") || n.ends_with("_KEY"))
+            {
+                why.push("bucket keys are for `supervisor share format` only (JuiceFS keeps them in the volume's metadata)");
+            }
+            return Err(format!(
+                "this {}-role Machine holds {}: {}. Remove them from this app's secrets (scripts/deploy does)",
+                self.role,
+                held.join(", "),
+                why.join("; ")
+            ));
+        }
         let spellbook = cfg.volumes.iter().any(|v| v.name == swarm::SPELLBOOK);
-        match self.role {
-            Role::Buddy if spellbook => return Err(
-                "a Buddy-role Machine holds the SpellBook's credentials (MYBUDDY_SPELLBOOK_META_URL): remove them from this app's secrets; only Magicians may mount the SpellBook".into(),
-            ),
-            Role::Magician if !spellbook => return Err(
+        if self.role == Role::Magician && !spellbook {
+            return Err(
                 "a Magician mounts the SpellBook too: set MYBUDDY_SPELLBOOK_META_URL and MYBUDDY_SPELLBOOK_META_PASSWORD".into(),
-            ),
-            _ => {}
+            );
         }
         let mut m = Mounts::new(
             cfg.volumes,

@@ -19,6 +19,18 @@ fn deploy(fly: &FakeFly, env: &[(String, String)], args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The share's secrets for this Buddy's role, as an operator exports them
+/// (marker values).
+fn share_env(buddy: &str) -> Vec<(String, String)> {
+    secret_names_of(&repo().join("buddies").join(buddy), &["--share"])
+        .into_iter()
+        .map(|n| {
+            let v = marker(&n);
+            (n, v)
+        })
+        .collect()
+}
+
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -27,7 +39,8 @@ fn strs(v: &[&str]) -> Vec<String> {
 fn first_deploy_creates_the_app_volume_secrets_and_deploys_only_that_buddy() {
     let f = Fixture::new();
     let fly = FakeFly::new(f.tmp.path());
-    let env = marker_env(&repo().join("buddies/estherbuddy-kazeh"));
+    let mut env = marker_env(&repo().join("buddies/estherbuddy-kazeh"));
+    env.extend(share_env("estherbuddy-kazeh"));
     let o = deploy(&fly, &env, &["estherbuddy-kazeh", "--region", "cdg"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -86,6 +99,42 @@ fn first_deploy_creates_the_app_volume_secrets_and_deploys_only_that_buddy() {
         }
     }
     assert_eq!(stdin.lines().count(), env.len());
+    // A Buddy-role app gets MyBuddyBook's credentials and nothing of the SpellBook's.
+    assert!(stdin.contains("MYBUDDY_BOOK_META_PASSWORD="), "{stdin}");
+    assert!(!stdin.contains("SPELLBOOK"), "{stdin}");
+}
+
+#[test]
+fn a_magician_s_app_gets_the_spellbook_too() {
+    let f = Fixture::new();
+    let fly = FakeFly::new(f.tmp.path());
+    let mut env = marker_env(&repo().join("buddies/roelbuddy-emrys"));
+    let share = share_env("roelbuddy-emrys");
+    assert_eq!(share.len(), 4, "{share:?}");
+    env.extend(share.clone());
+    let o = deploy(&fly, &env, &["roelbuddy-emrys"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdin = fly.stdin();
+    for (k, v) in &share {
+        assert!(stdin.contains(&format!("{k}={v}\n")), "{k} not imported");
+    }
+    assert!(stdin.contains("MYBUDDY_SPELLBOOK_META_PASSWORD="));
+    // The share's group is all or nothing, like the Buddy's own.
+    let fly = FakeFly::new(&f.path("partial"));
+    let mut env = marker_env(&repo().join("buddies/roelbuddy-emrys"));
+    env.extend(share.into_iter().filter(|(k, _)| !k.contains("SPELLBOOK")));
+    let o = deploy(&fly, &env, &["roelbuddy-emrys"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("set all of the share's secrets for a magician or none; missing: MYBUDDY_SPELLBOOK_META_URL MYBUDDY_SPELLBOOK_META_PASSWORD"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !fly.calls()
+            .iter()
+            .any(|c| c[0] == "deploy" || c[0] == "secrets")
+    );
 }
 
 #[test]
@@ -95,7 +144,17 @@ fn a_second_deploy_reuses_the_app_and_keeps_the_secrets_already_set() {
     let app = "mybuddytalk-roelbuddy-galahad";
     fly.answer("apps", &format!(r#"[{{"Name":"{app}"}}]"#));
     fly.answer("volumes", r#"[{"name":"buddy_state","id":"vol_1"}]"#);
-    let names = secret_names(&repo().join("buddies/roelbuddy-galahad"));
+    let mut names = secret_names(&repo().join("buddies/roelbuddy-galahad"));
+    names.extend(secret_names_of(
+        &repo().join("buddies/roelbuddy-galahad"),
+        &["--share"],
+    ));
+    // Left over from when Galahad was a Magician: the SpellBook's password
+    // and the org token, which a Buddy-role app may not hold.
+    names.extend([
+        "MYBUDDY_SPELLBOOK_META_PASSWORD".into(),
+        "FLY_API_TOKEN".into(),
+    ]);
     let listed: Vec<String> = names
         .iter()
         .map(|n| format!(r#"{{"Name":"{n}"}}"#))
@@ -110,21 +169,33 @@ fn a_second_deploy_reuses_the_app_and_keeps_the_secrets_already_set() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let calls = fly.calls();
-    assert_eq!(calls.len(), 8, "{calls:?}");
+    assert_eq!(calls.len(), 9, "{calls:?}");
     assert_eq!(calls[2], strs(&["secrets", "list", "--app", app, "--json"]));
-    assert_eq!(calls[3], strs(&["ips", "list", "--app", app, "--json"]));
-    assert_eq!(calls[4][..3], strs(&["deploy", "--app", app]));
+    assert_eq!(
+        calls[3],
+        strs(&[
+            "secrets",
+            "unset",
+            "MYBUDDY_SPELLBOOK_META_PASSWORD",
+            "FLY_API_TOKEN",
+            "--app",
+            app,
+            "--stage"
+        ])
+    );
+    assert_eq!(calls[4], strs(&["ips", "list", "--app", app, "--json"]));
+    assert_eq!(calls[5][..3], strs(&["deploy", "--app", app]));
     assert!(
-        calls[4].contains(&"--no-public-ips".to_string()),
+        calls[5].contains(&"--no-public-ips".to_string()),
         "{calls:?}"
     );
-    assert_eq!(calls[5], strs(&["ips", "list", "--app", app, "--json"]));
+    assert_eq!(calls[6], strs(&["ips", "list", "--app", app, "--json"]));
     assert_eq!(
-        calls[6],
+        calls[7],
         strs(&["ips", "release", "2a09:8280:1::1", "--app", app, "--yes"])
     );
     assert_eq!(
-        calls[7],
+        calls[8],
         strs(&["ips", "release", "66.241.124.9", "--app", app, "--yes"])
     );
     assert!(

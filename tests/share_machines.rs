@@ -470,11 +470,28 @@ fn a_share_that_cannot_mount_fails_the_boot_clearly_and_in_time() {
         &["not-the-password-4711", &right],
     );
 
-    // A Buddy-role Machine given the SpellBook's credentials refuses them.
+    // A Buddy-role Machine given the SpellBook's credentials refuses them,
+    // and any Machine refuses bucket keys (only `share format` needs them).
     let magician = s.env("magician");
     check(
         magician.clone(),
-        &["a Buddy-role Machine holds the SpellBook's credentials"],
+        &[
+            "MYBUDDY_SPELLBOOK_META_URL, MYBUDDY_SPELLBOOK_META_PASSWORD",
+            "a Buddy-role Machine holds the SpellBook's credentials",
+        ],
         &[&magician["MYBUDDY_SPELLBOOK_META_PASSWORD"]],
+    );
+    let mut env = s.env("buddy");
+    env.insert(
+        "MYBUDDY_BOOK_SECRET_KEY".into(),
+        "bucket-secret-4711".into(),
+    );
+    check(
+        env,
+        &[
+            "holds MYBUDDY_BOOK_SECRET_KEY",
+            "bucket keys are for `supervisor share format` only",
+        ],
+        &["bucket-secret-4711"],
     );
 }

@@ -71,6 +71,9 @@ impl World {
             .env("SUPERVISOR", supervisor())
             .env("GEMINI_API_KEY", "shared-gemini")
             .env("BRAVE_API_KEY", "shared-brave")
+            // The share's, as the operator exports them for every deploy.
+            .env("MYBUDDY_BOOK_META_URL", "rediss://book.example:6379/0")
+            .env("MYBUDDY_BOOK_META_PASSWORD", "shared-book-password")
             .output()
             .unwrap()
     }

@@ -30,6 +30,13 @@ pub struct RenderArgs {
 pub struct SecretsArgs {
     #[command(flatten)]
     pub buddy: BuddyArgs,
+    /// Instead: the swarm share's secrets this Buddy's Machine holds (by its role)
+    #[arg(long, conflicts_with = "forbidden")]
+    pub share: bool,
+    /// Instead: the secrets this Buddy's Fly app must never hold (the share's
+    /// settings its role may not have, the Fly org token for a Buddy)
+    #[arg(long)]
+    pub forbidden: bool,
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +99,19 @@ pub(super) fn cmd_secrets(a: SecretsArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    for name in prepared.secret_vars() {
+    let role = prepared.buddy.identity.role;
+    let names = if a.share {
+        crate::swarm::share::machine_secrets(role)
+    } else if a.forbidden {
+        let mut n = crate::swarm::share::forbidden_secrets(role);
+        if role == crate::buddy::Role::Buddy {
+            n.push("FLY_API_TOKEN".to_string());
+        }
+        n
+    } else {
+        prepared.secret_vars().into_iter().collect()
+    };
+    for name in names {
         println!("{name}");
     }
     0

@@ -32,6 +32,15 @@ pub fn operator_lines(s: &Spawn, slug: &str) -> Vec<String> {
         .map(|(k, _)| format!("export {k}=…   # from the spell"))
         .collect();
     lines.push("export GEMINI_API_KEY=… BRAVE_API_KEY=…   # the swarm's shared keys".into());
+    lines.push(format!(
+        "export {}   # the swarm share's, for a {} (supervisor secrets --buddy buddies/{slug} --share)",
+        crate::swarm::share::machine_secrets(s.identity.role)
+            .iter()
+            .map(|n| format!("{n}=…"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.identity.role
+    ));
     lines.push(format!("scripts/deploy {slug}"));
     lines
 }

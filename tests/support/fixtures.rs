@@ -68,9 +68,15 @@ impl Fixture {
 
 /// The variables a Buddy needs, as the real `supervisor secrets` lists them.
 pub fn secret_names(buddy: &Path) -> Vec<String> {
+    secret_names_of(buddy, &[])
+}
+
+/// `supervisor secrets --buddy DIR [which]` (`--share`, `--forbidden`).
+pub fn secret_names_of(buddy: &Path, which: &[&str]) -> Vec<String> {
     let out = Command::new(supervisor())
         .args(["secrets", "--buddy"])
         .arg(buddy)
+        .args(which)
         .output()
         .unwrap();
     assert!(

@@ -87,6 +87,32 @@ pub const SETTINGS: [&str; 5] = [
     "SECRET_KEY",
 ];
 
+/// The share's secrets a Machine of `role` holds (its Fly app's secrets):
+/// the metadata URL and password of every volume the role mounts, nothing
+/// else. The bucket keys never reach a Machine: JuiceFS keeps them in the
+/// volume's metadata, and only `share format` needs them. `scripts/deploy`
+/// imports exactly these and the boot refuses a Buddy-role Machine that
+/// holds the SpellBook's.
+pub fn machine_secrets(role: crate::buddy::Role) -> Vec<String> {
+    VOLUMES
+        .iter()
+        .filter(|(name, _, _)| *name == super::BOOK || role == crate::buddy::Role::Magician)
+        .flat_map(|(_, infix, _)| [var(infix, "META_URL"), var(infix, "META_PASSWORD")])
+        .collect()
+}
+
+/// The share's settings a Machine of `role` must not hold: every other one
+/// (the SpellBook's for a Buddy, the bucket keys for all). `scripts/deploy`
+/// unsets any it finds on the app.
+pub fn forbidden_secrets(role: crate::buddy::Role) -> Vec<String> {
+    let allowed = machine_secrets(role);
+    VOLUMES
+        .iter()
+        .flat_map(|(_, infix, _)| SETTINGS.iter().map(|what| var(infix, what)))
+        .filter(|n| !allowed.contains(n))
+        .collect()
+}
+
 /// Reads the share's configuration; every problem at once.
 pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<ShareConfig, Problems> {
     let mut problems = Vec::new();
@@ -254,6 +280,26 @@ mod tests {
             .to_string();
         assert!(e.contains("\"nfs\" is not a share mode"), "{e}");
         assert_eq!(from_env(&env_of(&[])).unwrap().mode, Mode::Dir);
+    }
+
+    #[test]
+    fn a_buddy_machine_holds_mybuddybook_s_credentials_only_and_no_machine_holds_bucket_keys() {
+        use crate::buddy::Role;
+        assert_eq!(
+            machine_secrets(Role::Buddy),
+            ["MYBUDDY_BOOK_META_URL", "MYBUDDY_BOOK_META_PASSWORD"]
+        );
+        assert_eq!(machine_secrets(Role::Magician).len(), 4);
+        let forbidden = forbidden_secrets(Role::Buddy);
+        assert!(forbidden.contains(&"MYBUDDY_SPELLBOOK_META_PASSWORD".to_string()));
+        assert!(forbidden.contains(&"MYBUDDY_BOOK_SECRET_KEY".to_string()));
+        assert_eq!(forbidden.len(), 10 - 2);
+        assert_eq!(forbidden_secrets(Role::Magician).len(), 10 - 4);
+        for role in [Role::Buddy, Role::Magician] {
+            for n in machine_secrets(role) {
+                assert!(is_share_setting(&n) && !forbidden_secrets(role).contains(&n));
+            }
+        }
     }
 
     #[test]
