@@ -96,20 +96,10 @@ impl ShareMount {
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--"])
             .arg(juicefs())
-            .args([
-                "mount",
-                "--no-usage-report",
-                "--no-syslog",
-                "--attr-cache",
-                "0",
-                "--entry-cache",
-                "0",
-                "--dir-entry-cache",
-                "0",
-                "--heartbeat",
-                "3s",
-                "--cache-dir",
-            ])
+            // The flags the boot mounts with: what the tests show is what runs.
+            .arg("mount")
+            .args(mybuddytalk::swarm::share::mounts::MOUNT_FLAGS)
+            .arg("--cache-dir")
             .arg(cache)
             .arg(meta)
             .arg(point)
