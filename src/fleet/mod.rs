@@ -1,5 +1,6 @@
 //! What grows the swarm: [`spell`] is SpawnBuddy (validate, generate, cast),
-//! [`deploy`] puts a Buddy on Fly.io.
+//! [`deploy`] puts a Buddy on Fly.io, [`fly`] is the Machines API client.
 
 pub mod deploy;
+pub mod fly;
 pub mod spell;

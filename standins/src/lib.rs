@@ -1,18 +1,21 @@
 //! Stand-ins for the services outside the swarm, on loopback only: the
 //! Telegram Bot API (reached through the gateway's `channels.telegram.proxy`,
-//! TLS from a CA made here) and Gemini (the google provider's `baseUrl`).
-//! They speak the real protocols, record what they saw, and take faults
-//! (Telegram "down"). Used in-process by the tests and as the `standins`
+//! TLS from a CA made here), Gemini (the google provider's `baseUrl`) and
+//! the Fly Machines API (`FLY_API_HOSTNAME`). They speak the real
+//! protocols, record what they saw, and take faults (Telegram "down", Fly
+//! errors, ambiguous creates, held leases, failing checks). Used in-process by the tests and as the `standins`
 //! binary by `scripts/run-local --offline`, `scripts/talk` and the bench.
 //! Never part of an image.
 //!
 //! Layout, one concern per file: [`ca`] (the test CA and the Bot API's leaf),
 //! [`telegram`] (Bot API state, the CONNECT proxy, TLS), [`gemini`] (the
-//! scripted model, embeddings), [`control`] (the binary's control socket),
-//! [`http`] (hyper plumbing the three share).
+//! scripted model, embeddings), [`flyapi`] (the Machines API's state and
+//! faults), [`control`] (the binary's control socket), [`http`] (hyper
+//! plumbing they share).
 
 pub mod ca;
 pub mod control;
+pub mod flyapi;
 pub mod gemini;
 pub mod http;
 pub mod telegram;
@@ -23,6 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use flyapi::FlyApi;
 pub use gemini::{Gemini, Step};
 pub use telegram::{Down, Sent, Telegram};
 
@@ -58,6 +62,85 @@ impl Default for Bot {
     }
 }
 
+/// Runs `setup` on a thread of its own with a single-threaded tokio
+/// runtime, in the network namespace `netns` (a `/proc/PID/ns/net`; the
+/// thread joins it before anything binds) or the caller's, and serves what
+/// it spawned until the process exits. Returns what `setup` returned (the
+/// ports it bound).
+fn serve_in_thread<T: Send + 'static>(
+    netns: Option<&Path>,
+    name: &str,
+    setup: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let ns = netns.map(File::open).transpose()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(ns) = ns {
+                // setns is per thread: only this one (and the runtime on
+                // it) moves into the test's loopback-only namespace.
+                if let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                {
+                    let _ = tx.send(Err(anyhow::anyhow!(
+                        "setns into the network namespace: {e}"
+                    )));
+                    return;
+                }
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match setup.await {
+                    Ok(v) => {
+                        let _ = tx.send(Ok(v));
+                        // Serve until the process exits.
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow::anyhow!("the stand-ins did not start within 10 s"))?
+}
+
+/// The Fly Machines API stand-in, serving on 127.0.0.1 from a thread of its own.
+pub struct FlyStandin {
+    pub api: Arc<FlyApi>,
+    pub port: u16,
+}
+
+impl FlyStandin {
+    /// `authorization`: the one header value accepted (None: any).
+    pub fn start(netns: Option<&Path>, authorization: Option<&str>) -> anyhow::Result<FlyStandin> {
+        let api = Arc::new(FlyApi::new(authorization, "personal"));
+        let a = api.clone();
+        let port = serve_in_thread(netns, "fly-standin", async move {
+            let server = flyapi::bind(a).await?;
+            let port = server.port();
+            tokio::spawn(server.run());
+            anyhow::Ok(port)
+        })?;
+        Ok(FlyStandin { api, port })
+    }
+
+    /// What `FLY_API_HOSTNAME` says to reach it.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 impl Standins {
     /// Starts both stand-ins. `netns`: a `/proc/PID/ns/net` to serve in
     /// (the serving thread joins it before it binds anything), or None for
@@ -68,68 +151,25 @@ impl Standins {
         bot: Bot,
         control: Option<&Path>,
     ) -> anyhow::Result<Standins> {
-        let ns = netns.map(File::open).transpose()?;
         let ca = ca::TestCa::new()?;
         let ca_pem = ca.cert_pem.clone();
         let tls = Arc::new(ca.server_config(telegram::HOST)?);
         let telegram = Arc::new(Telegram::new(bot));
         let gemini = Arc::new(Gemini::new());
-        let (tx, rx) = std::sync::mpsc::channel();
         let (tg, gm) = (telegram.clone(), gemini.clone());
         let control = control.map(Path::to_path_buf);
-        std::thread::Builder::new()
-            .name("standins".into())
-            .spawn(move || {
-                if let Some(ns) = ns {
-                    // setns is per thread: only this one (and the runtime on
-                    // it) moves into the test's loopback-only namespace.
-                    if let Err(e) =
-                        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    {
-                        let _ = tx.send(Err(anyhow::anyhow!(
-                            "setns into the network namespace: {e}"
-                        )));
-                        return;
-                    }
-                }
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into()));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let started = async {
-                        let proxy = telegram::Proxy::bind(tg.clone(), tls).await?;
-                        let gemini = gemini::bind(gm.clone()).await?;
-                        let ports = (proxy.port(), gemini.port());
-                        if let Some(path) = &control {
-                            let c = control::bind(path, tg.clone(), gm.clone())?;
-                            tokio::spawn(c);
-                        }
-                        tokio::spawn(proxy.run());
-                        tokio::spawn(gemini.run());
-                        anyhow::Ok(ports)
-                    };
-                    match started.await {
-                        Ok(ports) => {
-                            let _ = tx.send(Ok(ports));
-                            // Serve until the process exits.
-                            std::future::pending::<()>().await;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                        }
-                    }
-                });
-            })?;
-        let (proxy_port, gemini_port) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow::anyhow!("the stand-ins did not start within 10 s"))??;
+        let (proxy_port, gemini_port) = serve_in_thread(netns, "standins", async move {
+            let proxy = telegram::Proxy::bind(tg.clone(), tls).await?;
+            let gemini = gemini::bind(gm.clone()).await?;
+            let ports = (proxy.port(), gemini.port());
+            if let Some(path) = &control {
+                let c = control::bind(path, tg.clone(), gm.clone())?;
+                tokio::spawn(c);
+            }
+            tokio::spawn(proxy.run());
+            tokio::spawn(gemini.run());
+            anyhow::Ok(ports)
+        })?;
         Ok(Standins {
             telegram,
             gemini,

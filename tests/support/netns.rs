@@ -54,6 +54,24 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Runs `f` on a thread that has joined this namespace (network
+    /// namespaces are per thread): a client in the test reaches only what
+    /// listens in here.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsFd;
+        let ns = std::fs::File::open(self.path()).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = self.holder.kill();
