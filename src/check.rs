@@ -91,6 +91,7 @@ pub fn check_repo(repo: &Path) -> Report {
     problems.extend(check_secret_names(&vars_by_buddy, &template_vars));
     problems.extend(scan_plaintext_secrets(repo, &buddies_dir));
     problems.extend(check_fly_toml(repo));
+    problems.extend(check_machines(repo, &identities));
     problems.extend(check_base_dockerfile(repo));
     // Paths relative to the repository read better in CI.
     for p in &mut problems {
@@ -570,6 +571,24 @@ fn check_fly_toml(repo: &Path) -> Vec<Problem> {
         )),
     }
     out
+}
+
+/// Every Buddy's Fly Machine is made from fly.toml and its own files
+/// (`fleet::machine`, what the deploy and the spells create): fly.toml must
+/// state every fact a Machine needs, and each Buddy's files must fit a
+/// Machine config. A placeholder image digest stands in for the base's.
+fn check_machines(repo: &Path, identities: &[(PathBuf, Identity)]) -> Vec<Problem> {
+    let facts = match crate::fleet::machine::fly_facts(&repo.join("fly.toml")) {
+        Ok(f) => f,
+        Err(p) => return p,
+    };
+    let image = format!("registry.fly.io/mybuddytalk-base@sha256:{}", "0".repeat(64));
+    identities
+        .iter()
+        .filter_map(|(path, _)| path.parent())
+        .filter_map(|dir| crate::fleet::machine::config(&facts, dir, &image, None).err())
+        .flatten()
+        .collect()
 }
 
 /// A Fly deployment names its share: there is no directory anyone else

@@ -331,3 +331,30 @@ fn no_deployment_sets_the_test_only_flags() {
         "sets MYBUDDY_CONFIG_OVERLAY: a test-only flag",
     ]);
 }
+
+#[test]
+fn every_buddy_s_machine_is_made_from_fly_toml_and_fits_a_machine_config() {
+    let r = Repo::new();
+    // A fly.toml without the VM's size: no Machine could be made from it.
+    r.edit(
+        "fly.toml",
+        "[[vm]]\n  size = \"shared-cpu-2x\"\n  memory = \"2gb\"",
+        "",
+    );
+    // A workspace carrying a large file: too much for a Machine config.
+    let notes = r.root().join("buddies/roelbuddy-galahad/workspace/memory");
+    fs::create_dir_all(&notes).unwrap();
+    fs::write(notes.join("dump.md"), "x".repeat(300 * 1024)).unwrap();
+    r.expect(&["fly.toml: vm (size and memory, e.g. shared-cpu-2x and 2gb): missing"]);
+    // With the VM back, the size is what is left.
+    r.edit(
+        "fly.toml",
+        "[checks]",
+        "[[vm]]\n  size = \"shared-cpu-2x\"\n  memory = \"2gb\"\n\n[checks]",
+    );
+    let out = r.expect(&[
+        "buddies/roelbuddy-galahad: its files weigh",
+        "keep large or generated files on the volume",
+    ]);
+    assert!(!out.contains("fly.toml: vm"), "{out}");
+}

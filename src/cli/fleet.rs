@@ -90,3 +90,35 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
         Err(e) => fail(e),
     }
 }
+
+#[derive(Debug, Args)]
+pub struct MachineConfigArgs {
+    /// The Buddy's directory (buddy.json, config.json, workspace/)
+    #[arg(long = "buddy")]
+    pub buddy_dir: PathBuf,
+    /// The base image, pinned by digest (registry.fly.io/mybuddytalk-base@sha256:…)
+    #[arg(long)]
+    pub image: String,
+    /// The id of the Buddy's state volume
+    #[arg(long)]
+    pub volume: Option<String>,
+    /// The fly.toml whose facts the Machine is made of
+    #[arg(long, default_value = "fly.toml")]
+    pub fly_toml: PathBuf,
+}
+
+pub(super) fn cmd_machine_config(a: MachineConfigArgs) -> i32 {
+    use crate::fleet::machine;
+    let made = machine::fly_facts(&a.fly_toml)
+        .and_then(|f| machine::config(&f, &a.buddy_dir, &a.image, a.volume.as_deref()));
+    match made {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Err(p) => fail(crate::config::problem::Problems::new(
+            format!("no Machine config for {}", a.buddy_dir.display()),
+            p,
+        )),
+    }
+}

@@ -3,4 +3,5 @@
 
 pub mod deploy;
 pub mod fly;
+pub mod machine;
 pub mod spell;
