@@ -477,11 +477,12 @@ fn child_env(
             env.insert(name.into(), v);
         }
     }
-    // Fly's machine metadata is not secret; its API token is, and only a
-    // Magician (who casts SpawnBuddy) gets it.
-    let magician = r.prepared.buddy.identity.role == Role::Magician;
+    // Fly's machine metadata is not secret; its API token is, and it can
+    // create and delete every app of the organisation: no gateway gets it,
+    // not even a Magician's (its agent runs shell commands; the spells go
+    // through its supervisor instead).
     for (k, v) in std::env::vars() {
-        if k.starts_with("FLY_") && (k != "FLY_API_TOKEN" || magician) {
+        if k.starts_with("FLY_") && k != "FLY_API_TOKEN" {
             env.insert(k, v);
         }
     }

@@ -627,17 +627,24 @@ fn the_gateway_gets_clean_signals_dropped_privileges_and_only_its_own_env() {
 }
 
 #[test]
-fn a_magicians_gateway_gets_the_magicians_group_and_the_fly_token() {
+fn a_magicians_gateway_gets_the_magicians_group_and_never_the_fly_token() {
     let c = Case::new("roelbuddy-emrys");
     let mut env = c.env.clone();
     env.push(("FLY_API_TOKEN".into(), "fly-api-token-value".into()));
+    // The gateway's own environ, as /proc shows it (what a prompt-injected
+    // `exec` could read), and what its shell sees.
     let child = c.script(
         "inspect.sh",
-        "grep -E '^Groups:' /proc/self/status\nenv | grep FLY_API_TOKEN\nexit 0",
+        "grep -E '^Groups:' /proc/self/status\ntr '\\0' '\\n' < /proc/$$/environ | sed 's/^/ENVIRON: /'\nenv | grep FLY_ || true\nexit 0",
     );
     let s = c.run_once(&env, &[&child]);
-    assert!(s.out().contains("Groups:\t10100 10101"), "{}", s.out());
-    assert!(s.out().contains("FLY_API_TOKEN=fly-api-token-value"));
+    let out = s.out();
+    assert!(out.contains("Groups:\t10100 10101"), "{out}");
+    assert!(out.contains("ENVIRON: OPENCLAW_STATE_DIR="), "{out}");
+    assert!(
+        !out.contains("FLY_API_TOKEN") && !out.contains("fly-api-token-value"),
+        "{out}"
+    );
 }
 
 #[test]
