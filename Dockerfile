@@ -61,6 +61,8 @@ COPY --from=gateway /opt/mybuddy/gateway /opt/mybuddy/gateway
 COPY --from=share /out/ /
 COPY buddies/_template /opt/mybuddy/_template
 COPY images/swarm-seed /opt/mybuddy/swarm-seed
+# The facts every Buddy's Machine is made of: a Magician's spells read them here.
+COPY fly.toml /opt/mybuddy/fly.toml
 ENV PATH=/opt/mybuddy/gateway/bin:/usr/local/bin:/usr/bin:/bin \
     MYBUDDY_GATEWAY_DIR=/opt/mybuddy/gateway \
     MYBUDDY_WARM_CACHE=/opt/mybuddy/gateway/warm/node-compile-cache \

@@ -58,20 +58,9 @@ pub fn check_repo(repo: &Path) -> Report {
         .unwrap_or_default();
     dirs.sort();
     for dir in &dirs {
-        let (prepared, found) = render::prepare_all(dir, &template);
+        let (prepared, found) = check_buddy(dir, &template);
         problems.extend(found);
         if let Some(prepared) = prepared {
-            // Placeholders for every secret: exercises substitution (malformed
-            // references) exactly as the boot does, without real values.
-            let placeholder = |n: &str| Some(format!("placeholder-{}", n.to_lowercase()));
-            let builtins = render::Builtins {
-                state_dir: Path::new(STATE_MOUNT),
-                gateway_dir: Path::new(render::IMAGE_GATEWAY_DIR),
-                swarm_dir: Path::new(crate::swarm::IMAGE_SWARM_DIR),
-            };
-            if let Err(e) = prepared.substitute(builtins, Some("placeholder-token"), &placeholder) {
-                problems.extend(e.items);
-            }
             let id = prepared.buddy.identity.clone();
             vars_by_buddy.push((
                 id.slug(),
@@ -81,7 +70,6 @@ pub fn check_repo(repo: &Path) -> Report {
             identities.push((prepared.buddy.identity_path(), id));
         }
         problems.extend(check_buddy_dockerfile(dir));
-        problems.extend(crate::config::workspace::check(&dir.join("workspace")));
     }
     problems.extend(crate::config::workspace::check(
         &buddies_dir.join("_template/workspace"),
@@ -103,6 +91,28 @@ pub fn check_repo(repo: &Path) -> Report {
         buddies: dirs.len(),
         problems,
     }
+}
+
+/// One Buddy alone, as the boot would take it: it renders with the
+/// template (placeholder secrets exercise every `${VAR}` as the boot
+/// substitutes them) and passes the policy, and its workspace holds only
+/// what the gateway reads. The repository's check runs it for each Buddy;
+/// a spell cast from the SpellBook runs it for the Buddy it made.
+pub fn check_buddy(dir: &Path, template: &Path) -> (Option<render::Prepared>, Vec<Problem>) {
+    let (prepared, mut problems) = render::prepare_all(dir, template);
+    if let Some(prepared) = &prepared {
+        let placeholder = |n: &str| Some(format!("placeholder-{}", n.to_lowercase()));
+        let builtins = render::Builtins {
+            state_dir: Path::new(STATE_MOUNT),
+            gateway_dir: Path::new(render::IMAGE_GATEWAY_DIR),
+            swarm_dir: Path::new(crate::swarm::IMAGE_SWARM_DIR),
+        };
+        if let Err(e) = prepared.substitute(builtins, Some("placeholder-token"), &placeholder) {
+            problems.extend(e.items);
+        }
+    }
+    problems.extend(crate::config::workspace::check(&dir.join("workspace")));
+    (prepared, problems)
 }
 
 fn check_unique_ids(ids: &[(PathBuf, Identity)]) -> Vec<Problem> {

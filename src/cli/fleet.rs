@@ -11,42 +11,113 @@ use super::{CasterArgs, SwarmDirArg, fail};
 pub struct SpawnArgs {
     /// The spell file (YAML, see spellbook/spells/spawn_buddy.md)
     pub spell: PathBuf,
-    /// The MyBuddyTalk repository the new Buddy is written into
-    #[arg(long, default_value = ".")]
-    pub repo: PathBuf,
+    /// A MyBuddyTalk checkout to write the new Buddy into (buddies/<id>/) and
+    /// deploy with its scripts/deploy; without it the Buddy is recorded in the
+    /// SpellBook (spellbook/buddies/<id>/) and deployed over the Fly Machines API
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
     #[command(flatten)]
     pub swarm: SwarmDirArg,
     #[command(flatten)]
     pub caster: CasterArgs,
-    /// Set the Buddy's secrets and deploy it (through scripts/deploy)
+    /// Set the Buddy's secrets and deploy it
     #[arg(long)]
     pub deploy: bool,
     /// Show every change and make none
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Where and how a deploy over the Machines API goes (FLY_API_HOSTNAME and
+/// FLY_API_TOKEN come from the environment).
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The base image, pinned by digest [default: this Machine's own, FLY_IMAGE_REF]
+    #[arg(long, env = "FLY_IMAGE_REF")]
+    pub image: Option<String>,
+    /// The Fly organisation new apps are made in
+    #[arg(long, env = "MYBUDDY_FLY_ORG", default_value = "personal")]
+    pub org: String,
+    /// The region [default: fly.toml's primary_region]
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The fly.toml a Machine is made from [default: the image's, /opt/mybuddy/fly.toml]
+    #[arg(long)]
+    pub fly_toml: Option<PathBuf>,
+    /// How long a new Machine may take to start and pass its checks, seconds
+    #[arg(long, default_value_t = 300)]
+    pub checks_timeout: u64,
+}
+
+impl ApiArgs {
+    /// The API deploy's settings; every problem at once.
+    fn deploy(&self) -> Result<crate::fleet::spell::api::ApiDeploy, String> {
+        use crate::fleet::{fly, machine};
+        let mut problems = Vec::new();
+        let client = fly::Client::from_env()
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        let fly_toml = self
+            .fly_toml
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(machine::IMAGE_FLY_TOML));
+        let facts = machine::fly_facts(&fly_toml)
+            .map_err(|p| problems.extend(p.iter().map(ToString::to_string)))
+            .ok();
+        let image = self.image.clone().filter(|i| i.contains("@sha256:"));
+        if image.is_none() {
+            problems.push("--image: the base image pinned by digest (…@sha256:…) is needed; on a Fly Machine FLY_IMAGE_REF names its own".into());
+        }
+        match (client, facts, image) {
+            (Some(client), Some(facts), Some(image)) if problems.is_empty() => {
+                Ok(crate::fleet::spell::api::ApiDeploy {
+                    region: self.region.clone().unwrap_or_else(|| facts.region.clone()),
+                    client,
+                    facts,
+                    image,
+                    org: self.org.clone(),
+                    checks_timeout: std::time::Duration::from_secs(self.checks_timeout),
+                })
+            }
+            _ => Err(format!(
+                "cannot deploy over the Fly Machines API:\n  - {}",
+                problems.join("\n  - ")
+            )),
+        }
+    }
 }
 
 pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
     use crate::fleet::spell;
     let swarm = a.swarm.swarm_dir.clone();
-    let world = spell::World {
-        repo: &a.repo,
-        swarm: &swarm,
+    let world = match &a.repo {
+        Some(repo) => spell::World::in_repo(repo, &swarm),
+        None => spell::World::in_spellbook(&swarm),
     };
     let say = |m: &str| eprintln!("{m}");
-    let who = match caster(&a.caster, Some(&a.repo), &swarm) {
+    let who = match caster(&a.caster, a.repo.as_deref(), &swarm) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     if let Err(e) = spell::check_caster(&world, &who) {
         return fail(e);
     }
-    let _lock = match spell::lock(&a.repo) {
+    let deploy = match (&a.repo, a.deploy) {
+        (_, false) => spell::Deploy::Skip,
+        (Some(repo), true) => spell::Deploy::Script(repo.join("scripts/deploy")),
+        (None, true) => match a.api.deploy() {
+            Ok(d) => spell::Deploy::Api(Box::new(d)),
+            Err(e) => return fail(e),
+        },
+    };
+    let _lock = match spell::lock(&world) {
         Ok(l) => l,
         Err(e) => {
             return fail(format!(
-                "{}: cannot lock the repository for the spell: {e}",
-                a.repo.display()
+                "{}: cannot lock for the spell: {e}",
+                world.buddies().display()
             ));
         }
     };
@@ -66,9 +137,9 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
         who.id()
     ));
     let opts = spell::CastOptions {
-        deploy: a.deploy,
+        deploy,
         dry_run: a.dry_run,
-        deploy_script: a.repo.join("scripts/deploy"),
+        env: |n| std::env::var(n).ok(),
     };
     match spell::cast(&world, &who, &spawn, &opts, &mut |m| say(m)) {
         Ok(o) if a.dry_run => {

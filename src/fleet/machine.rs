@@ -22,6 +22,9 @@ use crate::config::problem::Problem;
 /// off the state volume's mount, as the API's `files` want.
 pub const BUDDY_GUEST_DIR: &str = "/opt/mybuddy/buddy";
 
+/// Where the base image carries fly.toml, for spells cast on a Machine.
+pub const IMAGE_FLY_TOML: &str = "/opt/mybuddy/fly.toml";
+
 /// The most the Buddy's files may weigh in a Machine config. Fly publishes
 /// no limit ("won't work for large files"); a Buddy's definition is a few
 /// KiB of JSON and Markdown, so anything near this is a mistake (a memory

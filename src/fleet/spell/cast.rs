@@ -12,13 +12,25 @@ use crate::buddy::{Identity, Status};
 use crate::fleet::deploy;
 use crate::swarm::{Paths, registry, resonate};
 
+/// How the spell's deploy step runs.
+#[derive(Debug, Clone)]
+pub enum Deploy {
+    /// Not at all: the commands an operator runs are printed.
+    Skip,
+    /// `scripts/deploy` of a checkout (from a workstation).
+    Script(PathBuf),
+    /// Over the Fly Machines API (a Magician's Machine: no checkout, no CLI).
+    Api(Box<super::api::ApiDeploy>),
+}
+
 /// How the spell runs.
 #[derive(Debug, Clone)]
 pub struct CastOptions {
-    pub deploy: bool,
+    pub deploy: Deploy,
     pub dry_run: bool,
-    /// The deploy script (scripts/deploy in the repository).
-    pub deploy_script: PathBuf,
+    /// The caster's environment (the shared keys and the share's settings
+    /// the new app gets over the API).
+    pub env: fn(&str) -> Option<String>,
 }
 
 /// What a cast did (for the caller's summary).
@@ -89,7 +101,7 @@ pub fn cast(
         undo: String::new(),
     })?;
     if opts.dry_run {
-        dry_run(s, &slug, &files, opts.deploy, progress);
+        dry_run(world, s, &slug, &files, &opts.deploy, progress);
         return Ok(Outcome {
             slug,
             announcement: None,
@@ -137,26 +149,57 @@ pub fn cast(
 
 /// `--dry-run`: every change the cast would make, none made.
 fn dry_run(
+    world: &World,
     s: &Spawn,
     slug: &str,
     files: &[(PathBuf, String)],
-    deploy: bool,
+    how: &Deploy,
     progress: &mut dyn FnMut(&str),
 ) {
     let id = &s.identity;
-    progress(&format!("[generate] would create buddies/{slug}/:"));
+    let deploy = !matches!(how, Deploy::Skip);
+    progress(&format!("[generate] would create {}:", world.shown(slug)));
     for (p, _) in files {
         progress(&format!("    {}", p.display()));
     }
-    for line in deploy::operator_lines(s, slug) {
-        progress(&format!(
-            "[deploy] {}{line}",
-            if deploy {
-                "would run: "
-            } else {
-                "to run later: "
-            }
-        ));
+    if let Deploy::Api(api) = how {
+        let app = super::api::app_name(slug);
+        for line in [
+            format!(
+                "look up the Fly app {app}; create it in {} if free",
+                api.org
+            ),
+            format!(
+                "set its secrets: {}",
+                s.secrets()
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    + " + the shared keys and the share's settings"
+            ),
+            format!(
+                "create the volume {} in {}",
+                api.facts.mount_source, api.region
+            ),
+            format!(
+                "create a Machine on {} with the Buddy's files, wait until started and every check passes",
+                api.image
+            ),
+        ] {
+            progress(&format!("[deploy] would {line}"));
+        }
+    } else {
+        for line in deploy::operator_lines(s, slug) {
+            progress(&format!(
+                "[deploy] {}{line}",
+                if deploy {
+                    "would run: "
+                } else {
+                    "to run later: "
+                }
+            ));
+        }
     }
     progress(&format!(
         "[register] would add {} to registry.json as {}",
@@ -211,9 +254,25 @@ impl Cast<'_> {
     fn check_generated(&mut self, n_files: usize) -> Result<(), String> {
         let id = self.spawn.identity.id();
         let slug = &self.slug;
-        let report = crate::check::check_repo(self.world.repo);
-        let mine: Vec<String> = report
-            .problems
+        let problems = match self.world.repo {
+            Some(repo) => crate::check::check_repo(repo).problems,
+            None => {
+                // The SpellBook's record: the Buddy alone, with the share's
+                // template, and its Machine (what the deploy will create).
+                let (_, mut p) = crate::check::check_buddy(
+                    &self.dir,
+                    &self.world.template().join("config.json"),
+                );
+                if let Ok(facts) = crate::fleet::machine::fly_facts(&self.fly_toml()) {
+                    let image = format!("placeholder@sha256:{}", "0".repeat(64));
+                    if let Err(m) = crate::fleet::machine::config(&facts, &self.dir, &image, None) {
+                        p.extend(m);
+                    }
+                }
+                p
+            }
+        };
+        let mine: Vec<String> = problems
             .iter()
             .filter(|p| {
                 p.file.to_string_lossy().contains(slug.as_str())
@@ -229,24 +288,67 @@ impl Cast<'_> {
             ));
         }
         (self.progress)(&format!(
-            "[2/5] generate: buddies/{slug}/ ({n_files} files) passes check-config"
+            "[2/5] generate: {} ({n_files} files) passes check-config",
+            self.world.shown(&self.slug)
         ));
         Ok(())
     }
 
+    /// The fly.toml the Machine is made from: the checkout's, or the image's.
+    fn fly_toml(&self) -> PathBuf {
+        match self.world.repo {
+            Some(r) => r.join("fly.toml"),
+            None => PathBuf::from(crate::fleet::machine::IMAGE_FLY_TOML),
+        }
+    }
+
     /// With `--deploy`, runs the deploy; without, prints what to run.
     fn deploy(&mut self, opts: &CastOptions) -> Result<bool, String> {
-        let slug = &self.slug;
-        if !opts.deploy {
-            (self.progress)("[3/5] deploy: skipped (no --deploy); to deploy, run:");
-            for line in deploy::operator_lines(self.spawn, slug) {
-                (self.progress)(&format!("    {line}"));
+        let slug = self.slug.clone();
+        match &opts.deploy {
+            Deploy::Skip => {
+                (self.progress)("[3/5] deploy: skipped (no --deploy); to deploy, run:");
+                for line in deploy::operator_lines(self.spawn, &slug) {
+                    (self.progress)(&format!("    {line}"));
+                }
+                Ok(false)
             }
-            return Ok(false);
+            Deploy::Script(script) => {
+                deploy::run_script(script, self.spawn, &slug)?;
+                (self.progress)(&format!("[3/5] deploy: mybuddytalk-{slug} deployed"));
+                Ok(true)
+            }
+            Deploy::Api(api) => {
+                let vars: Vec<String> = crate::config::render::prepare(
+                    &self.dir,
+                    &self.world.template().join("config.json"),
+                )
+                .map_err(|e| e.to_string())?
+                .secret_vars()
+                .into_iter()
+                .collect();
+                let secrets = super::api::app_secrets(self.spawn, &vars, &opts.env)?;
+                (self.progress)(&format!(
+                    "[3/5] deploy: {} over the Fly Machines API ({})",
+                    super::api::app_name(&slug),
+                    api.client.base()
+                ));
+                let undo = &mut self.undo;
+                let machine = super::api::deploy(
+                    api,
+                    self.spawn,
+                    &self.dir,
+                    &secrets,
+                    &mut |u| undo.0.push(u),
+                    self.progress,
+                )?;
+                (self.progress)(&format!(
+                    "[3/5] deploy: {} deployed (Machine {machine})",
+                    super::api::app_name(&slug)
+                ));
+                Ok(true)
+            }
         }
-        deploy::run_script(&opts.deploy_script, self.spawn, slug)?;
-        (self.progress)(&format!("[3/5] deploy: mybuddytalk-{slug} deployed"));
-        Ok(true)
     }
 
     fn register(&mut self, status: Status) -> Result<(), String> {

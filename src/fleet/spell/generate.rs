@@ -70,7 +70,7 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
         .map_err(|e| e.to_string())?;
     cfg.push('\n');
     files.push((PathBuf::from("config.json"), cfg));
-    let tpl = world.buddies().join("_template/workspace");
+    let tpl = world.template().join("workspace");
     let fill = |t: &str| {
         t.replace("{Human}", &id.human)
             .replace("{BotName}", &id.name)
@@ -102,6 +102,11 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
             ),
         };
         files.push((PathBuf::from("workspace").join(name), text));
+    }
+    // A checkout's Buddy has its Dockerfile (scripts/deploy builds it); the
+    // SpellBook's are deployed as the base image plus their files.
+    if world.repo.is_none() {
+        return Ok(files);
     }
     files.push((
         PathBuf::from("Dockerfile"),

@@ -22,11 +22,12 @@ use crate::config::problem::{Problem, Problems};
 use crate::config::render::Secret;
 use crate::swarm::{Paths, registry};
 
+pub mod api;
 mod cast;
 mod generate;
 mod validate;
 
-pub use cast::{CastOptions, Outcome, cast};
+pub use cast::{CastOptions, Deploy, Outcome, cast};
 pub use generate::generate;
 pub use validate::validate;
 
@@ -162,15 +163,55 @@ fn looks_secret(s: &str) -> bool {
     tok.is_match(s)
 }
 
-/// Everything a spell is checked against.
+/// Everything a spell is checked against, and where the new Buddy's
+/// definition goes: a checkout's `buddies/` (`--repo`, from a workstation),
+/// or the SpellBook's record of the Buddies the swarm made
+/// (`spellbook/buddies/`, made from the template on the share), which is
+/// what a Magician's Machine has.
 pub struct World<'a> {
-    pub repo: &'a Path,
     pub swarm: &'a Path,
+    /// The checkout, when the spell writes into one.
+    pub repo: Option<&'a Path>,
+    buddies: PathBuf,
+    template: PathBuf,
 }
 
-impl World<'_> {
-    fn buddies(&self) -> PathBuf {
-        self.repo.join("buddies")
+impl<'a> World<'a> {
+    pub fn in_repo(repo: &'a Path, swarm: &'a Path) -> World<'a> {
+        World {
+            swarm,
+            repo: Some(repo),
+            buddies: repo.join("buddies"),
+            template: repo.join("buddies").join("_template"),
+        }
+    }
+
+    pub fn in_spellbook(swarm: &'a Path) -> World<'a> {
+        let p = Paths::new(swarm);
+        World {
+            swarm,
+            repo: None,
+            buddies: p.spellbook().join("buddies"),
+            template: p.book().join("templates").join("_template"),
+        }
+    }
+
+    /// Where Buddy definitions live (and the new one goes).
+    pub fn buddies(&self) -> PathBuf {
+        self.buddies.clone()
+    }
+
+    /// How the new Buddy's directory is named in messages.
+    pub fn shown(&self, slug: &str) -> String {
+        match self.repo {
+            Some(_) => format!("buddies/{slug}/"),
+            None => format!("spellbook/buddies/{slug}/"),
+        }
+    }
+
+    /// The Buddy template (config.json, workspace/).
+    pub fn template(&self) -> PathBuf {
+        self.template.clone()
     }
 
     /// Identities in the repository (dirs that load), keyed by slug.
@@ -209,13 +250,15 @@ pub fn check_caster(world: &World, caster: &Identity) -> Result<(), SpellError> 
     Ok(())
 }
 
-/// Serialises spells on one repository.
-pub fn lock(repo: &Path) -> std::io::Result<File> {
+/// Serialises spells on one place of Buddy definitions (a checkout, or the
+/// SpellBook, where the lock is global across Machines).
+pub fn lock(world: &World) -> std::io::Result<File> {
+    fs::create_dir_all(world.buddies())?;
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(repo.join("buddies").join(LOCK_FILE))?;
+        .open(world.buddies().join(LOCK_FILE))?;
     f.lock()?;
     Ok(f)
 }

@@ -1,0 +1,365 @@
+//! SpawnBuddy cast as on a Magician's Machine: no checkout, no `fly` CLI.
+//! The new Buddy is recorded in the SpellBook (`spellbook/buddies/<id>/`,
+//! made from the template on the share) and deployed over the Fly Machines
+//! API, here the stand-in, in a loopback-only network namespace with the
+//! supervisor. Each fault rolls back exactly what the cast made.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+use mybuddy_standins::FlyStandin;
+use support::*;
+
+const TOKEN: &str = "987654321:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawX";
+const FLY_TOKEN: &str = "fm2_stand-in-org-token";
+const IMAGE: &str = "registry.fly.io/mybuddytalk-base@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const APP: &str = "mybuddytalk-estherbuddy-lyra";
+
+struct World {
+    f: Fixture,
+    ns: NetNs,
+    fly: FlyStandin,
+}
+
+impl World {
+    fn new() -> World {
+        let f = Fixture::new();
+        // The share as the swarm step leaves it: the template on MyBuddyBook,
+        // the caster in the registry.
+        copy_tree(
+            &repo().join("buddies/_template"),
+            &f.swarm.join("mybuddybook/templates/_template"),
+        );
+        fs::create_dir_all(f.swarm.join("mybuddybook/announcements")).unwrap();
+        fs::create_dir_all(f.swarm.join("spellbook")).unwrap();
+        let o = registry_register(&f.swarm, &f.buddy("roelbuddy-emrys"), &[]);
+        assert!(o.status.success());
+        let ns = NetNs::new();
+        let fly = FlyStandin::start(
+            Some(Path::new(&ns.path())),
+            Some(&format!("FlyV1 {FLY_TOKEN}")),
+        )
+        .unwrap();
+        World { f, ns, fly }
+    }
+
+    fn spell(&self) -> PathBuf {
+        let p = self.f.path("lyra.yaml");
+        fs::write(
+            &p,
+            format!("spell: spawn_buddy\nparameters:\n  human: Esther\n  name: Lyra\n  role: buddy\n  channels:\n    telegram: true\n    telegram_token: \"{TOKEN}\"\n  personality:\n    soul: \"Lyra is gentle and curious.\"\n"),
+        )
+        .unwrap();
+        p
+    }
+
+    /// `supervisor spawn` inside the namespace, as root on a Magician's
+    /// Machine: its environment holds the org token, the shared keys and
+    /// the share's settings (the SpellBook's too: it is a Magician's).
+    fn cast(&self, extra: &[&str]) -> Output {
+        self.ns
+            .command(supervisor().to_str().unwrap())
+            .arg("spawn")
+            .arg(self.spell())
+            .args(["--swarm", self.f.swarm.to_str().unwrap()])
+            .args(["--as", "RoelBuddy-Emrys", "--deploy", "--image", IMAGE])
+            .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
+            .args(["--checks-timeout", "3"])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("FLY_API_HOSTNAME", self.fly.base_url())
+            .env("FLY_API_TOKEN", FLY_TOKEN)
+            .env("GEMINI_API_KEY", "shared-gemini-key")
+            .env("BRAVE_API_KEY", "shared-brave-key")
+            .env(
+                "MYBUDDY_BOOK_META_URL",
+                "rediss://default@book.example:6379/0",
+            )
+            .env("MYBUDDY_BOOK_META_PASSWORD", "book-password")
+            .env(
+                "MYBUDDY_SPELLBOOK_META_URL",
+                "rediss://default@spell.example:6379/0",
+            )
+            .env("MYBUDDY_SPELLBOOK_META_PASSWORD", "spellbook-password")
+            .output()
+            .unwrap()
+    }
+
+    fn record(&self) -> PathBuf {
+        self.f.swarm.join("spellbook/buddies/estherbuddy-lyra")
+    }
+
+    fn registry(&self) -> serde_json::Value {
+        serde_json::from_str(
+            &fs::read_to_string(self.f.swarm.join("mybuddybook/registry.json")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.fly.api.calls().iter().map(|c| c.line()).collect()
+    }
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+#[test]
+fn a_magician_spawns_a_buddy_over_the_machines_api() {
+    let w = World::new();
+    let o = w.cast(&[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(
+        w.lines(),
+        [
+            format!("GET /v1/apps/{APP}"),
+            "POST /v1/apps".into(),
+            format!("POST /v1/apps/{APP}/ip_assignments"),
+            format!("POST /v1/apps/{APP}/secrets"),
+            format!("GET /v1/apps/{APP}/volumes"),
+            format!("POST /v1/apps/{APP}/volumes"),
+            format!("POST /v1/apps/{APP}/machines"),
+            format!(
+                "GET /v1/apps/{APP}/machines/{}/wait",
+                w.fly.api.app(APP).unwrap().machines[0].id
+            ),
+            format!(
+                "GET /v1/apps/{APP}/machines/{}",
+                w.fly.api.app(APP).unwrap().machines[0].id
+            ),
+        ]
+    );
+    let app = w.fly.api.app(APP).unwrap();
+    assert_eq!(app.ips, ["private_v6"]);
+    // Its secrets: its own, the shared keys, MyBuddyBook's share settings;
+    // nothing of the SpellBook's (a Buddy-role app).
+    let names: Vec<&str> = app.secrets.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "BRAVE_API_KEY",
+            "ESTHERBUDDY_LYRA_TELEGRAM_TOKEN",
+            "GEMINI_API_KEY",
+            "MYBUDDY_BOOK_META_PASSWORD",
+            "MYBUDDY_BOOK_META_URL"
+        ]
+    );
+    assert_eq!(app.secrets["ESTHERBUDDY_LYRA_TELEGRAM_TOKEN"], TOKEN);
+    // One Machine: the pinned base image, its volume, its files, the facts
+    // of fly.toml, and the secrets' version.
+    assert_eq!(app.machines.len(), 1);
+    let m = &app.machines[0];
+    assert_eq!(m.config["image"], IMAGE);
+    assert_eq!(m.config["mounts"][0]["volume"], app.volumes[0].id);
+    assert_eq!(m.config["guest"]["memory_mb"], 2048);
+    assert_eq!(m.config["restart"]["policy"], "always");
+    assert_eq!(m.min_secrets_version, Some(app.secrets_version));
+    assert_eq!(m.config["metadata"]["mybuddy_buddy"], "estherbuddy-lyra");
+    let files: Vec<(String, String)> = m.config["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(f["raw_value"].as_str().unwrap())
+                .unwrap();
+            (
+                f["guest_path"].as_str().unwrap().to_string(),
+                String::from_utf8(raw).unwrap(),
+            )
+        })
+        .collect();
+    let soul = files
+        .iter()
+        .find(|(p, _)| p == "/opt/mybuddy/buddy/workspace/SOUL.md")
+        .unwrap();
+    assert!(soul.1.contains("Lyra is gentle and curious."));
+    assert!(
+        files
+            .iter()
+            .any(|(p, c)| p == "/opt/mybuddy/buddy/buddy.json" && c.contains("\"Lyra\""))
+    );
+    // The bot token went in the secrets call and nowhere else: no file, no
+    // other call, no record, registry entry, announcement or output.
+    let with_token: Vec<String> = w
+        .fly
+        .api
+        .calls()
+        .iter()
+        .filter(|c| c.body.to_string().contains(TOKEN))
+        .map(|c| c.line())
+        .collect();
+    assert_eq!(with_token, [format!("POST /v1/apps/{APP}/secrets")]);
+    assert!(!files.iter().any(|(_, c)| c.contains(TOKEN)));
+    assert!(!out.contains(TOKEN) && !out.contains(FLY_TOKEN), "{out}");
+    for entry in walk(&w.f.swarm) {
+        let content = fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&content).contains(TOKEN),
+            "{} holds the bot token",
+            entry.display()
+        );
+    }
+    // The swarm knows what it made: the SpellBook's record (no Dockerfile:
+    // the base image plus these files is the Buddy), active in the registry,
+    // announced.
+    assert!(w.record().join("buddy.json").is_file());
+    assert!(w.record().join("workspace/SOUL.md").is_file());
+    assert!(!w.record().join("Dockerfile").exists());
+    assert!(!w.record().join(".spell-pending").exists());
+    assert_eq!(
+        w.registry()["buddies"]["estherbuddy-lyra"]["status"],
+        "active"
+    );
+    assert!(out.contains("[5/5] resonate"), "{out}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn each_fault_rolls_back_what_the_cast_made_and_casting_again_works() {
+    // A Machine create that fails three times: the volume, the app (with
+    // its secrets and address) and the record are taken back, in reverse.
+    let w = World::new();
+    w.fly.api.fail("POST", "/machines", 500, 3);
+    let o = w.cast(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("step deploy failed"), "{out}");
+    let undone: Vec<&str> = out.lines().filter(|l| l.contains("undone: ")).collect();
+    assert!(
+        undone[0].contains("deleted the volume")
+            && undone[1].contains(&format!("deleted the Fly app {APP}"))
+            && undone[2].contains("removed"),
+        "{out}"
+    );
+    assert!(
+        w.fly.api.app_names().is_empty(),
+        "{:?}",
+        w.fly.api.app_names()
+    );
+    assert!(!w.record().exists());
+    assert!(w.registry()["buddies"].get("estherbuddy-lyra").is_none());
+    // Cast again: it works.
+    let o = w.cast(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(w.fly.api.app(APP).unwrap().machines.len(), 1);
+
+    // The ambiguous 408 on create: the Machine exists, found by the cast's
+    // tag; no second Machine.
+    let w = World::new();
+    w.fly.api.ambiguous_create(1);
+    let o = w.cast(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("but it exists"), "{}", text(&o));
+    assert_eq!(w.fly.api.app(APP).unwrap().machines.len(), 1);
+
+    // Checks that never pass: the Machine, volume and app are taken back.
+    let w = World::new();
+    w.fly.api.checks_never_pass("sha256:1111");
+    let o = w.cast(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("checks did not pass within 3s"), "{out}");
+    assert!(out.contains("healthz: critical"), "{out}");
+    assert!(out.contains("destroyed the Machine"), "{out}");
+    assert!(w.fly.api.app_names().is_empty());
+
+    // A rate limit (429) is waited out.
+    let w = World::new();
+    w.fly.api.fail("POST", "/secrets", 429, 2);
+    let o = w.cast(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An app that existed before is never deleted: a failure takes back
+    // only the secrets it lacked.
+    let w = World::new();
+    w.fly.api.add_app(APP);
+    w.fly.api.fail("POST", "/machines", 500, 3);
+    let o = w.cast(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let app = w.fly.api.app(APP).expect("the app that existed is kept");
+    assert!(app.secrets.is_empty(), "{:?}", app.secrets.keys());
+    assert!(app.volumes.is_empty() && app.machines.is_empty());
+}
+
+#[test]
+fn missing_settings_and_a_taken_name_change_nothing() {
+    let w = World::new();
+    // Without the shared keys in the caster's environment: refused before
+    // any Fly call that changes anything, naming each one.
+    let o =
+        w.ns.command(supervisor().to_str().unwrap())
+            .arg("spawn")
+            .arg(w.spell())
+            .args(["--swarm", w.f.swarm.to_str().unwrap()])
+            .args(["--as", "RoelBuddy-Emrys", "--deploy", "--image", IMAGE])
+            .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("FLY_API_HOSTNAME", w.fly.base_url())
+            .env("FLY_API_TOKEN", FLY_TOKEN)
+            .output()
+            .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for name in [
+        "GEMINI_API_KEY",
+        "BRAVE_API_KEY",
+        "MYBUDDY_BOOK_META_URL",
+        "MYBUDDY_BOOK_META_PASSWORD",
+    ] {
+        assert!(out.contains(name), "{name} not named:\n{out}");
+    }
+    assert!(w.fly.api.calls().is_empty(), "{:?}", w.lines());
+    assert!(!w.record().exists());
+    // No token, no image pin: refused, both said at once.
+    let o = Command::new(supervisor())
+        .arg("spawn")
+        .arg(w.spell())
+        .args(["--swarm", w.f.swarm.to_str().unwrap()])
+        .args([
+            "--as",
+            "RoelBuddy-Emrys",
+            "--deploy",
+            "--image",
+            "base:latest",
+        ])
+        .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(
+        out.contains("FLY_API_TOKEN is not set") && out.contains("pinned by digest"),
+        "{out}"
+    );
+    // An app name another organisation holds.
+    w.fly.api.add_foreign_app(APP);
+    let o = w.cast(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("belongs to another organisation"), "{out}");
+    assert!(!w.record().exists());
+}
