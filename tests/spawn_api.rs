@@ -219,6 +219,38 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
         "active"
     );
     assert!(out.contains("[5/5] resonate"), "{out}");
+
+    // The operator brings what the swarm made into git.
+    let checkout = w.f.path("checkout");
+    copy_tree(&repo().join("buddies"), &checkout.join("buddies"));
+    for f in ["Dockerfile", "fly.toml"] {
+        fs::copy(repo().join(f), checkout.join(f)).unwrap();
+    }
+    let adopt = |w: &World| {
+        Command::new(supervisor())
+            .args(["adopt", "--repo", checkout.to_str().unwrap()])
+            .args(["--swarm", w.f.swarm.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = adopt(&w);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("adopted buddies/estherbuddy-lyra/"),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(supervisor())
+        .args(["check-config", checkout.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("5 Buddies, 0 problems"), "{}", text(&o));
+    assert!(
+        checkout
+            .join("buddies/estherbuddy-lyra/Dockerfile")
+            .is_file()
+    );
+    assert!(text(&adopt(&w)).contains("nothing to adopt"));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -193,3 +193,30 @@ pub(super) fn cmd_machine_config(a: MachineConfigArgs) -> i32 {
         )),
     }
 }
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The checkout the Buddies are copied into (its buddies/)
+    #[arg(long)]
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
+    /// Only these Buddies (ids); default: every one the SpellBook records
+    pub ids: Vec<String>,
+}
+
+pub(super) fn cmd_adopt(a: AdoptArgs) -> i32 {
+    match crate::fleet::spell::adopt(&a.swarm.swarm_dir, &a.repo, &a.ids) {
+        Ok(copied) if copied.is_empty() => {
+            println!("nothing to adopt: every Buddy the SpellBook records is in the checkout");
+            0
+        }
+        Ok(copied) => {
+            for s in &copied {
+                println!("adopted buddies/{s}/ (commit it: git add buddies/{s})");
+            }
+            0
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -12,7 +12,6 @@ use crate::config::policy::SWARM_DIR_VAR;
 /// The files of the new Buddy directory: (relative path, content).
 pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, String> {
     let id = &s.identity;
-    let slug = id.slug();
     let prefix = id.env_prefix();
     let mut files = Vec::new();
     let mut ident = serde_json::to_string_pretty(id).map_err(|e| e.to_string())?;
@@ -108,12 +107,15 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
     if world.repo.is_none() {
         return Ok(files);
     }
-    files.push((
-        PathBuf::from("Dockerfile"),
-        format!(
-            "# {}: the MyBuddyTalk base image plus this Buddy's own files, nothing else.\n# WhatsApp credentials never enter an image: they live on the Buddy's volume (/data).\nARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest\nFROM ${{BASE_IMAGE}}\nCOPY buddies/{slug}/buddy.json buddies/{slug}/config.json /opt/mybuddy/buddy/\nCOPY buddies/{slug}/workspace/ /opt/mybuddy/buddy/workspace/\n",
-            id.id()
-        ),
-    ));
+    files.push((PathBuf::from("Dockerfile"), dockerfile(id)));
     Ok(files)
+}
+
+/// A checkout's Buddy's Dockerfile: the base image plus its own files.
+pub fn dockerfile(id: &crate::buddy::Identity) -> String {
+    let slug = id.slug();
+    format!(
+        "# {}: the MyBuddyTalk base image plus this Buddy's own files, nothing else.\n# WhatsApp credentials never enter an image: they live on the Buddy's volume (/data).\nARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest\nFROM ${{BASE_IMAGE}}\nCOPY buddies/{slug}/buddy.json buddies/{slug}/config.json /opt/mybuddy/buddy/\nCOPY buddies/{slug}/workspace/ /opt/mybuddy/buddy/workspace/\n",
+        id.id()
+    )
 }

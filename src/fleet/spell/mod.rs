@@ -262,3 +262,61 @@ pub fn lock(world: &World) -> std::io::Result<File> {
     f.lock()?;
     Ok(f)
 }
+
+/// Copies the Buddies the SpellBook records (`spellbook/buddies/<id>/`) into
+/// a checkout's `buddies/`, each with its Dockerfile, so the Buddies the
+/// swarm made enter git. `only` names some (ids or slugs); empty: all.
+/// Buddies the checkout has already, and half-made ones, are skipped. Each
+/// copy must pass check-config in the checkout, or it is taken out again
+/// and the problems are returned. Returns the slugs copied.
+pub fn adopt(swarm: &Path, repo: &Path, only: &[String]) -> Result<Vec<String>, String> {
+    let record = Paths::new(swarm).spellbook().join("buddies");
+    let mut slugs: Vec<String> = fs::read_dir(&record)
+        .map_err(|e| format!("{}: {e}", record.display()))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| !e.path().join(PENDING_MARKER).exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .filter(|n| only.is_empty() || only.iter().any(|o| o.to_lowercase() == *n))
+        .collect();
+    slugs.sort();
+    let mut copied = Vec::new();
+    for slug in slugs {
+        let dest = repo.join("buddies").join(&slug);
+        if dest.exists() {
+            continue;
+        }
+        let b = buddy::load(&record.join(&slug)).map_err(|e| e.to_string())?;
+        let opts = fs_extra::dir::CopyOptions {
+            copy_inside: true,
+            ..Default::default()
+        };
+        fs_extra::dir::copy(record.join(&slug), &dest, &opts)
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        fs::write(dest.join("Dockerfile"), generate::dockerfile(&b.identity))
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        copied.push(slug);
+    }
+    let report = crate::check::check_repo(repo);
+    let bad: Vec<String> = report
+        .problems
+        .iter()
+        .filter(|p| {
+            copied
+                .iter()
+                .any(|s| p.file.to_string_lossy().contains(s.as_str()))
+        })
+        .map(|p| p.to_string())
+        .collect();
+    if !bad.is_empty() {
+        for s in &copied {
+            let _ = fs::remove_dir_all(repo.join("buddies").join(s));
+        }
+        return Err(format!(
+            "not adopted: check-config found problems in the copies:\n  {}",
+            bad.join("\n  ")
+        ));
+    }
+    Ok(copied)
+}
