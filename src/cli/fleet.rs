@@ -101,7 +101,7 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if let Err(e) = spell::check_caster(&world, &who) {
+    if let Err(e) = spell::check_caster(&world, &who, "SpawnBuddy") {
         return fail(e);
     }
     let deploy = match (&a.repo, a.deploy) {
@@ -217,6 +217,133 @@ pub(super) fn cmd_adopt(a: AdoptArgs) -> i32 {
             }
             0
         }
+        Err(e) => fail(e),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The new base image, pinned by digest (registry.fly.io/mybuddytalk-base@sha256:…)
+    #[arg(long)]
+    pub image: String,
+    /// Only these Buddies (ids); default: every deployed one in the registry
+    pub ids: Vec<String>,
+    /// The Buddy upgraded first [default: the first Buddy-role one]
+    #[arg(long)]
+    pub canary: Option<String>,
+    #[command(flatten)]
+    pub swarm: SwarmDirArg,
+    #[command(flatten)]
+    pub caster: CasterArgs,
+    /// A checkout whose buddies/ holds definitions (besides the SpellBook's record)
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// The fly.toml a Machine's files are made with [default: the checkout's, else the image's]
+    #[arg(long)]
+    pub fly_toml: Option<PathBuf>,
+    /// How long an updated Machine may take to start and pass its checks, seconds
+    #[arg(long, default_value_t = 300)]
+    pub checks_timeout: u64,
+    /// How long, after its checks pass, the Buddy may take to register the new version, seconds
+    #[arg(long, default_value_t = 120)]
+    pub version_timeout: u64,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
+    use crate::fleet::{machine, upgrade};
+    let swarm = a.swarm.swarm_dir.clone();
+    let who = match caster(&a.caster, a.repo.as_deref(), &swarm) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let world = match &a.repo {
+        Some(repo) => crate::fleet::spell::World::in_repo(repo, &swarm),
+        None => crate::fleet::spell::World::in_spellbook(&swarm),
+    };
+    if let Err(e) = crate::fleet::spell::check_caster(&world, &who, "UpgradeBuddy") {
+        return fail(e);
+    }
+    let client = match crate::fleet::fly::Client::from_env() {
+        Ok(c) => c,
+        Err(e) if a.dry_run => {
+            eprintln!("(dry run without FLY_API_TOKEN: {e})");
+            crate::fleet::fly::Client::new(crate::fleet::fly::DEFAULT_BASE, "")
+        }
+        Err(e) => return fail(e),
+    };
+    let mut definitions = vec![crate::swarm::Paths::new(&swarm).spellbook().join("buddies")];
+    if let Some(r) = &a.repo {
+        definitions.insert(0, r.join("buddies"));
+    }
+    let own = std::env::var("FLY_MACHINE_ID").ok();
+    let (targets, notes) = match upgrade::plan(
+        &swarm,
+        &a.ids,
+        a.canary.as_deref(),
+        own.as_deref(),
+        &definitions,
+    ) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    for n in &notes {
+        eprintln!("{n}");
+    }
+    if targets.is_empty() {
+        return fail("no deployed Buddy to upgrade (the registry names none with a Fly Machine)");
+    }
+    let fly_toml = a.fly_toml.clone().unwrap_or_else(|| match &a.repo {
+        Some(r) => r.join("fly.toml"),
+        None => PathBuf::from(machine::IMAGE_FLY_TOML),
+    });
+    let facts = machine::fly_facts(&fly_toml).ok();
+    let opts = upgrade::Options {
+        image: a.image.clone(),
+        checks_timeout: std::time::Duration::from_secs(a.checks_timeout),
+        version_timeout: std::time::Duration::from_secs(a.version_timeout),
+        lease_ttl: (a.checks_timeout + a.version_timeout + 120) as u32,
+        dry_run: a.dry_run,
+    };
+    let mut say = |m: &str| eprintln!("{m}");
+    match upgrade::rollout(
+        &client,
+        facts.as_ref(),
+        &swarm,
+        &who.id(),
+        &targets,
+        &opts,
+        &mut say,
+    ) {
+        Ok(o) if a.dry_run => {
+            let _ = o;
+            println!("dry run: nothing was changed");
+            0
+        }
+        Ok(o) => match o.stopped {
+            None => {
+                println!(
+                    "upgraded {} Buddies to {}: {}",
+                    o.upgraded.len(),
+                    a.image,
+                    o.upgraded.join(", ")
+                );
+                0
+            }
+            Some((id, why)) => {
+                println!(
+                    "upgrade stopped at {id} (put back on its old config): {why}; upgraded before it: {}",
+                    if o.upgraded.is_empty() {
+                        "none".into()
+                    } else {
+                        o.upgraded.join(", ")
+                    }
+                );
+                1
+            }
+        },
         Err(e) => fail(e),
     }
 }

@@ -16,7 +16,7 @@ mod run;
 mod swarm;
 
 use config::{CheckConfigArgs, RenderArgs, SecretsArgs};
-use fleet::{AdoptArgs, MachineConfigArgs, SpawnArgs};
+use fleet::{AdoptArgs, MachineConfigArgs, SpawnArgs, UpgradeArgs};
 use run::{InitArgs, RunArgs};
 use swarm::{RegistryArgs, ResonateArgs, ShareCommand, SwarmCommand};
 
@@ -55,6 +55,8 @@ pub enum Command {
     Registry(RegistryArgs),
     /// Cast the SpawnBuddy spell (Magicians only): create, deploy, register and announce a Buddy
     Spawn(SpawnArgs),
+    /// Cast UpgradeBuddy (Magicians only): roll a new base image over the deployed Buddies, a canary first
+    Upgrade(UpgradeArgs),
     /// Copy the Buddies the SpellBook records (spells cast on a Machine) into a checkout, so they enter git
     Adopt(AdoptArgs),
     /// Print a Buddy's Fly Machine config (JSON): the pinned base image, fly.toml's facts and the Buddy's own files
@@ -152,6 +154,7 @@ pub fn main() -> i32 {
         Command::Spawn(a) => fleet::cmd_spawn(a),
         Command::MachineConfig(a) => fleet::cmd_machine_config(a),
         Command::Adopt(a) => fleet::cmd_adopt(a),
+        Command::Upgrade(a) => fleet::cmd_upgrade(a),
         Command::Resonate(a) => swarm::cmd_resonate(a),
         Command::Swarm(SwarmCommand::Check(a)) => swarm::cmd_swarm_check(a),
         Command::Share(c) => swarm::cmd_share(c),

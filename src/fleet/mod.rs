@@ -5,3 +5,4 @@ pub mod deploy;
 pub mod fly;
 pub mod machine;
 pub mod spell;
+pub mod upgrade;

@@ -228,7 +228,7 @@ impl<'a> World<'a> {
 }
 
 /// Only a Magician may cast. `caster` is `--as` or the Buddy the command runs in.
-pub fn check_caster(world: &World, caster: &Identity) -> Result<(), SpellError> {
+pub fn check_caster(world: &World, caster: &Identity, spell: &str) -> Result<(), SpellError> {
     // The repository's definition wins over what the caller claims.
     let role = world
         .repo_identities()
@@ -243,7 +243,7 @@ pub fn check_caster(world: &World, caster: &Identity) -> Result<(), SpellError> 
         .unwrap_or(caster.role);
     if role != Role::Magician {
         return Err(SpellError::Refused(format!(
-            "{} is a {role}; only a Magician may cast SpawnBuddy",
+            "{} is a {role}; only a Magician may cast {spell}",
             caster.id()
         )));
     }
