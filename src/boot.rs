@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub share_timeout: Duration,
     /// Where the share's mounts keep their block caches.
     pub share_cache: PathBuf,
+    /// The spell socket a Magician holding the Fly token listens on.
+    pub spell_socket: PathBuf,
     /// None: root drops to the default gateway user; non-root stays itself.
     pub user: Option<String>,
     pub env_file: Option<PathBuf>,
@@ -137,6 +139,8 @@ struct Boot {
     mask: SigSet,
     /// The next wait after a failed remount (doubles to [`REMOUNT_BACKOFF_MAX`]).
     remount_backoff: Duration,
+    /// A Magician holding the Fly token: the spells its gateway asks for.
+    spells: Option<crate::fleet::socket::Server>,
 }
 
 /// The first wait after a failed remount, and the longest.
@@ -270,6 +274,40 @@ impl Boot {
         Ok(())
     }
 
+    /// Step spells (only with `FLY_API_TOKEN`): a Magician's supervisor keeps
+    /// the token and casts its gateway's spells on the spell socket; a
+    /// Buddy-role Machine has no use for the token and says so.
+    fn listen_for_spells(&mut self, identity: &crate::buddy::Identity) -> Result<(), String> {
+        let creds = match (identity.role, &self.creds) {
+            (Role::Buddy, _) => {
+                warn!(
+                    "FLY_API_TOKEN is set on a Buddy-role Machine: unused, and no gateway gets it; remove it from this app's secrets (scripts/deploy does)"
+                );
+                return Ok(());
+            }
+            (Role::Magician, None) => {
+                warn!(
+                    "not root: no spell socket (it needs the gateway's own uid to check callers)"
+                );
+                return Ok(());
+            }
+            (Role::Magician, Some(c)) => c,
+        };
+        let group = crate::pid1::privileges::swarm_gid(crate::pid1::privileges::MAGICIANS_GROUP);
+        let s = crate::fleet::socket::Server::bind(
+            &self.cfg.spell_socket,
+            creds.uid.as_raw(),
+            group.as_raw(),
+            identity.id(),
+            self.cfg.swarm_dir.clone(),
+            self.mask,
+        )
+        .map_err(|e| format!("{}: cannot listen: {e}", self.cfg.spell_socket.display()))?;
+        info!(socket = %s.path().display(), uid = creds.uid.as_raw(), "spells: the gateway casts through this socket; the Fly token stays here");
+        self.spells = Some(s);
+        Ok(())
+    }
+
     /// Step swarm: the share checked, laid out, repaired and probed.
     fn prepare_swarm(&self, role: Role) -> Result<swarm::Report, swarm::SwarmError> {
         let opts = swarm::Options {
@@ -337,6 +375,7 @@ impl Boot {
             credentials: self.creds.clone(),
             mask_dir,
             harden: true,
+            stdio: None,
         }
     }
 }
@@ -374,7 +413,20 @@ impl Hooks for Boot {
         r
     }
 
+    fn listener(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.spells.as_ref().map(|s| s.fd())
+    }
+
+    fn accept(&mut self) {
+        if let Some(s) = &mut self.spells {
+            s.accept();
+        }
+    }
+
     fn child_ended(&mut self, pid: nix::unistd::Pid, exit: sys::Exit) -> bool {
+        if self.spells.as_mut().is_some_and(|s| s.ended(pid, exit)) {
+            return false;
+        }
         let Some(volume) = self.mounts.as_mut().and_then(|m| m.ended(pid)) else {
             return false;
         };
@@ -597,6 +649,7 @@ fn boot(
         role: Role::Buddy,
         mask,
         remount_backoff: REMOUNT_BACKOFF,
+        spells: None,
     };
     let rendered = step("render", || boot.render())?;
     if let Some(o) = &boot.cfg.config_overlay {
@@ -624,6 +677,10 @@ fn boot(
     let report = step("swarm", || boot.prepare_swarm(identity.role))?;
     let mask_dir = boot.swarm_ready(&report, identity.role);
     stop_pending(sfd, deferred)?;
+
+    if std::env::var_os("FLY_API_TOKEN").is_some() {
+        step("spells", || boot.listen_for_spells(&identity))?;
+    }
     boot.to_register = Some(identity);
 
     let spec = boot.gateway_spec(&rendered, mask_dir);

@@ -365,28 +365,37 @@ fn missing_settings_and_a_taken_name_change_nothing() {
     }
     assert!(w.fly.api.calls().is_empty(), "{:?}", w.lines());
     assert!(!w.record().exists());
-    // No token, no image pin: refused, both said at once.
-    let o = Command::new(supervisor())
-        .arg("spawn")
-        .arg(w.spell())
-        .args(["--swarm", w.f.swarm.to_str().unwrap()])
-        .args([
-            "--as",
-            "RoelBuddy-Emrys",
-            "--deploy",
-            "--image",
-            "base:latest",
-        ])
-        .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .output()
-        .unwrap();
-    let out = text(&o);
+    // No token here: the spell goes to the Magician's supervisor, and
+    // without one listening that is the error.
+    let spawn = |token: Option<&str>| {
+        let mut c = Command::new(supervisor());
+        c.arg("spawn")
+            .arg(w.spell())
+            .args(["--swarm", w.f.swarm.to_str().unwrap()])
+            .args([
+                "--as",
+                "RoelBuddy-Emrys",
+                "--deploy",
+                "--image",
+                "base:latest",
+            ])
+            .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("MYBUDDY_SPELL_SOCKET", w.f.path("no-such.sock"));
+        if let Some(t) = token {
+            c.env("FLY_API_TOKEN", t);
+        }
+        text(&c.output().unwrap())
+    };
+    let out = spawn(None);
     assert!(
-        out.contains("FLY_API_TOKEN is not set") && out.contains("pinned by digest"),
+        out.contains("cannot reach the spell socket") && out.contains("FLY_API_TOKEN"),
         "{out}"
     );
+    // With a token, an image not pinned by digest is refused.
+    let out = spawn(Some(FLY_TOKEN));
+    assert!(out.contains("pinned by digest"), "{out}");
     // An app name another organisation holds.
     w.fly.api.add_foreign_app(APP);
     let o = w.cast(&[]);

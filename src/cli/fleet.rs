@@ -44,10 +44,10 @@ pub struct ApiArgs {
     #[arg(long)]
     pub region: Option<String>,
     /// The fly.toml a Machine is made from [default: the image's, /opt/mybuddy/fly.toml]
-    #[arg(long)]
+    #[arg(long, env = "MYBUDDY_FLY_TOML")]
     pub fly_toml: Option<PathBuf>,
     /// How long a new Machine may take to start and pass its checks, seconds
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, env = "MYBUDDY_CHECKS_TIMEOUT", default_value_t = 300)]
     pub checks_timeout: u64,
 }
 
@@ -91,6 +91,23 @@ impl ApiArgs {
 
 pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
     use crate::fleet::spell;
+    // Inside a Magician's Machine the agent has no token: its supervisor
+    // casts for it, on the spell socket.
+    if a.repo.is_none() && a.deploy && std::env::var_os("FLY_API_TOKEN").is_none() {
+        let content = match std::fs::read_to_string(&a.spell) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("{}: {e}", a.spell.display())),
+        };
+        let req = crate::fleet::socket::Request::Spawn {
+            spell_file: content,
+            deploy: true,
+            dry_run: a.dry_run,
+        };
+        return match crate::fleet::socket::cast(&crate::fleet::socket::path_from_env(), &req) {
+            Ok(code) => code,
+            Err(e) => fail(e),
+        };
+    }
     let swarm = a.swarm.swarm_dir.clone();
     let world = match &a.repo {
         Some(repo) => spell::World::in_repo(repo, &swarm),
@@ -239,10 +256,10 @@ pub struct UpgradeArgs {
     #[arg(long)]
     pub repo: Option<PathBuf>,
     /// The fly.toml a Machine's files are made with [default: the checkout's, else the image's]
-    #[arg(long)]
+    #[arg(long, env = "MYBUDDY_FLY_TOML")]
     pub fly_toml: Option<PathBuf>,
     /// How long an updated Machine may take to start and pass its checks, seconds
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, env = "MYBUDDY_CHECKS_TIMEOUT", default_value_t = 300)]
     pub checks_timeout: u64,
     /// How long, after its checks pass, the Buddy may take to register the new version, seconds
     #[arg(long, default_value_t = 120)]
@@ -254,6 +271,18 @@ pub struct UpgradeArgs {
 
 pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
     use crate::fleet::{machine, upgrade};
+    if a.repo.is_none() && std::env::var_os("FLY_API_TOKEN").is_none() {
+        let req = crate::fleet::socket::Request::Upgrade {
+            image: a.image.clone(),
+            canary: a.canary.clone(),
+            ids: a.ids.clone(),
+            dry_run: a.dry_run,
+        };
+        return match crate::fleet::socket::cast(&crate::fleet::socket::path_from_env(), &req) {
+            Ok(code) => code,
+            Err(e) => fail(e),
+        };
+    }
     let swarm = a.swarm.swarm_dir.clone();
     let who = match caster(&a.caster, a.repo.as_deref(), &swarm) {
         Ok(c) => c,

@@ -88,6 +88,13 @@ pub struct RunArgs {
         default_value = "/var/cache/juicefs"
     )]
     pub share_cache_dir: PathBuf,
+    /// A Magician holding FLY_API_TOKEN: where its gateway asks for spells (SO_PEERCRED: its uid only)
+    #[arg(
+        long,
+        env = "MYBUDDY_SPELL_SOCKET",
+        default_value = crate::fleet::socket::DEFAULT_PATH
+    )]
+    pub spell_socket: PathBuf,
     /// Run the gateway as USER, UID or UID:GID [default: buddy when root, yourself otherwise]
     #[arg(long, env = "MYBUDDY_USER")]
     pub user: Option<String>,
@@ -150,6 +157,7 @@ fn run_config(a: RunArgs) -> RunConfig {
         swarm_unmounted_ok: a.swarm_dir_unmounted,
         share_timeout: secs(a.share_timeout),
         share_cache: a.share_cache_dir,
+        spell_socket: a.spell_socket,
         user: a.user,
         env_file: a.env_file,
         rotate_token: a.rotate_token,

@@ -4,5 +4,6 @@
 pub mod deploy;
 pub mod fly;
 pub mod machine;
+pub mod socket;
 pub mod spell;
 pub mod upgrade;

@@ -37,6 +37,7 @@ pub fn run(command: Vec<String>, policy: Policy, sfd: &SignalFd, mask: SigSet) -
         credentials: None,
         mask_dir: None,
         harden: false,
+        stdio: None,
     };
     Supervisor::new(sfd, mask, spec, policy, &mut Plain).run()
 }

@@ -40,6 +40,13 @@ pub trait Hooks {
     fn child_ended(&mut self, _pid: Pid, _exit: Exit) -> bool {
         false
     }
+    /// A descriptor the loop also waits on (the spell socket's listener).
+    fn listener(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    /// [`Hooks::listener`] is readable: take what waits there (never
+    /// blocking the loop for long).
+    fn accept(&mut self) {}
     /// One step of bringing back what [`Hooks::child_ended`] reported gone,
     /// called from the loop (never blocking it for long).
     fn repair(&mut self) -> Repair {
@@ -178,7 +185,9 @@ impl<'a> Supervisor<'a> {
             let timeout = self
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
-            sys::wait_readable(self.sfd, timeout);
+            if sys::wait_readable(self.sfd, self.hooks.listener(), timeout) {
+                self.hooks.accept();
+            }
             for sig in sys::read_signals(self.sfd) {
                 if let Some(code) = self.on_signal(sig) {
                     return code;

@@ -81,8 +81,13 @@ pub fn read_signals(fd: &SignalFd) -> Vec<Signal> {
     out
 }
 
-/// Waits until the signalfd is readable or `timeout` passes.
-pub fn wait_readable(fd: &SignalFd, timeout: Option<Duration>) {
+/// Waits until the signalfd (or `extra`: the spell socket's listener) is
+/// readable or `timeout` passes. Whether `extra` is readable.
+pub fn wait_readable(
+    fd: &SignalFd,
+    extra: Option<std::os::fd::BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> bool {
     let t = match timeout {
         None => PollTimeout::NONE,
         Some(d) => {
@@ -91,9 +96,15 @@ pub fn wait_readable(fd: &SignalFd, timeout: Option<Duration>) {
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
         }
     };
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let mut fds = vec![PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    if let Some(e) = extra {
+        fds.push(PollFd::new(e, PollFlags::POLLIN));
+    }
     // EINTR only means "look again"; the loop does.
     let _ = poll(&mut fds, t);
+    fds.get(1)
+        .and_then(|f| f.revents())
+        .is_some_and(|r| r.contains(PollFlags::POLLIN))
 }
 
 pub fn is_pid1() -> bool {
@@ -224,6 +235,8 @@ pub struct SpawnSpec {
     /// The gateway: no_new_privs and umask 007. A plain `init` child keeps
     /// both as they were, as under tini (it may need sudo, or its own umask).
     pub harden: bool,
+    /// Its stdout and stderr (a spell run's: the caller's connection).
+    pub stdio: Option<std::os::fd::RawFd>,
 }
 
 /// Starts the child in its own session and process group, with the original
@@ -286,6 +299,7 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
         )
     });
     let harden = spec.harden;
+    let stdio = spec.stdio;
     let mask = *original_mask;
     let failed = AtomicI32::new(0);
 
@@ -320,6 +334,15 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
                 nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
             }
             nix::unistd::chdir(cwd.as_c_str())?;
+            if let Some(fd) = stdio {
+                // A spell run writes its progress straight to whoever asked
+                // (the descriptor is ours until the exec: CLOEXEC drops it,
+                // the two copies stay).
+                // SAFETY: plain dup2 of descriptors we own onto 1 and 2.
+                if unsafe { libc::dup2(fd, 1) } < 0 || unsafe { libc::dup2(fd, 2) } < 0 {
+                    return Err(Errno::last());
+                }
+            }
             // execvp's search, done here as the gateway's user: a PATH entry
             // it cannot reach is skipped, not fatal.
             let mut denied = false;

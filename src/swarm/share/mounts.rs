@@ -341,6 +341,7 @@ fn spec(v: &Volume, point: &Path, cache: &Path) -> SpawnSpec {
         credentials: None,
         mask_dir: None,
         harden: false,
+        stdio: None,
     }
 }
 
