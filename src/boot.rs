@@ -1,7 +1,8 @@
 //! `supervisor run`: the boot sequence, then the supervision loop.
 //!
 //! Boot is a list of named steps, each logged with its duration:
-//! signals → privileges → render → state → swarm → supervise (start) →
+//! signals → privileges → render → state → share → swarm → spells →
+//! supervise (start) →
 //! register. Registering runs while the gateway starts: the gateway does not
 //! need it, and a failure still stops the gateway and fails the boot.
 //! The first step takes the signals before anything else can happen (as PID 1

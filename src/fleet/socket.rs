@@ -155,12 +155,11 @@ impl Server {
         conn: &UnixStream,
         line: &str,
     ) -> Result<(), String> {
-        let cred = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+        let (uid, caller_pid) = sys::peer_credentials(conn)
             .map_err(|e| format!("cannot read the caller's credentials: {e}"))?;
-        if cred.uid() != self.gateway_uid {
+        if uid != self.gateway_uid {
             return Err(format!(
-                "uid {} may not cast spells here; only this Magician's gateway (uid {}) may",
-                cred.uid(),
+                "uid {uid} may not cast spells here; only this Magician's gateway (uid {}) may",
                 self.gateway_uid
             ));
         }
@@ -235,7 +234,7 @@ impl Server {
         info!(
             spell = what,
             pid = pid.as_raw(),
-            caller_pid = cred.pid(),
+            caller_pid,
             "spell socket: casting for the gateway"
         );
         self.runs.insert(pid, Run { conn, spell_file });

@@ -107,6 +107,15 @@ pub fn wait_readable(
         .is_some_and(|r| r.contains(PollFlags::POLLIN))
 }
 
+/// Who is on the other end of a Unix socket: (uid, pid) as the kernel
+/// recorded them at connect (SO_PEERCRED), not as the caller claims. The
+/// spell socket lets only its gateway's uid cast.
+pub fn peer_credentials(conn: &std::os::unix::net::UnixStream) -> io::Result<(u32, i32)> {
+    let c = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)?;
+    Ok((c.uid(), c.pid()))
+}
+
 pub fn is_pid1() -> bool {
     nix::unistd::getpid().as_raw() == 1
 }
