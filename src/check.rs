@@ -628,6 +628,15 @@ fn check_fly_share(path: &Path, doc: &toml::Table) -> Vec<Problem> {
                 "the share's settings are per-app secrets (`fly secrets`), never fly.toml: remove it",
             ));
         }
+        // Every Buddy's Machine is made from fly.toml: the org token there
+        // would reach every Buddy-role Machine.
+        if t.contains_key("FLY_API_TOKEN") {
+            out.push(Problem::new(
+                path,
+                "env.FLY_API_TOKEN",
+                "the Fly org token is a secret of the Magicians' apps alone, never fly.toml (every Buddy's Machine is made from it): remove it",
+            ));
+        }
     }
     out
 }

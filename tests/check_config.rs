@@ -216,11 +216,12 @@ fn a_fly_deployment_names_its_share_and_keeps_its_secrets_out_of_fly_toml() {
     r.edit(
         "fly.toml",
         "MYBUDDY_SHARE = \"juicefs\"",
-        "MYBUDDY_SHARE = \"dir\"\n  MYBUDDY_BOOK_META_PASSWORD = \"hunter2\"",
+        "MYBUDDY_SHARE = \"dir\"\n  MYBUDDY_BOOK_META_PASSWORD = \"hunter2\"\n  FLY_API_TOKEN = \"fm2_x\"",
     );
     let out = r.expect(&[
         "fly.toml: env.MYBUDDY_SHARE: must be \"juicefs\"",
         "fly.toml: env.MYBUDDY_BOOK_META_PASSWORD: the share's settings are per-app secrets",
+        "fly.toml: env.FLY_API_TOKEN: the Fly org token is a secret of the Magicians' apps alone",
     ]);
     assert!(!out.contains("hunter2"), "{out}");
 }
