@@ -105,7 +105,10 @@ fn first_deploy_creates_the_app_volume_secrets_and_deploys_only_that_buddy() {
     // Nor the Magicians' org token, even when the operator has it exported.
     let fly = FakeFly::new(&f.path("buddy-with-token"));
     let mut with = env.clone();
-    with.push(("MYBUDDY_MAGICIAN_FLY_TOKEN".into(), "fm2_magician-org-token".into()));
+    with.push((
+        "MYBUDDY_MAGICIAN_FLY_TOKEN".into(),
+        "fm2_magician-org-token".into(),
+    ));
     let o = deploy(&fly, &with, &["estherbuddy-kazeh", "--region", "cdg"]);
     assert!(o.status.success());
     assert!(!fly.stdin().contains("FLY_API_TOKEN"));
@@ -127,18 +130,29 @@ fn a_magician_s_app_gets_the_spellbook_too() {
         assert!(stdin.contains(&format!("{k}={v}\n")), "{k} not imported");
     }
     assert!(stdin.contains("MYBUDDY_SPELLBOOK_META_PASSWORD="));
-    assert!(!stdin.contains("FLY_API_TOKEN"), "no org token unless one is given for Magicians");
+    assert!(
+        !stdin.contains("FLY_API_TOKEN"),
+        "no org token unless one is given for Magicians"
+    );
     // The org token for a Magician's supervisor: its own variable, imported
     // as FLY_API_TOKEN, through stdin only.
     let fly = FakeFly::new(&f.path("with-token"));
     let mut with = env.clone();
-    with.push(("MYBUDDY_MAGICIAN_FLY_TOKEN".into(), "fm2_magician-org-token".into()));
+    with.push((
+        "MYBUDDY_MAGICIAN_FLY_TOKEN".into(),
+        "fm2_magician-org-token".into(),
+    ));
     let o = deploy(&fly, &with, &["roelbuddy-emrys"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(fly.stdin().contains("FLY_API_TOKEN=fm2_magician-org-token\n"));
+    assert!(
+        fly.stdin()
+            .contains("FLY_API_TOKEN=fm2_magician-org-token\n")
+    );
     assert!(!String::from_utf8_lossy(&o.stderr).contains("fm2_magician-org-token"));
     assert!(
-        !fly.calls().iter().any(|c| c.iter().any(|a| a.contains("fm2_magician"))),
+        !fly.calls()
+            .iter()
+            .any(|c| c.iter().any(|a| a.contains("fm2_magician"))),
         "the token on a command line"
     );
     // The share's group is all or nothing, like the Buddy's own.

@@ -563,6 +563,37 @@ impl Client {
         }
     }
 
+    /// Waits until `instance_id` is started and then every check passes,
+    /// within `timeout` in all. The error says each check's last status.
+    pub fn wait_healthy(
+        &self,
+        app: &str,
+        id: &str,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let t = Instant::now();
+        self.wait_started(app, id, instance_id, timeout)
+            .map_err(|e| e.to_string())?;
+        loop {
+            let m = self.machine(app, id).map_err(|e| e.to_string())?;
+            if m.checks_pass() {
+                return Ok(());
+            }
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "the Machine {id} started but its checks did not pass within {timeout:?} ({})",
+                    m.checks
+                        .iter()
+                        .map(|(n, st)| format!("{n}: {st}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// A lease on the Machine for `ttl` seconds: its nonce. 409 means
     /// someone else holds one (the error says so).
     pub fn lease(&self, app: &str, id: &str, ttl: u32) -> Result<String, FlyError> {

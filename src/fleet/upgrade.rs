@@ -318,26 +318,7 @@ fn healthy(
     version: Option<&str>,
 ) -> Result<u128, String> {
     let start = Instant::now();
-    c.wait_started(&t.app, &t.machine, instance, opts.checks_timeout)
-        .map_err(|e| e.to_string())?;
-    loop {
-        let m = c.machine(&t.app, &t.machine).map_err(|e| e.to_string())?;
-        if m.checks_pass() {
-            break;
-        }
-        if start.elapsed() > opts.checks_timeout {
-            return Err(format!(
-                "its checks did not pass within {:?} ({})",
-                opts.checks_timeout,
-                m.checks
-                    .iter()
-                    .map(|(n, s)| format!("{n}: {s}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    c.wait_healthy(&t.app, &t.machine, instance, opts.checks_timeout)?;
     let Some(version) = version else {
         return Ok(start.elapsed().as_millis());
     };

@@ -246,27 +246,7 @@ pub fn deploy(
     progress(&format!("    Machine {}: created on {image}", m.id));
 
     let t = Instant::now();
-    c.wait_started(&app, &m.id, &m.instance_id, api.checks_timeout)
-        .map_err(e)?;
-    loop {
-        let now = c.machine(&app, &m.id).map_err(e)?;
-        if now.checks_pass() {
-            break;
-        }
-        if t.elapsed() > api.checks_timeout {
-            return Err(format!(
-                "the Machine {} started but its checks did not pass within {:?} ({})",
-                m.id,
-                api.checks_timeout,
-                now.checks
-                    .iter()
-                    .map(|(n, st)| format!("{n}: {st}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    c.wait_healthy(&app, &m.id, &m.instance_id, api.checks_timeout)?;
     progress(&format!(
         "    Machine {}: started, every check passing ({} ms)",
         m.id,
