@@ -230,40 +230,89 @@ fn upgrade_one(
     tag: &str,
     say: &mut dyn FnMut(&str),
 ) -> Result<(), String> {
+    let health = Health {
+        timeout: opts.checks_timeout,
+        version: Some((swarm, &t.slug, version, opts.version_timeout)),
+    };
+    replace(
+        c,
+        &t.app,
+        &t.machine,
+        opts.lease_ttl,
+        &|kept| new_config(kept, facts, t, &opts.image),
+        &health,
+        tag,
+        say,
+    )
+}
+
+/// What "healthy again" means after an update: started and every check
+/// passing within `timeout`, and (for an upgrade, where the share is at
+/// hand) the Buddy's registry entry showing `version`: (swarm, slug,
+/// version, how long it may take after the checks).
+pub struct Health<'a> {
+    pub timeout: Duration,
+    pub version: Option<(&'a Path, &'a str, &'a str, Duration)>,
+}
+
+/// One Machine onto a new config, safely: lease it, keep its config, update
+/// it to `make(kept)`, wait until healthy; on failure put the kept config
+/// back, wait for it, and return why. The lease is released either way.
+/// (`supervisor deploy` of a Buddy that runs already does the same.)
+#[allow(clippy::too_many_arguments)]
+pub fn replace(
+    c: &Client,
+    app: &str,
+    machine: &str,
+    lease_ttl: u32,
+    make: &dyn Fn(&Value) -> Result<Value, String>,
+    health: &Health,
+    tag: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), String> {
     let e = |e: crate::fleet::fly::FlyError| e.to_string();
     let nonce = c
-        .lease(&t.app, &t.machine, opts.lease_ttl)
+        .lease(app, machine, lease_ttl)
         .map_err(|err| match err.status() {
             Some(409) => format!("{err}: someone else holds its lease; try again later"),
             _ => err.to_string(),
         })?;
-    say(&format!("{tag}: leased {}", t.machine));
+    say(&format!("{tag}: leased {machine}"));
     let result = (|| {
-        let before = c.machine(&t.app, &t.machine).map_err(e)?;
+        let before = c.machine(app, machine).map_err(e)?;
         let kept = before.config.clone();
-        let new = new_config(&kept, facts, t, &opts.image)?;
+        let new = make(&kept)?;
         let updated = c
-            .update_machine(&t.app, &t.machine, &nonce, &json!({"config": new}))
+            .update_machine(app, machine, &nonce, &json!({"config": new}))
             .map_err(e)?;
         say(&format!(
             "{tag}: updated to {} (instance {})",
-            opts.image, updated.instance_id
+            new["image"].as_str().unwrap_or("?"),
+            updated.instance_id
         ));
-        match healthy(c, swarm, t, &updated.instance_id, opts, Some(version)) {
+        match healthy(c, app, machine, &updated.instance_id, health) {
             Ok(ms) => {
+                let registered = health
+                    .version
+                    .map(|(_, _, v, _)| format!(", registered at {v}"))
+                    .unwrap_or_default();
                 say(&format!(
-                    "{tag}: started, checks passing, registered at {version} ({ms} ms)"
+                    "{tag}: started, checks passing{registered} ({ms} ms)"
                 ));
                 Ok(())
             }
             Err(why) => {
                 say(&format!("{tag}: {why}; putting the old config back"));
                 let back = c
-                    .update_machine(&t.app, &t.machine, &nonce, &json!({"config": kept}))
+                    .update_machine(app, machine, &nonce, &json!({"config": kept}))
                     .map_err(|err| {
                         format!("{why}; and the old config could not be put back: {err}")
                     })?;
-                match healthy(c, swarm, t, &back.instance_id, opts, None) {
+                let again = Health {
+                    timeout: health.timeout,
+                    version: None,
+                };
+                match healthy(c, app, machine, &back.instance_id, &again) {
                     Ok(_) => say(&format!("{tag}: back on its old config and healthy")),
                     Err(w) => say(&format!(
                         "{tag}: back on its old config, but not healthy yet: {w}"
@@ -273,7 +322,7 @@ fn upgrade_one(
             }
         }
     })();
-    match c.release_lease(&t.app, &t.machine, &nonce) {
+    match c.release_lease(app, machine, &nonce) {
         Ok(()) => say(&format!("{tag}: lease released")),
         Err(err) => say(&format!(
             "{tag}: the lease could not be released ({err}); it expires by itself"
@@ -307,34 +356,32 @@ fn new_config(
     Ok(new)
 }
 
-/// Waits until `instance` is started, every check passes and (with
-/// `version`) the Buddy's registry entry shows it. The time it took.
+/// Waits until `instance` is started, every check passes and (with a
+/// version) the Buddy's registry entry shows it. The time it took.
 fn healthy(
     c: &Client,
-    swarm: &Path,
-    t: &Target,
+    app: &str,
+    machine: &str,
     instance: &str,
-    opts: &Options,
-    version: Option<&str>,
+    health: &Health,
 ) -> Result<u128, String> {
     let start = Instant::now();
-    c.wait_healthy(&t.app, &t.machine, instance, opts.checks_timeout)?;
-    let Some(version) = version else {
+    c.wait_healthy(app, machine, instance, health.timeout)?;
+    let Some((swarm, slug, version, version_timeout)) = health.version else {
         return Ok(start.elapsed().as_millis());
     };
     let checks_done = Instant::now();
     loop {
         let seen = registry::read(&Paths::new(swarm).book())
             .ok()
-            .and_then(|r| r.buddies.get(&t.slug).and_then(|e| e.version.clone()));
+            .and_then(|r| r.buddies.get(slug).and_then(|e| e.version.clone()));
         if seen.as_deref() == Some(version) {
             return Ok(start.elapsed().as_millis());
         }
-        if checks_done.elapsed() > opts.version_timeout {
+        if checks_done.elapsed() > version_timeout {
             return Err(format!(
-                "its checks pass but its registry entry says {} after {:?}, not {version}",
+                "its checks pass but its registry entry says {} after {version_timeout:?}, not {version}",
                 seen.as_deref().unwrap_or("no version"),
-                opts.version_timeout
             ));
         }
         std::thread::sleep(Duration::from_millis(500));
