@@ -125,6 +125,8 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
             format!("POST /v1/apps/{APP}/secrets"),
             format!("GET /v1/apps/{APP}/volumes"),
             format!("POST /v1/apps/{APP}/volumes"),
+            // Does this Buddy run somewhere already? (A spell makes new ones only.)
+            format!("GET /v1/apps/{APP}/machines"),
             format!("POST /v1/apps/{APP}/machines"),
             format!(
                 "GET /v1/apps/{APP}/machines/{}/wait",

@@ -53,7 +53,7 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     /// The API deploy's settings; every problem at once.
-    fn deploy(&self) -> Result<crate::fleet::spell::api::ApiDeploy, String> {
+    fn deploy(&self) -> Result<crate::fleet::apply::ApiDeploy, String> {
         use crate::fleet::{fly, machine};
         let mut problems = Vec::new();
         let client = fly::Client::from_env()
@@ -72,7 +72,7 @@ impl ApiArgs {
         }
         match (client, facts, image) {
             (Some(client), Some(facts), Some(image)) if problems.is_empty() => {
-                Ok(crate::fleet::spell::api::ApiDeploy {
+                Ok(crate::fleet::apply::ApiDeploy {
                     region: self.region.clone().unwrap_or_else(|| facts.region.clone()),
                     client,
                     facts,

@@ -90,7 +90,7 @@ pub fn plan(
             Target {
                 slug: slug.clone(),
                 id: e.id.clone(),
-                app: crate::fleet::spell::api::app_name(slug),
+                app: crate::fleet::apply::app_name(slug),
                 machine: m.clone(),
                 definition,
             },
@@ -239,6 +239,7 @@ fn upgrade_one(
         &t.app,
         &t.machine,
         opts.lease_ttl,
+        None,
         &|kept| new_config(kept, facts, t, &opts.image),
         &health,
         tag,
@@ -265,6 +266,7 @@ pub fn replace(
     app: &str,
     machine: &str,
     lease_ttl: u32,
+    min_secrets_version: Option<u64>,
     make: &dyn Fn(&Value) -> Result<Value, String>,
     health: &Health,
     tag: &str,
@@ -282,9 +284,11 @@ pub fn replace(
         let before = c.machine(app, machine).map_err(e)?;
         let kept = before.config.clone();
         let new = make(&kept)?;
-        let updated = c
-            .update_machine(app, machine, &nonce, &json!({"config": new}))
-            .map_err(e)?;
+        let mut body = json!({"config": new});
+        if let Some(v) = min_secrets_version {
+            body["min_secrets_version"] = json!(v);
+        }
+        let updated = c.update_machine(app, machine, &nonce, &body).map_err(e)?;
         say(&format!(
             "{tag}: updated to {} (instance {})",
             new["image"].as_str().unwrap_or("?"),

@@ -20,7 +20,7 @@ pub enum Deploy {
     /// `scripts/deploy` of a checkout (from a workstation).
     Script(PathBuf),
     /// Over the Fly Machines API (a Magician's Machine: no checkout, no CLI).
-    Api(Box<super::api::ApiDeploy>),
+    Api(Box<crate::fleet::apply::ApiDeploy>),
 }
 
 /// How the spell runs.
@@ -163,7 +163,7 @@ fn dry_run(
         progress(&format!("    {}", p.display()));
     }
     if let Deploy::Api(api) = how {
-        let app = super::api::app_name(slug);
+        let app = crate::fleet::apply::app_name(slug);
         for line in [
             format!(
                 "look up the Fly app {app}; create it in {} if free",
@@ -327,24 +327,36 @@ impl Cast<'_> {
                 .secret_vars()
                 .into_iter()
                 .collect();
-                let secrets = super::api::app_secrets(self.spawn, &vars, &opts.env)?;
+                let own = self
+                    .spawn
+                    .secrets()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.clone()))
+                    .collect();
+                let set =
+                    crate::fleet::apply::app_secrets(&self.spawn.identity, own, &vars, &opts.env)?;
+                let secrets = crate::fleet::apply::Secrets {
+                    set,
+                    ..Default::default()
+                };
                 (self.progress)(&format!(
                     "[3/5] deploy: {} over the Fly Machines API ({})",
-                    super::api::app_name(&slug),
+                    crate::fleet::apply::app_name(&slug),
                     api.client.base()
                 ));
                 let undo = &mut self.undo;
-                let machine = super::api::deploy(
+                let machine = crate::fleet::apply::deploy(
                     api,
-                    self.spawn,
+                    &self.spawn.identity,
                     &self.dir,
                     &secrets,
+                    crate::fleet::apply::Existing::Refuse,
                     &mut |u| undo.0.push(u),
                     self.progress,
                 )?;
                 (self.progress)(&format!(
                     "[3/5] deploy: {} deployed (Machine {machine})",
-                    super::api::app_name(&slug)
+                    crate::fleet::apply::app_name(&slug)
                 ));
                 Ok(true)
             }

@@ -22,7 +22,6 @@ use crate::config::problem::{Problem, Problems};
 use crate::config::render::Secret;
 use crate::swarm::{Paths, registry};
 
-pub mod api;
 mod cast;
 mod generate;
 mod validate;

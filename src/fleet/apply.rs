@@ -1,19 +1,22 @@
-//! The spell's deploy step over the Fly Machines API (no checkout, no
-//! `fly` CLI: what a Magician's Machine can do). In order: the app (looked
-//! up first: free, ours or taken), its secrets (set in one call; the
-//! version goes with the Machine), the state volume, the Machine (the base
-//! image pinned by digest plus the Buddy's files, tagged with this cast so
-//! an ambiguous answer can be resolved by looking), then wait until it is
-//! started and every check passes. Each thing made is pushed on the cast's
-//! undo list, so a failure takes back exactly what this cast made, in
-//! reverse, and never what existed before.
+//! A Buddy onto its Fly Machine over the Machines API: what SpawnBuddy
+//! cast on a Magician's Machine does, and what `supervisor deploy` (run by
+//! `scripts/deploy`) does, with the one Machine definition of
+//! `fleet::machine`. In order: the app (looked up first: free, ours or
+//! taken), its secrets (set and unset in one call; the version goes with the
+//! Machine), the state volume, then the Machine: made (tagged with this run,
+//! so an ambiguous answer is resolved by looking for the tag) or, for a
+//! Buddy that runs already, replaced safely (`upgrade::replace`: lease,
+//! update, healthy or put back); done when it is started and every check
+//! passes. Each thing made is pushed on the caller's undo list, so a failure
+//! takes back exactly what this run made, in reverse, and never what existed
+//! before.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::Spawn;
+use crate::buddy::Identity;
 use crate::config::render::Secret;
 use crate::fleet::fly::{AppState, Client};
 use crate::fleet::machine::{self, FlyFacts};
@@ -47,27 +50,34 @@ pub fn app_name(slug: &str) -> String {
 /// What the cast must take back if a later step fails.
 pub type Undo = Box<dyn FnOnce() -> Result<String, String>>;
 
-/// Every secret the new app gets, with its value: the spell's own, and from
-/// the caster's environment the shared ones the Buddy's config references
-/// (`GEMINI_API_KEY`…) and the swarm share's its role may hold. All of them
-/// or an error naming each missing one, before anything is made.
+/// What a deploy does to the app's secrets.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    /// Set, with their values.
+    pub set: Vec<(String, Secret)>,
+    /// Unset where the app holds them (what the role may not hold).
+    pub unset: Vec<String>,
+    /// Not given here: the app must hold them already.
+    pub on_app: Vec<String>,
+}
+
+/// Every secret a new Buddy's app gets, with its value: `own` (the spell's),
+/// and from the caster's environment the shared ones the Buddy's config
+/// references (`GEMINI_API_KEY`…) and the swarm share's its role may hold.
+/// All of them or an error naming each missing one, before anything is made.
 pub fn app_secrets(
-    s: &Spawn,
+    identity: &Identity,
+    own: Vec<(String, Secret)>,
     config_vars: &[String],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<(String, Secret)>, String> {
-    let own: Vec<(String, Secret)> = s
-        .secrets()
-        .into_iter()
-        .map(|(k, v)| (k, v.clone()))
-        .collect();
-    let optional = format!("{}_GATEWAY_TOKEN", s.identity.env_prefix());
+    let optional = format!("{}_GATEWAY_TOKEN", identity.env_prefix());
     let mut wanted: Vec<String> = config_vars
         .iter()
         .filter(|n| !own.iter().any(|(k, _)| k == *n) && **n != optional)
         .cloned()
         .collect();
-    wanted.extend(crate::swarm::share::machine_secrets(s.identity.role));
+    wanted.extend(crate::swarm::share::machine_secrets(identity.role));
     let mut out = own;
     let mut missing = Vec::new();
     for n in wanted {
@@ -82,21 +92,31 @@ pub fn app_secrets(
         Err(format!(
             "the new Buddy's app needs {} from this Machine's environment (the swarm's shared keys and the share's settings for a {}): none was changed",
             missing.join(", "),
-            s.identity.role
+            identity.role
         ))
     }
+}
+
+/// A Machine the app runs for this Buddy already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse (a spell makes new Buddies only).
+    Refuse,
+    /// Replace its config safely (a deploy).
+    Replace,
 }
 
 /// Deploys the Buddy at `dir`; pushes an undo for each thing it makes.
 pub fn deploy(
     api: &ApiDeploy,
-    s: &Spawn,
+    identity: &Identity,
     dir: &Path,
-    secrets: &[(String, Secret)],
+    secrets: &Secrets,
+    existing: Existing,
     undo: &mut dyn FnMut(Undo),
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, String> {
-    let slug = s.identity.slug();
+    let slug = identity.slug();
     let app = app_name(&slug);
     let c = &api.client;
     let e = |e: crate::fleet::fly::FlyError| e.to_string();
@@ -143,33 +163,79 @@ pub fn deploy(
     } else {
         c.secret_names(&app).map_err(e)?
     };
-    let values: Vec<(String, Option<&Secret>)> =
-        secrets.iter().map(|(k, v)| (k.clone(), Some(v))).collect();
-    let version = c.set_secrets(&app, &values).map_err(e)?;
+    let absent: Vec<&str> = secrets
+        .on_app
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !had.iter().any(|h| h == n))
+        .collect();
+    if !absent.is_empty() {
+        return Err(format!(
+            "{app} lacks secrets {}: export them and deploy again",
+            absent.join(" ")
+        ));
+    }
+    let unset: Vec<&String> = secrets.unset.iter().filter(|n| had.contains(n)).collect();
+    let mut values: Vec<(String, Option<&Secret>)> = secrets
+        .set
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v)))
+        .collect();
+    values.extend(unset.iter().map(|n| ((*n).clone(), None)));
+    let version = if values.is_empty() {
+        None
+    } else {
+        Some(c.set_secrets(&app, &values).map_err(e)?)
+    };
     if !created_app {
         let new: Vec<String> = secrets
+            .set
             .iter()
             .map(|(k, _)| k.clone())
             .filter(|k| !had.contains(k))
             .collect();
-        let (c2, a2) = (c.clone(), app.clone());
-        undo(Box::new(move || {
-            let unset: Vec<(String, Option<&Secret>)> =
-                new.iter().map(|k| (k.clone(), None)).collect();
-            c2.set_secrets(&a2, &unset)
-                .map(|_| format!("unset {} secrets on {a2}", new.len()))
-                .map_err(|e| e.to_string())
-        }));
+        if !new.is_empty() {
+            let (c2, a2) = (c.clone(), app.clone());
+            undo(Box::new(move || {
+                let unset: Vec<(String, Option<&Secret>)> =
+                    new.iter().map(|k| (k.clone(), None)).collect();
+                c2.set_secrets(&a2, &unset)
+                    .map(|_| format!("unset {} secrets on {a2}", new.len()))
+                    .map_err(|e| e.to_string())
+            }));
+        }
     }
-    progress(&format!(
-        "    secrets: {} set (version {version}; names: {})",
-        secrets.len(),
-        secrets
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
+    if let Some(v) = version {
+        progress(&format!(
+            "    secrets: {} set{} (version {v}; names: {})",
+            secrets.set.len(),
+            if unset.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} unset ({})",
+                    unset.len(),
+                    unset
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            },
+            secrets
+                .set
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    if !secrets.on_app.is_empty() {
+        progress(&format!(
+            "    secrets: kept on the app: {}",
+            secrets.on_app.join(" ")
+        ));
+    }
 
     // The state volume: one that exists unattached is the Buddy's already
     // (an earlier deploy); else a new one.
@@ -199,16 +265,52 @@ pub fn deploy(
         }
     };
 
-    // The Machine, tagged with this cast: an ambiguous answer (408, 5xx, a
-    // cut connection) is resolved by looking for the tag before trying again.
     let tag = format!("{slug}-{:08x}", rand::random::<u32>());
     let mut config = placeholder;
     config["mounts"][0]["volume"] = json!(volume.id);
     config["metadata"][META_CAST] = json!(tag);
-    let body = json!({
-        "name": slug, "region": api.region, "config": config,
-        "min_secrets_version": version,
-    });
+
+    // A Machine this Buddy runs on already: a spell stops, a deploy
+    // replaces its config (and puts it back if the new one is not healthy).
+    if let Some(m) = c
+        .machines_tagged(&app, machine::META_BUDDY, &slug)
+        .map_err(e)?
+        .into_iter()
+        .next()
+    {
+        if existing == Existing::Refuse {
+            return Err(format!(
+                "{app} runs a Machine for {} already ({}): a spell makes new Buddies; deploy it with supervisor deploy",
+                identity.id(),
+                m.id
+            ));
+        }
+        let health = crate::fleet::upgrade::Health {
+            timeout: api.checks_timeout,
+            version: None,
+        };
+        let ttl = (api.checks_timeout.as_secs() * 2 + 60) as u32;
+        let make = |_kept: &serde_json::Value| Ok(config.clone());
+        crate::fleet::upgrade::replace(
+            c,
+            &app,
+            &m.id,
+            ttl,
+            version,
+            &make,
+            &health,
+            &format!("    Machine {}", m.id),
+            progress,
+        )?;
+        return Ok(m.id);
+    }
+
+    // A new Machine, tagged with this run: an ambiguous answer (408, 5xx, a
+    // cut connection) is resolved by looking for the tag before trying again.
+    let mut body = json!({"name": slug, "region": api.region, "config": config});
+    if let Some(v) = version {
+        body["min_secrets_version"] = json!(v);
+    }
     let mut made = None;
     for attempt in 1..=3 {
         match c.create_machine(&app, &body) {
