@@ -1,26 +1,101 @@
-//! scripts/deploy against a recording `fly` first on PATH: the exact commands,
-//! one Buddy's app only, secrets never on a command line.
+//! scripts/deploy: one Buddy onto its Fly Machine over the Machines API
+//! (the stand-in, in a loopback-only namespace) with the very Machine config
+//! a spell makes, the `fly` CLI (a recording stand-in first on PATH) only for
+//! the public addresses; secrets never on a command line.
 
 mod support;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
+use mybuddy_standins::FlyStandin;
+use mybuddytalk::fleet::fly::Client;
+use serde_json::json;
 use support::*;
 
-fn deploy(fly: &FakeFly, env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(repo().join("scripts/deploy"))
-        .args(args)
-        .env_clear()
-        .env("PATH", fly.path_env())
-        .env("HOME", "/root")
-        .env("SUPERVISOR", supervisor())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap()
+const FLY_TOKEN: &str = "fm2_operator-token";
+const DIGEST: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+struct World {
+    f: Fixture,
+    ns: NetNs,
+    api: FlyStandin,
+    fly: FakeFly,
 }
 
-/// The share's secrets for this Buddy's role, as an operator exports them
-/// (marker values).
+impl World {
+    fn new() -> World {
+        let f = Fixture::new();
+        let ns = NetNs::new();
+        let api = FlyStandin::start(
+            Some(Path::new(&ns.path())),
+            Some(&format!("FlyV1 {FLY_TOKEN}")),
+        )
+        .unwrap();
+        // What `scripts/deploy --base` pushed: the tag the registry pins.
+        api.api.add_image("mybuddytalk-base:latest", DIGEST);
+        let fly = FakeFly::new(f.tmp.path());
+        World { f, ns, api, fly }
+    }
+
+    fn deploy(&self, env: &[(String, String)], args: &[&str]) -> Output {
+        self.ns
+            .command(repo().join("scripts/deploy").to_str().unwrap())
+            .args(args)
+            .env_clear()
+            .env("PATH", self.fly.path_env())
+            .env("HOME", "/root")
+            .env("SUPERVISOR", supervisor())
+            .env("FLY_API_HOSTNAME", self.api.base_url())
+            .env("MYBUDDY_REGISTRY_URL", self.api.base_url())
+            .env("FLY_API_TOKEN", FLY_TOKEN)
+            .env("MYBUDDY_CHECKS_TIMEOUT", "3")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.api.api.calls().iter().map(|c| c.line()).collect()
+    }
+
+    /// A Buddy's app and Machine as an earlier deploy left them.
+    fn deployed_before(&self, slug: &str, secret_names: &[String]) -> String {
+        let app = format!("mybuddytalk-{slug}");
+        self.api.api.add_app(&app);
+        let c = Client::new(&self.api.base_url(), FLY_TOKEN);
+        let facts = mybuddytalk::fleet::machine::fly_facts(&repo().join("fly.toml")).unwrap();
+        let old = "registry.fly.io/mybuddytalk-base@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let config = mybuddytalk::fleet::machine::config(
+            &facts,
+            &repo().join("buddies").join(slug),
+            old,
+            Some("vol_old"),
+        )
+        .unwrap();
+        self.ns.run(|| {
+            let marker = mybuddytalk::config::render::Secret("set-before".into());
+            let set: Vec<(String, Option<&mybuddytalk::config::render::Secret>)> = secret_names
+                .iter()
+                .map(|n| (n.clone(), Some(&marker)))
+                .collect();
+            c.set_secrets(&app, &set).unwrap();
+            c.create_volume(&app, "buddy_state", "ams", 3).unwrap();
+            c.create_machine(
+                &app,
+                &json!({"name": slug, "region": "ams", "config": config}),
+            )
+            .unwrap()
+            .id
+        })
+    }
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// The share's secrets for this Buddy's role, as an operator exports them.
 fn share_env(buddy: &str) -> Vec<(String, String)> {
     secret_names_of(&repo().join("buddies").join(buddy), &["--share"])
         .into_iter()
@@ -31,294 +106,258 @@ fn share_env(buddy: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
-fn first_deploy_creates_the_app_volume_secrets_and_deploys_only_that_buddy() {
-    let f = Fixture::new();
-    let fly = FakeFly::new(f.tmp.path());
+fn a_first_deploy_makes_the_app_its_secrets_volume_and_machine_the_spells_way() {
+    let w = World::new();
     let mut env = marker_env(&repo().join("buddies/estherbuddy-kazeh"));
     env.extend(share_env("estherbuddy-kazeh"));
-    let o = deploy(&fly, &env, &["estherbuddy-kazeh", "--region", "cdg"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let o = w.deploy(&env, &["estherbuddy-kazeh", "--region", "cdg"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
     let app = "mybuddytalk-estherbuddy-kazeh";
+    let lines = w.lines();
     assert_eq!(
-        fly.calls(),
-        vec![
-            strs(&["apps", "list", "--json"]),
-            strs(&["apps", "create", app, "--org", "personal"]),
-            strs(&["volumes", "list", "--app", app, "--json"]),
-            strs(&[
-                "volumes",
-                "create",
-                "buddy_state",
-                "--app",
-                app,
-                "--region",
-                "cdg",
-                "--size",
-                "3",
-                "--yes"
-            ]),
-            strs(&["secrets", "import", "--app", app, "--stage"]),
-            strs(&["ips", "list", "--app", app, "--json"]),
-            strs(&["ips", "allocate-v6", "--private", "--app", app]),
-            strs(&[
-                "deploy",
-                "--app",
-                app,
-                "--config",
-                "fly.toml",
-                "--dockerfile",
-                "buddies/estherbuddy-kazeh/Dockerfile",
-                "--build-arg",
-                "BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest",
-                "--ha=false",
-                "--no-public-ips",
-                "--yes",
-            ]),
-            strs(&["ips", "list", "--app", app, "--json"]),
-        ]
+        lines[..9],
+        [
+            "HEAD /v2/mybuddytalk-base/manifests/latest".to_string(),
+            format!("GET /v1/apps/{app}"),
+            "POST /v1/apps".into(),
+            format!("POST /v1/apps/{app}/ip_assignments"),
+            format!("POST /v1/apps/{app}/secrets"),
+            format!("GET /v1/apps/{app}/volumes"),
+            format!("POST /v1/apps/{app}/volumes"),
+            format!("GET /v1/apps/{app}/machines"),
+            format!("POST /v1/apps/{app}/machines"),
+        ],
+        "{out}"
     );
-    // The secrets went through stdin, each exactly once, and appear in no argument or log.
-    let stdin = fly.stdin();
+    // Only the addresses go through the CLI.
+    assert_eq!(
+        w.fly.calls(),
+        [["ips", "list", "--app", app, "--json"]
+            .map(String::from)
+            .to_vec()]
+    );
+    let a = w.api.api.app(app).unwrap();
+    assert_eq!(a.ips, ["private_v6"]);
+    // Every secret through the API, none on a command line or in the output.
     for (k, v) in &env {
-        assert!(stdin.contains(&format!("{k}={v}\n")), "{k} not imported");
+        assert_eq!(a.secrets.get(k), Some(v), "{k}");
         assert!(
-            !err.contains(v.as_str()),
+            !out.contains(v.as_str()),
             "a secret value reached the output"
         );
-        for call in fly.calls() {
-            assert!(
-                !call.iter().any(|a| a.contains(v.as_str())),
-                "a secret value on a command line"
-            );
+        for call in w.fly.calls() {
+            assert!(!call.iter().any(|x| x.contains(v.as_str())));
         }
     }
-    assert_eq!(stdin.lines().count(), env.len());
-    // A Buddy-role app gets MyBuddyBook's credentials and nothing of the SpellBook's.
-    assert!(stdin.contains("MYBUDDY_BOOK_META_PASSWORD="), "{stdin}");
-    assert!(!stdin.contains("SPELLBOOK"), "{stdin}");
-    // Nor the Magicians' org token, even when the operator has it exported.
-    let fly = FakeFly::new(&f.path("buddy-with-token"));
-    let mut with = env.clone();
-    with.push((
-        "MYBUDDY_MAGICIAN_FLY_TOKEN".into(),
-        "fm2_magician-org-token".into(),
-    ));
-    let o = deploy(&fly, &with, &["estherbuddy-kazeh", "--region", "cdg"]);
-    assert!(o.status.success());
-    assert!(!fly.stdin().contains("FLY_API_TOKEN"));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not given to its app"));
-}
-
-#[test]
-fn a_magician_s_app_gets_the_spellbook_too() {
-    let f = Fixture::new();
-    let fly = FakeFly::new(f.tmp.path());
-    let mut env = marker_env(&repo().join("buddies/roelbuddy-emrys"));
-    let share = share_env("roelbuddy-emrys");
-    assert_eq!(share.len(), 4, "{share:?}");
-    env.extend(share.clone());
-    let o = deploy(&fly, &env, &["roelbuddy-emrys"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stdin = fly.stdin();
-    for (k, v) in &share {
-        assert!(stdin.contains(&format!("{k}={v}\n")), "{k} not imported");
-    }
-    assert!(stdin.contains("MYBUDDY_SPELLBOOK_META_PASSWORD="));
+    assert!(!a.secrets.keys().any(|k| k.contains("SPELLBOOK")));
+    // The Machine is exactly `supervisor machine-config` of this Buddy on the
+    // pinned base image (the definition a spell's Machine has too), tagged.
+    let m = &a.machines[0];
+    let pinned = format!("registry.fly.io/mybuddytalk-base@{DIGEST}");
+    assert_eq!(m.config["image"], pinned.as_str());
+    let want = Command::new(supervisor())
+        .args(["machine-config", "--buddy"])
+        .arg(repo().join("buddies/estherbuddy-kazeh"))
+        .args(["--image", &pinned, "--volume", a.volumes[0].id.as_str()])
+        .arg("--fly-toml")
+        .arg(repo().join("fly.toml"))
+        .output()
+        .unwrap();
+    let mut want: serde_json::Value = serde_json::from_slice(&want.stdout).unwrap();
+    want["metadata"]["mybuddy_cast"] = m.config["metadata"]["mybuddy_cast"].clone();
+    assert_eq!(m.config, want);
+    assert_eq!(m.region, "cdg");
     assert!(
-        !stdin.contains("FLY_API_TOKEN"),
-        "no org token unless one is given for Magicians"
-    );
-    // The org token for a Magician's supervisor: its own variable, imported
-    // as FLY_API_TOKEN, through stdin only.
-    let fly = FakeFly::new(&f.path("with-token"));
-    let mut with = env.clone();
-    with.push((
-        "MYBUDDY_MAGICIAN_FLY_TOKEN".into(),
-        "fm2_magician-org-token".into(),
-    ));
-    let o = deploy(&fly, &with, &["roelbuddy-emrys"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(
-        fly.stdin()
-            .contains("FLY_API_TOKEN=fm2_magician-org-token\n")
-    );
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("fm2_magician-org-token"));
-    assert!(
-        !fly.calls()
-            .iter()
-            .any(|c| c.iter().any(|a| a.contains("fm2_magician"))),
-        "the token on a command line"
-    );
-    // The share's group is all or nothing, like the Buddy's own.
-    let fly = FakeFly::new(&f.path("partial"));
-    let mut env = marker_env(&repo().join("buddies/roelbuddy-emrys"));
-    env.extend(share.into_iter().filter(|(k, _)| !k.contains("SPELLBOOK")));
-    let o = deploy(&fly, &env, &["roelbuddy-emrys"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("set all of the share's secrets for a magician or none; missing: MYBUDDY_SPELLBOOK_META_URL MYBUDDY_SPELLBOOK_META_PASSWORD"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        !fly.calls()
-            .iter()
-            .any(|c| c[0] == "deploy" || c[0] == "secrets")
+        out.contains("fly proxy 18789:18789 --app mybuddytalk-estherbuddy-kazeh"),
+        "{out}"
     );
 }
 
 #[test]
-fn a_second_deploy_reuses_the_app_and_keeps_the_secrets_already_set() {
-    let f = Fixture::new();
-    let fly = FakeFly::new(f.tmp.path());
+fn a_second_deploy_replaces_the_machine_keeps_the_secrets_and_unsets_what_the_role_may_not_hold() {
+    let w = World::new();
+    let slug = "roelbuddy-galahad";
     let app = "mybuddytalk-roelbuddy-galahad";
-    fly.answer("apps", &format!(r#"[{{"Name":"{app}"}}]"#));
-    fly.answer("volumes", r#"[{"name":"buddy_state","id":"vol_1"}]"#);
-    let mut names = secret_names(&repo().join("buddies/roelbuddy-galahad"));
+    let mut names = secret_names(&repo().join("buddies").join(slug));
     names.extend(secret_names_of(
-        &repo().join("buddies/roelbuddy-galahad"),
+        &repo().join("buddies").join(slug),
         &["--share"],
     ));
-    // Left over from when Galahad was a Magician: the SpellBook's password
-    // and the org token, which a Buddy-role app may not hold.
+    // Left over from when Galahad was a Magician.
     names.extend([
         "MYBUDDY_SPELLBOOK_META_PASSWORD".into(),
         "FLY_API_TOKEN".into(),
     ]);
-    let listed: Vec<String> = names
-        .iter()
-        .map(|n| format!(r#"{{"Name":"{n}"}}"#))
-        .collect();
-    fly.answer("secrets", &format!("[{}]", listed.join(",")));
-    // Deployed before Buddies were private: a Flycast address and two public ones.
-    fly.answer(
+    let machine = w.deployed_before(slug, &names);
+    // Deployed before Buddies were private: public addresses to release.
+    w.fly.answer(
         "ips",
         r#"[{"Address":"fdaa:0:1::3","Type":"private_v6"},{"Address":"2a09:8280:1::1","Type":"v6"},{"Address":"66.241.124.9","Type":"shared_v4"}]"#,
     );
-    let o = deploy(&fly, &[], &["roelbuddy-galahad"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    let calls = fly.calls();
-    assert_eq!(calls.len(), 9, "{calls:?}");
-    assert_eq!(calls[2], strs(&["secrets", "list", "--app", app, "--json"]));
+    let o = w.deploy(&[], &[slug]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("secrets: kept on the app"), "{out}");
+    let a = w.api.api.app(app).unwrap();
+    // One Machine, the same one, now on the new image; its volume reused.
+    assert_eq!(a.machines.len(), 1);
+    assert_eq!(a.machines[0].id, machine);
+    assert_eq!(a.machines[0].history.len(), 2);
     assert_eq!(
-        calls[3],
-        strs(&[
-            "secrets",
-            "unset",
-            "MYBUDDY_SPELLBOOK_META_PASSWORD",
-            "FLY_API_TOKEN",
-            "--app",
-            app,
-            "--stage"
-        ])
+        a.machines[0].config["image"],
+        format!("registry.fly.io/mybuddytalk-base@{DIGEST}").as_str()
     );
-    assert_eq!(calls[4], strs(&["ips", "list", "--app", app, "--json"]));
-    assert_eq!(calls[5][..3], strs(&["deploy", "--app", app]));
+    assert_eq!(a.volumes.len(), 1);
+    // What a Buddy may not hold is gone; its own secrets are kept.
+    assert!(!a.secrets.contains_key("MYBUDDY_SPELLBOOK_META_PASSWORD"));
+    assert!(!a.secrets.contains_key("FLY_API_TOKEN"));
+    assert!(a.secrets.contains_key("ROELBUDDY_GALAHAD_TELEGRAM_TOKEN"));
+    // The update went under a lease, released after.
+    let calls = w.api.api.calls();
     assert!(
-        calls[5].contains(&"--no-public-ips".to_string()),
-        "{calls:?}"
-    );
-    assert_eq!(calls[6], strs(&["ips", "list", "--app", app, "--json"]));
-    assert_eq!(
-        calls[7],
-        strs(&["ips", "release", "2a09:8280:1::1", "--app", app, "--yes"])
-    );
-    assert_eq!(
-        calls[8],
-        strs(&["ips", "release", "66.241.124.9", "--app", app, "--yes"])
-    );
-    assert!(
-        !calls
+        calls
             .iter()
-            .any(|c| c[..2] == strs(&["ips", "allocate-v6"])[..]),
-        "{calls:?}"
+            .any(|c| c.method == "POST" && c.lease_nonce.is_some())
     );
     assert!(
-        err.contains("fly proxy 18789:18789 --app mybuddytalk-roelbuddy-galahad"),
-        "{err}"
-    );
-    assert!(
-        calls.iter().all(|c| !c
+        calls
             .iter()
-            .any(|a| a.contains("emrys") || a.contains("kazeh") || a.contains("morgan"))),
-        "another Buddy was touched: {calls:?}"
+            .any(|c| c.method == "DELETE" && c.path.ends_with("/lease"))
+    );
+    // The public addresses went; the Flycast one stayed.
+    let fly_calls = w.fly.calls();
+    assert!(
+        fly_calls.contains(
+            &["ips", "release", "2a09:8280:1::1", "--app", app, "--yes"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    assert!(
+        fly_calls.contains(
+            &["ips", "release", "66.241.124.9", "--app", app, "--yes"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    assert!(
+        !fly_calls
+            .iter()
+            .any(|c| c.contains(&"fdaa:0:1::3".to_string()))
+    );
+    assert!(
+        calls.iter().all(|c| !c.path.contains("emrys")
+            && !c.path.contains("kazeh")
+            && !c.path.contains("morgan")),
+        "another Buddy was touched"
     );
 }
 
 #[test]
-fn missing_secrets_and_broken_repositories_deploy_nothing() {
-    let f = Fixture::new();
-    let fly = FakeFly::new(f.tmp.path());
-    // Some secrets but not all: refused before any fly call that changes anything.
+fn missing_secrets_a_failing_api_and_bad_ids_deploy_nothing() {
+    // Some of a group but not all: refused before any API call.
+    let w = World::new();
     let env: Vec<(String, String)> = marker_env(&repo().join("buddies/roelbuddy-emrys"))
         .into_iter()
         .skip(1)
         .collect();
-    let o = deploy(&fly, &env, &["roelbuddy-emrys"]);
+    let o = w.deploy(&env, &["roelbuddy-emrys"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .contains("set all of this Buddy's secrets or none; missing: BRAVE_API_KEY")
+        text(&o).contains("set all of this Buddy's secrets or none; missing: BRAVE_API_KEY"),
+        "{}",
+        text(&o)
+    );
+    assert!(w.lines().is_empty(), "{:?}", w.lines());
+    // None given and none on the new app: refused, naming them, and the app
+    // it made is taken back.
+    let o = w.deploy(&[], &["roelbuddy-emrys"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("mybuddytalk-roelbuddy-emrys lacks secrets BRAVE_API_KEY GEMINI_API_KEY ROELBUDDY_EMRYS_HUMAN_PHONE"),
+        "{out}"
     );
     assert!(
-        !fly.calls()
-            .iter()
-            .any(|c| c[0] == "deploy" || c[0] == "secrets"),
-        "{:?}",
-        fly.calls()
+        out.contains("undone: deleted the Fly app mybuddytalk-roelbuddy-emrys"),
+        "{out}"
     );
-    // None in the environment and none on the app: refused, naming them.
-    let fly = FakeFly::new(&f.path("second"));
-    let o = deploy(&fly, &[], &["roelbuddy-emrys"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("mybuddytalk-roelbuddy-emrys lacks secrets BRAVE_API_KEY GEMINI_API_KEY ROELBUDDY_EMRYS_HUMAN_PHONE"));
-    assert!(!fly.calls().iter().any(|c| c[0] == "deploy"));
-    // An unknown Buddy or a bad id.
+    assert!(w.api.api.app_names().is_empty());
+    // A Machine create that keeps failing: the volume and the app go again.
+    let mut env = marker_env(&repo().join("buddies/roelbuddy-emrys"));
+    env.extend(share_env("roelbuddy-emrys"));
+    w.api.api.fail("POST", "/machines", 500, 3);
+    let o = w.deploy(&env, &["roelbuddy-emrys"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("undone: deleted the volume"), "{out}");
+    assert!(w.api.api.app_names().is_empty());
+    // An unknown Buddy or a bad id: nothing at all.
+    let before = w.lines().len();
     for bad in ["nobuddy-here", "../etc", "RoelBuddy-Emrys"] {
-        let o = deploy(&fly, &[], &[bad]);
+        let o = w.deploy(&[], &[bad]);
         assert_eq!(o.status.code(), Some(1), "{bad}");
     }
-    // A fly failure stops the script at that step.
-    let fly = FakeFly::new(&f.path("third"));
-    fly.fail_on("volumes create");
-    let o = deploy(
-        &fly,
-        &marker_env(&repo().join("buddies/roelbuddy-emrys")),
-        &["roelbuddy-emrys"],
-    );
-    assert_ne!(o.status.code(), Some(0));
-    assert!(
-        !fly.calls()
-            .iter()
-            .any(|c| c[0] == "deploy" || c[0] == "secrets")
-    );
+    assert_eq!(w.lines().len(), before);
 }
 
 #[test]
-fn dry_run_prints_the_commands_and_calls_nothing_that_changes() {
-    let f = Fixture::new();
-    let fly = FakeFly::new(f.tmp.path());
+fn a_magician_gets_the_spellbook_and_its_org_token_a_buddy_neither() {
+    let w = World::new();
+    let mut env = marker_env(&repo().join("buddies/roelbuddy-emrys"));
+    let share = share_env("roelbuddy-emrys");
+    assert_eq!(share.len(), 4, "{share:?}");
+    env.extend(share.clone());
+    env.push((
+        "MYBUDDY_MAGICIAN_FLY_TOKEN".into(),
+        "fm2_magician-org-token".into(),
+    ));
+    let o = w.deploy(&env, &["roelbuddy-emrys"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("fm2_magician-org-token"));
+    let a = w.api.api.app("mybuddytalk-roelbuddy-emrys").unwrap();
+    assert_eq!(a.secrets["FLY_API_TOKEN"], "fm2_magician-org-token");
+    assert!(a.secrets.contains_key("MYBUDDY_SPELLBOOK_META_PASSWORD"));
+    // The share's group is all or nothing, like the Buddy's own.
+    let mut partial = marker_env(&repo().join("buddies/roelbuddy-emrys"));
+    partial.extend(share.into_iter().filter(|(k, _)| !k.contains("SPELLBOOK")));
+    let o = w.deploy(&partial, &["roelbuddy-emrys"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("set all of the share's secrets for a magician or none; missing: MYBUDDY_SPELLBOOK_META_URL MYBUDDY_SPELLBOOK_META_PASSWORD"),
+        "{}",
+        text(&o)
+    );
+    // A Buddy never gets the org token, even exported.
+    let mut env = marker_env(&repo().join("buddies/estherbuddy-kazeh"));
+    env.extend(share_env("estherbuddy-kazeh"));
+    env.push((
+        "MYBUDDY_MAGICIAN_FLY_TOKEN".into(),
+        "fm2_magician-org-token".into(),
+    ));
+    let o = w.deploy(&env, &["estherbuddy-kazeh"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("not given to its app"));
+    let a = w.api.api.app("mybuddytalk-estherbuddy-kazeh").unwrap();
+    assert!(!a.secrets.contains_key("FLY_API_TOKEN"));
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_calls_nothing() {
+    let w = World::new();
     let env = marker_env(&repo().join("buddies/roelbuddy-galahad"));
-    let o = deploy(&fly, &env, &["roelbuddy-galahad", "--dry-run"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(fly.calls().is_empty(), "{:?}", fly.calls());
-    for line in [
-        "+ fly apps create mybuddytalk-roelbuddy-galahad --org personal",
-        "+ fly volumes create buddy_state --app mybuddytalk-roelbuddy-galahad --region ams --size 3 --yes",
-        "+ fly secrets import --app mybuddytalk-roelbuddy-galahad --stage   (BRAVE_API_KEY GEMINI_API_KEY ROELBUDDY_GALAHAD_HUMAN_TELEGRAM_ID ROELBUDDY_GALAHAD_TELEGRAM_TOKEN)",
-        "+ fly ips allocate-v6 --private --app mybuddytalk-roelbuddy-galahad",
-        "+ fly deploy --app mybuddytalk-roelbuddy-galahad --config fly.toml --dockerfile buddies/roelbuddy-galahad/Dockerfile",
-    ] {
-        assert!(err.contains(line), "{line:?} not in:\n{err}");
-    }
-    let o = deploy(&fly, &[], &["--base", "--dry-run"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("+ fly deploy --app mybuddytalk-base --config fly.toml --dockerfile Dockerfile --build-only --push --image-label latest"));
+    let o = w.deploy(&env, &["roelbuddy-galahad", "--dry-run"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("+ would look up the Fly app mybuddytalk-roelbuddy-galahad"),
+        "{out}"
+    );
+    assert!(out.contains("set its secrets (BRAVE_API_KEY GEMINI_API_KEY ROELBUDDY_GALAHAD_HUMAN_TELEGRAM_ID ROELBUDDY_GALAHAD_TELEGRAM_TOKEN)"), "{out}");
+    assert!(w.lines().is_empty() && w.fly.calls().is_empty());
+    let o = w.deploy(&[], &["--base", "--dry-run"]);
+    assert!(text(&o).contains("+ fly deploy --app mybuddytalk-base --config fly.toml --dockerfile Dockerfile --build-only --push --image-label latest"));
 }

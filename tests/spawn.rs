@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mybuddy_standins::FlyStandin;
 use support::*;
 
 const TOKEN: &str = "987654321:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawX";
@@ -16,7 +17,12 @@ struct World {
     f: Fixture,
     repo: PathBuf,
     fly: FakeFly,
+    /// The Machines API scripts/deploy talks to, in `ns` (loopback only).
+    ns: NetNs,
+    api: FlyStandin,
 }
+
+const FLY_TOKEN: &str = "fm2_operator-token";
 
 impl World {
     fn new() -> World {
@@ -35,7 +41,23 @@ impl World {
         fs::create_dir_all(f.swarm.join("mybuddybook/announcements")).unwrap();
         fs::create_dir_all(f.swarm.join("spellbook")).unwrap();
         let fly = FakeFly::new(f.tmp.path());
-        World { f, repo, fly }
+        let ns = NetNs::new();
+        let api = FlyStandin::start(
+            Some(Path::new(&ns.path())),
+            Some(&format!("FlyV1 {FLY_TOKEN}")),
+        )
+        .unwrap();
+        api.api.add_image(
+            "mybuddytalk-base:latest",
+            "sha256:4444444444444444444444444444444444444444444444444444444444444444",
+        );
+        World {
+            f,
+            repo,
+            fly,
+            ns,
+            api,
+        }
     }
 
     fn spell(&self, name: &str, human: &str, bot: &str, role: &str, whatsapp: bool) -> PathBuf {
@@ -56,7 +78,8 @@ impl World {
     }
 
     fn spawn(&self, spell: &Path, caster: &str, extra: &[&str]) -> Output {
-        Command::new(supervisor())
+        self.ns
+            .command(supervisor().to_str().unwrap())
             .arg("spawn")
             .arg(spell)
             .arg("--repo")
@@ -74,6 +97,11 @@ impl World {
             // The share's, as the operator exports them for every deploy.
             .env("MYBUDDY_BOOK_META_URL", "rediss://book.example:6379/0")
             .env("MYBUDDY_BOOK_META_PASSWORD", "shared-book-password")
+            // scripts/deploy's Machines API and registry: the stand-in.
+            .env("FLY_API_HOSTNAME", self.api.base_url())
+            .env("MYBUDDY_REGISTRY_URL", self.api.base_url())
+            .env("FLY_API_TOKEN", FLY_TOKEN)
+            .env("MYBUDDY_CHECKS_TIMEOUT", "3")
             .output()
             .unwrap()
     }
@@ -340,47 +368,31 @@ fn deploy_through_the_fly_boundary_marks_the_buddy_active() {
     let o = w.spawn(&spell, "EstherBuddy-Morgan", &["--deploy"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    let calls = w.fly.calls();
-    let app = "mybuddytalk-estherbuddy-lyra";
-    let deploy = calls
+    // scripts/deploy put it on its Machine over the Machines API: its app,
+    // private (a Flycast address), its secrets, one Machine.
+    let app = w
+        .api
+        .api
+        .app("mybuddytalk-estherbuddy-lyra")
+        .unwrap_or_else(|| panic!("no app: {t}"));
+    assert_eq!(app.ips, ["private_v6"]);
+    assert_eq!(app.machines.len(), 1);
+    // The spell's token reached Fly through the secrets call, and nowhere else.
+    assert_eq!(app.secrets["ESTHERBUDDY_LYRA_TELEGRAM_TOKEN"], TOKEN);
+    assert_eq!(app.secrets["GEMINI_API_KEY"], "shared-gemini");
+    let with_token: Vec<String> = w
+        .api
+        .api
+        .calls()
         .iter()
-        .find(|c| c[0] == "deploy")
-        .unwrap_or_else(|| panic!("no fly deploy: {calls:?}"));
+        .filter(|c| c.body.to_string().contains(TOKEN))
+        .map(|c| c.line())
+        .collect();
     assert_eq!(
-        deploy[..6],
-        [
-            "deploy",
-            "--app",
-            app,
-            "--config",
-            "fly.toml",
-            "--dockerfile"
-        ]
-        .map(String::from)
+        with_token,
+        ["POST /v1/apps/mybuddytalk-estherbuddy-lyra/secrets"]
     );
-    // Private from its first deploy: a Flycast address, no public one.
-    assert!(
-        deploy.contains(&"--no-public-ips".to_string()),
-        "{deploy:?}"
-    );
-    assert!(
-        calls
-            .iter()
-            .any(|c| c[..] == ["ips", "allocate-v6", "--private", "--app", app].map(String::from))
-    );
-    assert!(
-        calls
-            .iter()
-            .any(|c| c[..2] == ["secrets", "import"].map(String::from))
-    );
-    // The spell's token reached Fly through stdin, and nowhere else.
-    let stdin = w.fly.stdin();
-    assert!(
-        stdin.contains(&format!("ESTHERBUDDY_LYRA_TELEGRAM_TOKEN={TOKEN}\n")),
-        "{stdin}"
-    );
-    assert!(stdin.contains("GEMINI_API_KEY=shared-gemini\n"));
-    for c in &calls {
+    for c in &w.fly.calls() {
         assert!(!c.iter().any(|a| a.contains(TOKEN)));
     }
     assert_eq!(
@@ -393,7 +405,7 @@ fn deploy_through_the_fly_boundary_marks_the_buddy_active() {
 #[test]
 fn a_failing_fly_rolls_everything_back_and_a_rerun_succeeds() {
     let w = World::new();
-    w.fly.fail_on("deploy");
+    w.api.api.fail("POST", "/machines", 500, 3);
     let spell = w.spell("lyra.yaml", "Esther", "Lyra", "buddy", false);
     let o = w.spawn(&spell, "RoelBuddy-Emrys", &["--deploy"]);
     let t = text(&o);
@@ -407,11 +419,16 @@ fn a_failing_fly_rolls_everything_back_and_a_rerun_succeeds() {
         !w.repo.join("buddies/estherbuddy-lyra").exists(),
         "generated files were left behind"
     );
+    // What the deploy made on Fly went with it.
+    assert!(
+        w.api.api.app_names().is_empty(),
+        "{:?}",
+        w.api.api.app_names()
+    );
     assert!(w.registry()["buddies"].get("estherbuddy-lyra").is_none());
     assert!(w.announcements().is_empty());
     assert_no_leak(&w, &[&t]);
     // Fly works again: the same spell, cast again, completes.
-    fs::remove_file(w.fly.dir.join("fail")).unwrap();
     let o = w.spawn(&spell, "RoelBuddy-Emrys", &["--deploy"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(

@@ -52,8 +52,10 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    /// The API deploy's settings; every problem at once.
-    fn deploy(&self) -> Result<crate::fleet::apply::ApiDeploy, String> {
+    /// The API deploy's settings; every problem at once. `pin_tags`: an
+    /// image given by tag is pinned to its digest by asking the registry (a
+    /// spell takes only a pinned image: the one its Machine runs).
+    fn deploy(&self, pin_tags: bool) -> Result<crate::fleet::apply::ApiDeploy, String> {
         use crate::fleet::{fly, machine};
         let mut problems = Vec::new();
         let client = fly::Client::from_env()
@@ -66,8 +68,17 @@ impl ApiArgs {
         let facts = machine::fly_facts(&fly_toml)
             .map_err(|p| problems.extend(p.iter().map(ToString::to_string)))
             .ok();
-        let image = self.image.clone().filter(|i| i.contains("@sha256:"));
-        if image.is_none() {
+        let image = match (&self.image, &client) {
+            (Some(i), Some(c)) if pin_tags && !i.contains("@sha256:") => match c.pin(i) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    problems.push(format!("--image {i}: cannot pin it to a digest: {e}"));
+                    None
+                }
+            },
+            _ => self.image.clone().filter(|i| i.contains("@sha256:")),
+        };
+        if image.is_none() && problems.is_empty() {
             problems.push("--image: the base image pinned by digest (…@sha256:…) is needed; on a Fly Machine FLY_IMAGE_REF names its own".into());
         }
         match (client, facts, image) {
@@ -124,7 +135,7 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
     let deploy = match (&a.repo, a.deploy) {
         (_, false) => spell::Deploy::Skip,
         (Some(repo), true) => spell::Deploy::Script(repo.join("scripts/deploy")),
-        (None, true) => match a.api.deploy() {
+        (None, true) => match a.api.deploy(false) {
             Ok(d) => spell::Deploy::Api(Box::new(d)),
             Err(e) => return fail(e),
         },
@@ -374,5 +385,167 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
             }
         },
         Err(e) => fail(e),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The Buddy's directory (buddies/<id>)
+    pub buddy_dir: PathBuf,
+    /// Print what would be done and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `supervisor deploy`: one Buddy onto its Fly Machine over the Machines API,
+/// with the same Machine definition a spell makes. Secrets in groups, each
+/// all from the environment or none (then already on the app): the Buddy's
+/// own, the share's for its role, and for a Magician the org token
+/// (`MYBUDDY_MAGICIAN_FLY_TOKEN`); what the role may not hold is unset.
+pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
+    use crate::config::render::{self, Secret};
+    use crate::fleet::apply;
+    let template = render::default_template(&a.buddy_dir);
+    let (prepared, problems) = crate::check::check_buddy(&a.buddy_dir, &template);
+    let Some(prepared) = prepared.filter(|_| problems.is_empty()) else {
+        return fail(crate::config::problem::Problems::new(
+            format!(
+                "{} does not pass check-config; nothing was deployed",
+                a.buddy_dir.display()
+            ),
+            problems,
+        ));
+    };
+    let id = prepared.buddy.identity.clone();
+    let role = id.role;
+    let env = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    let optional = format!("{}_GATEWAY_TOKEN", id.env_prefix());
+    let own: Vec<String> = prepared
+        .secret_vars()
+        .into_iter()
+        .filter(|n| *n != optional)
+        .collect();
+    let mut secrets = apply::Secrets::default();
+    let mut problems = Vec::new();
+    for (what, names) in [
+        ("this Buddy's secrets".to_string(), own),
+        (
+            format!("the share's secrets for a {role}"),
+            crate::swarm::share::machine_secrets(role),
+        ),
+    ] {
+        let (have, missing): (Vec<&String>, Vec<&String>) =
+            names.iter().partition(|n| env(n).is_some());
+        if !have.is_empty() && !missing.is_empty() {
+            problems.push(format!(
+                "set all of {what} or none; missing: {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        } else if have.is_empty() {
+            secrets.on_app.extend(names.iter().cloned());
+        } else {
+            secrets.set.extend(
+                names
+                    .iter()
+                    .map(|n| (n.clone(), Secret(env(n).unwrap_or_default()))),
+            );
+        }
+    }
+    if !problems.is_empty() {
+        return fail(problems.join("\n"));
+    }
+    if !secrets.set.is_empty()
+        && let Some(t) = env(&optional)
+    {
+        secrets.set.push((optional.clone(), Secret(t)));
+    }
+    match (role, env("MYBUDDY_MAGICIAN_FLY_TOKEN")) {
+        (crate::buddy::Role::Magician, Some(t)) => {
+            secrets.set.push(("FLY_API_TOKEN".into(), Secret(t)));
+        }
+        (crate::buddy::Role::Buddy, Some(_)) => eprintln!(
+            "deploy: MYBUDDY_MAGICIAN_FLY_TOKEN is set but {} is a buddy: not given to its app",
+            id.id()
+        ),
+        _ => {}
+    }
+    secrets.unset = crate::swarm::share::forbidden_secrets(role);
+    if role == crate::buddy::Role::Buddy {
+        secrets.unset.push("FLY_API_TOKEN".into());
+    }
+    let app = apply::app_name(&id.slug());
+    if a.dry_run {
+        for line in [
+            format!(
+                "look up the Fly app {app}; create it in {} with a Flycast address if free",
+                a.api.org
+            ),
+            format!(
+                "set its secrets ({}), keep ({}), unset any of ({})",
+                secrets
+                    .set
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                secrets.on_app.join(" "),
+                secrets.unset.join(" ")
+            ),
+            "make its state volume if it has none".into(),
+            format!(
+                "create its Machine on {}, or replace the config of the one it runs (lease, update, healthy or put back)",
+                a.api.image.as_deref().unwrap_or("--image")
+            ),
+        ] {
+            eprintln!("+ would {line}");
+        }
+        println!("dry run: nothing was changed");
+        return 0;
+    }
+    let api = match a.api.deploy(true) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    eprintln!(
+        "deploy: {} as {app} on {} ({})",
+        id.id(),
+        api.image,
+        api.client.base()
+    );
+    let mut undo: Vec<apply::Undo> = Vec::new();
+    let mut say = |m: &str| eprintln!("{m}");
+    match apply::deploy(
+        &api,
+        &id,
+        &a.buddy_dir,
+        &secrets,
+        apply::Existing::Replace,
+        &mut |u| undo.push(u),
+        &mut say,
+    ) {
+        Ok(machine) => {
+            println!(
+                "deployed {} as {app}, Machine {machine} on {}",
+                id.id(),
+                api.image
+            );
+            0
+        }
+        Err(why) => {
+            eprintln!("deploy: {why}");
+            for u in undo.into_iter().rev() {
+                match u() {
+                    Ok(n) => eprintln!("  undone: {n}"),
+                    Err(n) => eprintln!("  could not undo: {n}"),
+                }
+            }
+            1
+        }
     }
 }

@@ -16,7 +16,7 @@ mod run;
 mod swarm;
 
 use config::{CheckConfigArgs, RenderArgs, SecretsArgs};
-use fleet::{AdoptArgs, MachineConfigArgs, SpawnArgs, UpgradeArgs};
+use fleet::{AdoptArgs, DeployArgs, MachineConfigArgs, SpawnArgs, UpgradeArgs};
 use run::{InitArgs, RunArgs};
 use swarm::{RegistryArgs, ResonateArgs, ShareCommand, SwarmCommand};
 
@@ -55,6 +55,8 @@ pub enum Command {
     Registry(RegistryArgs),
     /// Cast the SpawnBuddy spell (Magicians only): create, deploy, register and announce a Buddy
     Spawn(SpawnArgs),
+    /// Deploy one Buddy onto its Fly Machine over the Machines API (scripts/deploy runs it)
+    Deploy(DeployArgs),
     /// Cast UpgradeBuddy (Magicians only): roll a new base image over the deployed Buddies, a canary first
     Upgrade(UpgradeArgs),
     /// Copy the Buddies the SpellBook records (spells cast on a Machine) into a checkout, so they enter git
@@ -155,6 +157,7 @@ pub fn main() -> i32 {
         Command::MachineConfig(a) => fleet::cmd_machine_config(a),
         Command::Adopt(a) => fleet::cmd_adopt(a),
         Command::Upgrade(a) => fleet::cmd_upgrade(a),
+        Command::Deploy(a) => fleet::cmd_deploy(a),
         Command::Resonate(a) => swarm::cmd_resonate(a),
         Command::Swarm(SwarmCommand::Check(a)) => swarm::cmd_swarm_check(a),
         Command::Share(c) => swarm::cmd_share(c),

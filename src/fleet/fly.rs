@@ -161,6 +161,8 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     authorization: Secret,
+    /// The token alone (the registry's basic auth takes it as the password).
+    token: Secret,
     /// The first wait after a retryable answer (doubles, capped at 10 s).
     backoff: Duration,
     attempts: u32,
@@ -204,10 +206,16 @@ impl Client {
             ))
             .build()
             .into();
+        let authorization = authorization(token);
+        let bare = authorization
+            .split_once(' ')
+            .map_or("", |(_, t)| t)
+            .to_string();
         Client {
             agent,
             base: base.trim_end_matches('/').to_string(),
-            authorization: Secret(authorization(token)),
+            token: Secret(bare),
+            authorization: Secret(authorization),
             backoff: Duration::from_millis(250),
             attempts: 5,
         }
@@ -632,6 +640,65 @@ impl Client {
             Retry::Not408,
         )
         .map(|_| ())
+    }
+
+    /// `image` pinned by digest: as it is when it is, else its tag asked of
+    /// its registry (`registry.fly.io`, basic auth `x:<token>`; another base
+    /// from `MYBUDDY_REGISTRY_URL`, for tests), which answers the digest in
+    /// `Docker-Content-Digest`.
+    pub fn pin(&self, image: &str) -> Result<String, FlyError> {
+        if image.contains("@sha256:") {
+            return Ok(image.to_string());
+        }
+        let what = |w: &str| FlyError::Answer {
+            method: "GET",
+            path: image.to_string(),
+            what: w.to_string(),
+        };
+        let (host, rest) = image
+            .split_once('/')
+            .ok_or_else(|| what("not a registry image (host/repository:tag)"))?;
+        let (repo, tag) = rest.rsplit_once(':').unwrap_or((rest, "latest"));
+        let base = std::env::var("MYBUDDY_REGISTRY_URL")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| format!("https://{host}"));
+        let path = format!("/v2/{repo}/manifests/{tag}");
+        let basic = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("x:{}", self.token.0),
+        );
+        let req = ureq::http::Request::builder()
+            .method("HEAD")
+            .uri(format!("{}{path}", base.trim_end_matches('/')))
+            .header("Authorization", format!("Basic {basic}"))
+            .header(
+                "Accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .body(())
+            .map_err(|e| what(&e.to_string()))?;
+        let resp = self.agent.run(req).map_err(|e| FlyError::Transport {
+            method: "HEAD",
+            path: path.clone(),
+            error: e.to_string(),
+        })?;
+        if !resp.status().is_success() {
+            return Err(FlyError::Api {
+                method: "HEAD",
+                path,
+                status: resp.status().as_u16(),
+                message: format!("the registry has no {image}"),
+                request_id: None,
+            });
+        }
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| d.starts_with("sha256:"))
+            .ok_or_else(|| what("the registry answered no Docker-Content-Digest"))?;
+        Ok(format!("{host}/{repo}@{digest}"))
     }
 
     /// Test hook: a shorter first backoff.

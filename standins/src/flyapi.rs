@@ -100,6 +100,8 @@ struct State {
     forced: Vec<Forced>,
     ambiguous_creates: u32,
     checks_fail_for: Vec<String>,
+    /// The registry: "repository:tag" → digest.
+    images: BTreeMap<String, String>,
 }
 
 /// The stand-in's state; shared by the server and the test.
@@ -168,6 +170,13 @@ impl FlyApi {
         self.st().checks_fail_for.push(image.to_string());
     }
 
+    /// The registry has `repository:tag` at `digest` (`sha256:…`).
+    pub fn add_image(&self, repo_tag: &str, digest: &str) {
+        self.st()
+            .images
+            .insert(repo_tag.to_string(), digest.to_string());
+    }
+
     /// Someone else holds a lease on the Machine.
     pub fn hold_lease(&self, app: &str, machine: &str) {
         if let Some(m) = self
@@ -204,7 +213,12 @@ impl FlyApi {
     // ---- the API ----------------------------------------------------------
 
     pub fn answer(&self, req: Request) -> Resp {
-        let (status, body, started) = self.handle(&req);
+        let Handled {
+            status,
+            body,
+            started,
+            digest,
+        } = self.handle(&req);
         if let Some((app, m)) = started
             && let Some(f) = self
                 .on_start
@@ -223,6 +237,10 @@ impl FlyApi {
             "fly-request-id",
             format!("standin-{seq}").parse().expect("header"),
         );
+        if let Some(d) = digest {
+            r.headers_mut()
+                .insert("docker-content-digest", d.parse().expect("header"));
+        }
         if status == 429 {
             r.headers_mut()
                 .insert("retry-after", "0".parse().expect("header"));
@@ -230,7 +248,7 @@ impl FlyApi {
         r
     }
 
-    fn handle(&self, req: &Request) -> (u16, Value, Option<(String, Machine)>) {
+    fn handle(&self, req: &Request) -> Handled {
         let mut s = self.st();
         s.seq += 1;
         let seq = s.seq;
@@ -249,6 +267,33 @@ impl FlyApi {
             lease_nonce: header("fly-machine-lease-nonce"),
             status: 0,
         };
+        // The registry takes the token as a basic-auth password, user "x".
+        let registry_auth = self.authorization.as_ref().map(|a| {
+            let token = a.split_once(' ').map_or("", |(_, t)| t);
+            format!("Basic {}", base64_encode(format!("x:{token}").as_bytes()))
+        });
+        if req.path.starts_with("/v2/") {
+            let (status, digest) = if registry_auth
+                .as_ref()
+                .is_some_and(|a| call.authorization.as_ref() != Some(a))
+            {
+                (401, None)
+            } else {
+                registry(&s, req.path_only())
+            };
+            call.status = status;
+            s.calls.push(call);
+            let body = match &digest {
+                Some(d) => json!({"digest": d}),
+                None => err("manifest unknown", "not_found"),
+            };
+            return Handled {
+                status,
+                body,
+                started: None,
+                digest,
+            };
+        }
         let (status, body, started) = if self
             .authorization
             .as_ref()
@@ -262,7 +307,12 @@ impl FlyApi {
         };
         call.status = status;
         s.calls.push(call);
-        (status, body, started)
+        Handled {
+            status,
+            body,
+            started,
+            digest: None,
+        }
     }
 
     fn route(
@@ -324,6 +374,34 @@ impl FlyApi {
             _ => none(404, err("no such endpoint in the stand-in", "not_found")),
         }
     }
+}
+
+/// What a request did: the answer's status and body, the Machine it
+/// started (for the hook), the digest a registry answer carries.
+struct Handled {
+    status: u16,
+    body: Value,
+    started: Option<(String, Machine)>,
+    digest: Option<String>,
+}
+
+/// `/v2/<repository>/manifests/<tag>`: (status, digest).
+fn registry(s: &State, path: &str) -> (u16, Option<String>) {
+    let Some((repo, tag)) = path
+        .strip_prefix("/v2/")
+        .and_then(|p| p.split_once("/manifests/"))
+    else {
+        return (404, None);
+    };
+    match s.images.get(&format!("{repo}:{tag}")) {
+        Some(d) => (200, Some(d.clone())),
+        None => (404, None),
+    }
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 fn err(message: &str, status: &str) -> Value {
