@@ -17,7 +17,8 @@ const FLY_TOKEN: &str = "fm2_operator-token";
 const DIGEST: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
 
 struct World {
-    f: Fixture,
+    /// Holds the temporary directory the `fly` stand-in lives in.
+    _f: Fixture,
     ns: NetNs,
     api: FlyStandin,
     fly: FakeFly,
@@ -35,7 +36,12 @@ impl World {
         // What `scripts/deploy --base` pushed: the tag the registry pins.
         api.api.add_image("mybuddytalk-base:latest", DIGEST);
         let fly = FakeFly::new(f.tmp.path());
-        World { f, ns, api, fly }
+        World {
+            _f: f,
+            ns,
+            api,
+            fly,
+        }
     }
 
     fn deploy(&self, env: &[(String, String)], args: &[&str]) -> Output {
