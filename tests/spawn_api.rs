@@ -253,6 +253,50 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
             .is_file()
     );
     assert!(text(&adopt(&w)).contains("nothing to adopt"));
+
+    // Deployed again from the checkout with scripts/deploy: the spell's
+    // Machine gets exactly the config it had (one Machine definition), its
+    // base image pinned from the registry's tag, its secrets kept.
+    copy_tree(&repo().join("scripts"), &checkout.join("scripts"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for e in fs::read_dir(checkout.join("scripts")).unwrap().flatten() {
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    w.fly
+        .api
+        .add_image("mybuddytalk-base:latest", IMAGE.split_once('@').unwrap().1);
+    let cli = FakeFly::new(&w.f.path("cli"));
+    let o =
+        w.ns.command(checkout.join("scripts/deploy").to_str().unwrap())
+            .arg("estherbuddy-lyra")
+            .env_clear()
+            .env("PATH", cli.path_env())
+            .env("HOME", "/root")
+            .env("SUPERVISOR", supervisor())
+            .env("FLY_API_HOSTNAME", w.fly.base_url())
+            .env("MYBUDDY_REGISTRY_URL", w.fly.base_url())
+            .env("FLY_API_TOKEN", FLY_TOKEN)
+            .env("MYBUDDY_CHECKS_TIMEOUT", "3")
+            .output()
+            .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let m = &w.fly.api.app(APP).unwrap().machines[0];
+    assert_eq!(
+        m.history.len(),
+        2,
+        "the deploy replaced the spell's Machine"
+    );
+    let without_tag = |c: &serde_json::Value| {
+        let mut c = c.clone();
+        c["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("mybuddy_cast");
+        c
+    };
+    assert_eq!(without_tag(&m.history[0]), without_tag(&m.history[1]));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

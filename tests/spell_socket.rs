@@ -18,6 +18,8 @@ use mybuddy_standins::FlyStandin;
 use support::*;
 
 const TOKEN: &str = "987654321:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawX";
+const PHONE: &str = "+31612345678";
+const APP: &str = "mybuddytalk-norabuddy-lyra";
 const FLY_TOKEN: &str = "fm2_stand-in-org-token-in-the-supervisor-only";
 const IMAGE: &str = "registry.fly.io/mybuddytalk-base@sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
@@ -93,7 +95,7 @@ fn cast_as(f: &Fixture, m: &Machine, uid: &str, groups: &str) -> Output {
     let spell = f.path(&format!("spell-{uid}.yaml"));
     fs::write(
         &spell,
-        format!("spell: spawn_buddy\nparameters:\n  human: Esther\n  name: Lyra\n  role: buddy\n  channels:\n    telegram: true\n    telegram_token: \"{TOKEN}\"\n"),
+        format!("spell: spawn_buddy\nparameters:\n  human: Nora\n  name: Lyra\n  role: buddy\n  channels:\n    telegram: true\n    telegram_token: \"{TOKEN}\"\n    whatsapp: true\n    whatsapp_phone: \"{PHONE}\"\n"),
     )
     .unwrap();
     // The agent's private temp file: its own, nobody else's.
@@ -169,18 +171,55 @@ fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", m.sup.log());
     assert!(
-        out.contains("[3/5] deploy: mybuddytalk-estherbuddy-lyra deployed"),
+        out.contains(&format!("[3/5] deploy: {APP} deployed")),
         "{out}"
     );
     assert!(out.contains("[5/5] resonate"), "{out}");
     assert!(!out.contains(TOKEN) && !out.contains(FLY_TOKEN), "{out}");
-    let app = fly
-        .api
-        .app("mybuddytalk-estherbuddy-lyra")
-        .expect("the app was made");
+    // Exactly the spawn's calls.
+    let app = fly.api.app(APP).expect("the app was made");
+    let fm = &app.machines[0];
+    let lines: Vec<String> = fly.api.calls().iter().map(|c| c.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("GET /v1/apps/{APP}"),
+            "POST /v1/apps".into(),
+            format!("POST /v1/apps/{APP}/ip_assignments"),
+            format!("POST /v1/apps/{APP}/secrets"),
+            format!("GET /v1/apps/{APP}/volumes"),
+            format!("POST /v1/apps/{APP}/volumes"),
+            format!("GET /v1/apps/{APP}/machines"),
+            format!("POST /v1/apps/{APP}/machines"),
+            format!("GET /v1/apps/{APP}/machines/{}/wait", fm.id),
+            format!("GET /v1/apps/{APP}/machines/{}", fm.id),
+        ]
+    );
     assert_eq!(app.machines.len(), 1);
-    assert_eq!(app.machines[0].config["image"], IMAGE);
-    assert_eq!(app.secrets["ESTHERBUDDY_LYRA_TELEGRAM_TOKEN"], TOKEN);
+    assert_eq!(fm.config["image"], IMAGE);
+    assert_eq!(app.secrets["NORABUDDY_LYRA_TELEGRAM_TOKEN"], TOKEN);
+    assert_eq!(app.secrets["NORABUDDY_LYRA_HUMAN_PHONE"], PHONE);
+    // The Machine's files hold the definition; the token and the phone are
+    // only in the secrets call: no file, record, registry entry,
+    // announcement, Machine config or log has them.
+    let files = fm.config["files"].to_string();
+    assert!(files.contains("/opt/mybuddy/buddy/buddy.json"), "{files}");
+    for secret in [TOKEN, PHONE] {
+        let calls: Vec<String> = fly
+            .api
+            .calls()
+            .iter()
+            .filter(|c| c.body.to_string().contains(secret))
+            .map(|c| c.line())
+            .collect();
+        assert_eq!(calls, [format!("POST /v1/apps/{APP}/secrets")]);
+        assert!(!fm.config.to_string().contains(secret));
+        assert!(!files.contains(&base64_of(secret)));
+        for file in walk(&f.swarm) {
+            let text = String::from_utf8_lossy(&fs::read(&file).unwrap_or_default()).into_owned();
+            assert!(!text.contains(secret), "{} holds a secret", file.display());
+        }
+    }
     // Every API call carried the supervisor's token; the spell's file is gone.
     assert!(
         fly.api
@@ -224,7 +263,7 @@ fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
     );
     assert_eq!(fly.api.calls().len(), calls);
     for s in [m.sup.log(), m.sup.out()] {
-        assert!(!s.contains(FLY_TOKEN) && !s.contains(TOKEN));
+        assert!(!s.contains(FLY_TOKEN) && !s.contains(TOKEN) && !s.contains(PHONE));
     }
 }
 
@@ -255,4 +294,24 @@ fn no_socket_on_a_magician_without_the_token_nor_on_a_buddy() {
     );
     assert!(!gateway_environ(&g).contains("FLY_API_TOKEN"));
     assert!(fly.api.calls().is_empty());
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }
