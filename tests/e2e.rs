@@ -112,6 +112,103 @@ fn a_magician_answers_its_human_with_its_persona_pairs_strangers_and_reads_its_s
     live.finish();
 }
 
+/// Issue 15 through the agent's own tools: Emrys's Human asks for a new
+/// Buddy; the agent writes the spell to a private temp file and runs
+/// `supervisor spawn … --deploy` with its exec tool. Its gateway holds no
+/// Fly token: the command asks Emrys's supervisor on the spell socket,
+/// which casts over the Machines API (the stand-in, in the same
+/// loopback-only namespace) and streams the result back into the tool.
+#[test]
+fn a_magician_s_agent_spawns_a_buddy_through_its_supervisor() {
+    const FLY_TOKEN: &str = "fm2_org-token-kept-by-the-supervisor";
+    const BOT: &str = "987654321:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawX";
+    let fly = std::cell::RefCell::new(None);
+    let socket = std::cell::RefCell::new(None);
+    let live = Live::start_full(
+        "roelbuddy-emrys",
+        &[],
+        |_, _| {},
+        |f, ns| {
+            let api = mybuddy_standins::FlyStandin::start(
+                Some(std::path::Path::new(&ns.path())),
+                Some(&format!("FlyV1 {FLY_TOKEN}")),
+            )
+            .unwrap();
+            let run = f.path("run");
+            fs::create_dir_all(&run).unwrap();
+            fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            *socket.borrow_mut() = Some(run.join("spell.sock"));
+            let env = vec![
+                ("FLY_API_TOKEN".into(), FLY_TOKEN.into()),
+                ("FLY_API_HOSTNAME".into(), api.base_url()),
+                ("FLY_IMAGE_REF".into(), "registry.fly.io/mybuddytalk-base@sha256:5555555555555555555555555555555555555555555555555555555555555555".into()),
+                ("MYBUDDY_FLY_TOML".into(), repo().join("fly.toml").display().to_string()),
+                ("MYBUDDY_SPELL_SOCKET".into(), run.join("spell.sock").display().to_string()),
+                ("MYBUDDY_BOOK_META_URL".into(), "rediss://default@book.example:6379/0".into()),
+                ("MYBUDDY_BOOK_META_PASSWORD".into(), "book-password".into()),
+            ];
+            *fly.borrow_mut() = Some(api);
+            env
+        },
+    );
+    let fly = fly.into_inner().unwrap();
+    let socket = socket.into_inner().unwrap();
+    assert!(
+        live.sup.log().contains("step=\"spells\""),
+        "{}",
+        live.sup.log()
+    );
+    let spell = live.state().join("tmp/lyra-spell.yaml");
+    let yaml = format!(
+        "spell: spawn_buddy\nparameters:\n  human: Nora\n  name: Lyra\n  role: buddy\n  channels:\n    telegram: true\n    telegram_token: \"{BOT}\"\n"
+    );
+    let cast = format!(
+        "umask 077; MYBUDDY_SPELL_SOCKET={} supervisor spawn {} --swarm {} --deploy; echo exit=$?; rm -f {}",
+        socket.display(),
+        spell.display(),
+        live.swarm().display(),
+        spell.display()
+    );
+    live.st.gemini.script([
+        Step::call("write", json!({"path": spell, "content": yaml})),
+        Step::call("exec", json!({"command": cast, "title": "cast SpawnBuddy"})),
+        Step::quote("SpawnBuddy: "),
+    ]);
+    let reply = live.say("Maak een Buddy Lyra voor Nora, Telegram, dit is de bot token.");
+    let text = reply.text().unwrap_or_default();
+    assert!(
+        text.contains("spawned norabuddy-lyra (deployed)") && text.contains("exit=0"),
+        "{reply:?}\n{}",
+        live.diagnostics()
+    );
+    let app = fly
+        .api
+        .app("mybuddytalk-norabuddy-lyra")
+        .expect("the app was made");
+    assert_eq!(app.machines.len(), 1);
+    assert_eq!(app.secrets["NORABUDDY_LYRA_TELEGRAM_TOKEN"], BOT);
+    assert!(!spell.exists(), "the agent's spell file was left behind");
+    // The agent's gateway never held the token: the supervisor cast for it.
+    assert!(
+        live.sup
+            .log()
+            .contains("spell socket: casting for the gateway")
+    );
+    let gateway = children_of(live.sup.pid())
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("openclaw") || c.contains("node"))
+        })
+        .expect("the gateway runs");
+    let environ = String::from_utf8_lossy(&fs::read(format!("/proc/{gateway}/environ")).unwrap())
+        .into_owned();
+    assert!(!environ.contains("FLY_API_TOKEN") && !environ.contains(FLY_TOKEN));
+    assert!(!text.contains(FLY_TOKEN));
+    live.finish();
+}
+
 #[test]
 fn a_buddy_shares_wisdom_through_its_tools_and_is_refused_the_spellbook() {
     let live = Live::start("roelbuddy-galahad", |_, _| {});

@@ -39,10 +39,23 @@ impl Live {
 
     /// The same, with more `supervisor run` arguments.
     pub fn start_with(slug: &str, extra: &[&str], prep: impl FnOnce(&Fixture, &Path)) -> Live {
+        Self::start_full(slug, extra, prep, |_, _| Vec::new())
+    }
+
+    /// The same, with more of the supervisor's environment, made once the
+    /// namespace exists (`more` may start servers in it, e.g. the Fly API's
+    /// stand-in).
+    pub fn start_full(
+        slug: &str,
+        extra: &[&str],
+        prep: impl FnOnce(&Fixture, &Path),
+        more: impl FnOnce(&Fixture, &NetNs) -> Vec<(String, String)>,
+    ) -> Live {
         let f = Fixture::new();
         let b = f.buddy(slug);
         prep(&f, &b);
         let ns = NetNs::new();
+        let more_env = more(&f, &ns);
         let st = Standins::start(Some(Path::new(&ns.path())), Bot::default(), None)
             .expect("start the stand-ins");
         let ca = f.path("standins-ca.pem");
@@ -70,6 +83,7 @@ impl Live {
         env.push(("PATH".into(), format!("{bin}:{}", gateway_path())));
         env.push(("NODE_EXTRA_CA_CERTS".into(), ca.display().to_string()));
         env.push(("NO_COLOR".into(), "1".into()));
+        env.extend(more_env);
         let seed = repo().join("images/swarm-seed");
         let mut args = vec![
             "--swarm-seed",
@@ -187,7 +201,18 @@ impl Live {
             .iter()
             .filter(|(k, _)| {
                 !k.ends_with("_HUMAN_TELEGRAM_ID")
-                    && !matches!(k.as_str(), "PATH" | "NODE_EXTRA_CA_CERTS" | "NO_COLOR")
+                    && !matches!(
+                        k.as_str(),
+                        "PATH"
+                            | "NODE_EXTRA_CA_CERTS"
+                            | "NO_COLOR"
+                            // Addresses and paths, not secrets.
+                            | "FLY_API_HOSTNAME"
+                            | "FLY_IMAGE_REF"
+                            | "MYBUDDY_FLY_TOML"
+                            | "MYBUDDY_SPELL_SOCKET"
+                            | "MYBUDDY_BOOK_META_URL"
+                    )
             })
             .map(|(_, v)| v.clone())
             .collect();
