@@ -1,4 +1,5 @@
-//! `spawn`: the SpawnBuddy spell from the command line.
+//! `spawn`, `upgrade`, `deploy`, `adopt`, `machine-config`: growing and
+//! keeping the swarm from the command line.
 
 use std::path::PathBuf;
 

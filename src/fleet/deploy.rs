@@ -1,6 +1,7 @@
-//! Putting a Buddy on Fly.io from a checkout: `scripts/deploy` is the one
-//! place that drives the `fly` CLI (one app per Buddy, secrets through stdin);
-//! this module runs it and says what an operator would run.
+//! A spell cast with `--repo` (a workstation with a checkout) deploys
+//! through the checkout's `scripts/deploy` (which runs `supervisor deploy`,
+//! the Machines API path of [`crate::fleet::apply`]); this module runs it
+//! and says what an operator would run.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,7 +9,8 @@ use std::process::Command;
 use crate::fleet::spell::Spawn;
 
 /// Runs `scripts/deploy SLUG` with the spell's secrets in its environment
-/// (it hands them to `fly secrets import` on stdin, never on a command line).
+/// (they reach Fly through the Machines API's secrets call, never a command
+/// line).
 pub fn run_script(script: &Path, s: &Spawn, slug: &str) -> Result<(), String> {
     let mut cmd = Command::new(script);
     cmd.arg(slug);

@@ -1,5 +1,8 @@
 //! What grows the swarm: [`spell`] is SpawnBuddy (validate, generate, cast),
-//! [`deploy`] puts a Buddy on Fly.io, [`fly`] is the Machines API client.
+//! [`upgrade`] is UpgradeBuddy, [`apply`] puts a Buddy on its Fly Machine
+//! over the Machines API ([`fly`], the client) with [`machine`]'s one
+//! definition, [`deploy`] runs a checkout's scripts/deploy, [`socket`] lets
+//! a Magician's gateway cast through its supervisor.
 
 pub mod apply;
 pub mod deploy;
