@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use mybuddy_standins::FlyStandin;
@@ -28,11 +27,7 @@ impl World {
     fn new() -> World {
         let f = Fixture::new();
         let ns = NetNs::new();
-        let api = FlyStandin::start(
-            Some(Path::new(&ns.path())),
-            Some(&format!("FlyV1 {FLY_TOKEN}")),
-        )
-        .unwrap();
+        let api = fly_api(&ns, Some(FLY_TOKEN));
         // What `scripts/deploy --base` pushed: the tag the registry pins.
         api.api.add_image("mybuddytalk-base:latest", DIGEST);
         let fly = FakeFly::new(f.tmp.path());

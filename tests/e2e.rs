@@ -129,11 +129,7 @@ fn a_magician_s_agent_spawns_a_buddy_through_its_supervisor() {
         &[],
         |_, _| {},
         |f, ns| {
-            let api = mybuddy_standins::FlyStandin::start(
-                Some(std::path::Path::new(&ns.path())),
-                Some(&format!("FlyV1 {FLY_TOKEN}")),
-            )
-            .unwrap();
+            let api = fly_api(ns, Some(FLY_TOKEN));
             let run = f.path("run");
             fs::create_dir_all(&run).unwrap();
             fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

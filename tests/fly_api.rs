@@ -24,11 +24,7 @@ struct World {
 impl World {
     fn new() -> World {
         let ns = NetNs::new();
-        let fly = FlyStandin::start(
-            Some(std::path::Path::new(&ns.path())),
-            Some(&format!("FlyV1 {TOKEN}")),
-        )
-        .unwrap();
+        let fly = fly_api(&ns, Some(TOKEN));
         World { ns, fly }
     }
 

@@ -42,11 +42,7 @@ impl World {
         fs::create_dir_all(f.swarm.join("spellbook")).unwrap();
         let fly = FakeFly::new(f.tmp.path());
         let ns = NetNs::new();
-        let api = FlyStandin::start(
-            Some(Path::new(&ns.path())),
-            Some(&format!("FlyV1 {FLY_TOKEN}")),
-        )
-        .unwrap();
+        let api = fly_api(&ns, Some(FLY_TOKEN));
         api.api.add_image(
             "mybuddytalk-base:latest",
             "sha256:4444444444444444444444444444444444444444444444444444444444444444",

@@ -7,7 +7,7 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use base64::Engine;
@@ -39,11 +39,7 @@ impl World {
         let o = registry_register(&f.swarm, &f.buddy("roelbuddy-emrys"), &[]);
         assert!(o.status.success());
         let ns = NetNs::new();
-        let fly = FlyStandin::start(
-            Some(Path::new(&ns.path())),
-            Some(&format!("FlyV1 {FLY_TOKEN}")),
-        )
-        .unwrap();
+        let fly = fly_api(&ns, Some(FLY_TOKEN));
         World { f, ns, fly }
     }
 
@@ -201,7 +197,7 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
     assert_eq!(with_token, [format!("POST /v1/apps/{APP}/secrets")]);
     assert!(!files.iter().any(|(_, c)| c.contains(TOKEN)));
     assert!(!out.contains(TOKEN) && !out.contains(FLY_TOKEN), "{out}");
-    for entry in walk(&w.f.swarm) {
+    for entry in walk_files(&w.f.swarm) {
         let content = fs::read(&entry).unwrap_or_default();
         assert!(
             !String::from_utf8_lossy(&content).contains(TOKEN),
@@ -297,21 +293,6 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
         c
     };
     assert_eq!(without_tag(&m.history[0]), without_tag(&m.history[1]));
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -145,11 +145,7 @@ fn gateway_environ(m: &Machine) -> String {
 fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
     let f = Fixture::new();
     let ns = NetNs::new();
-    let fly = FlyStandin::start(
-        Some(Path::new(&ns.path())),
-        Some(&format!("FlyV1 {FLY_TOKEN}")),
-    )
-    .unwrap();
+    let fly = fly_api(&ns, Some(FLY_TOKEN));
     let m = boot(&f, &ns, &fly, "roelbuddy-emrys", true);
     assert!(
         m.sup
@@ -215,7 +211,7 @@ fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
         assert_eq!(calls, [format!("POST /v1/apps/{APP}/secrets")]);
         assert!(!fm.config.to_string().contains(secret));
         assert!(!files.contains(&base64_of(secret)));
-        for file in walk(&f.swarm) {
+        for file in walk_files(&f.swarm) {
             let text = String::from_utf8_lossy(&fs::read(&file).unwrap_or_default()).into_owned();
             assert!(!text.contains(secret), "{} holds a secret", file.display());
         }
@@ -271,7 +267,7 @@ fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
 fn no_socket_on_a_magician_without_the_token_nor_on_a_buddy() {
     let f = Fixture::new();
     let ns = NetNs::new();
-    let fly = FlyStandin::start(Some(Path::new(&ns.path())), None).unwrap();
+    let fly = fly_api(&ns, None);
     let m = boot(&f, &ns, &fly, "roelbuddy-emrys", false);
     assert!(!m.socket.exists());
     let o = cast_as(&f, &m, "10002", "10100,10101");
@@ -299,19 +295,4 @@ fn no_socket_on_a_magician_without_the_token_nor_on_a_buddy() {
 fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }

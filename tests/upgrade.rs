@@ -7,7 +7,7 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
+
 use std::process::Output;
 
 use mybuddy_standins::FlyStandin;
@@ -39,11 +39,7 @@ impl World {
         fs::create_dir_all(f.swarm.join("mybuddybook/announcements")).unwrap();
         fs::create_dir_all(f.swarm.join("spellbook")).unwrap();
         let ns = NetNs::new();
-        let fly = FlyStandin::start(
-            Some(Path::new(&ns.path())),
-            Some(&format!("FlyV1 {FLY_TOKEN}")),
-        )
-        .unwrap();
+        let fly = fly_api(&ns, Some(FLY_TOKEN));
         // Each Machine that starts is its Buddy booting: its supervisor
         // registers the version its image carries.
         let book = f.swarm.join("mybuddybook");

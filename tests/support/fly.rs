@@ -73,3 +73,11 @@ exit 0"#,
         fs::write(self.dir.join("fail"), format!("{prefix}\n")).unwrap();
     }
 }
+
+/// The Fly Machines API stand-in, serving in `ns`, accepting only `token`
+/// (as flyctl sends it: `FlyV1 <token>` for a macaroon), or any with None.
+pub fn fly_api(ns: &NetNs, token: Option<&str>) -> mybuddy_standins::FlyStandin {
+    let auth = token.map(mybuddytalk::fleet::fly::authorization);
+    mybuddy_standins::FlyStandin::start(Some(Path::new(&ns.path())), auth.as_deref())
+        .expect("start the Fly Machines API stand-in")
+}

@@ -49,6 +49,22 @@ pub fn supervisor() -> PathBuf {
 }
 
 /// Copies a directory tree (test fixtures only).
+/// Every file under `dir`.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 pub fn copy_tree(src: &Path, dest: &Path) {
     fs::create_dir_all(dest).unwrap();
     for e in fs::read_dir(src).unwrap().flatten() {
