@@ -540,11 +540,8 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
         }
         Err(why) => {
             eprintln!("deploy: {why}");
-            for u in undo.into_iter().rev() {
-                match u() {
-                    Ok(n) => eprintln!("  undone: {n}"),
-                    Err(n) => eprintln!("  could not undo: {n}"),
-                }
+            for line in apply::undo_all(undo) {
+                eprintln!("  {line}");
             }
             1
         }

@@ -21,11 +21,6 @@ use crate::config::render::Secret;
 use crate::fleet::fly::{AppState, Client};
 use crate::fleet::machine::{self, FlyFacts};
 
-/// The volume every Buddy's state lives on (fly.toml's `[mounts] source`).
-fn volume_name(facts: &FlyFacts) -> &str {
-    &facts.mount_source
-}
-
 /// Metadata key tagging the Machine with the cast that made it.
 pub const META_CAST: &str = "mybuddy_cast";
 
@@ -47,8 +42,21 @@ pub fn app_name(slug: &str) -> String {
     format!("mybuddytalk-{slug}")
 }
 
-/// What the cast must take back if a later step fails.
+/// What a run must take back if a later step fails: `Ok` says what was
+/// taken back, `Err` what could not be.
 pub type Undo = Box<dyn FnOnce() -> Result<String, String>>;
+
+/// Takes back everything in `made`, last made first: a line each
+/// (`undone: …` or `could not undo: …`).
+pub fn undo_all(made: Vec<Undo>) -> Vec<String> {
+    made.into_iter()
+        .rev()
+        .map(|u| match u() {
+            Ok(n) => format!("undone: {n}"),
+            Err(n) => format!("could not undo: {n}"),
+        })
+        .collect()
+}
 
 /// What a deploy does to the app's secrets.
 #[derive(Debug, Default)]
@@ -239,7 +247,8 @@ pub fn deploy(
 
     // The state volume: one that exists unattached is the Buddy's already
     // (an earlier deploy); else a new one.
-    let vname = volume_name(&api.facts).to_string();
+    // The volume every Buddy's state lives on: fly.toml's `[mounts] source`.
+    let vname = api.facts.mount_source.clone();
     let volume = match c
         .volumes(&app)
         .map_err(e)?

@@ -41,11 +41,9 @@ pub struct Outcome {
     pub deployed: bool,
 }
 
-type UndoFn = Box<dyn FnOnce() -> Result<String, String>>;
-
 /// What the cast has made so far, and how to take each back.
 #[derive(Default)]
-struct Undo(Vec<UndoFn>);
+struct Undo(Vec<crate::fleet::apply::Undo>);
 
 impl Undo {
     fn push(&mut self, f: impl FnOnce() -> Result<String, String> + 'static) {
@@ -55,15 +53,7 @@ impl Undo {
     /// Undoes everything in reverse and returns the step's error with a
     /// line per undo.
     fn fail(self, step: &'static str, why: String) -> SpellError {
-        let notes: Vec<String> = self
-            .0
-            .into_iter()
-            .rev()
-            .map(|u| match u() {
-                Ok(n) => format!("undone: {n}"),
-                Err(n) => format!("could not undo: {n}"),
-            })
-            .collect();
+        let notes = crate::fleet::apply::undo_all(self.0);
         SpellError::Step {
             step,
             why,
