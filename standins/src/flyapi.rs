@@ -8,12 +8,11 @@
 //! `../shared/mission/FLY_MACHINES_API.md`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use hyper::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use crate::http::{self, Request, Resp};
 
@@ -639,37 +638,6 @@ fn attach(a: &mut App, m: &Machine) {
             .and_then(|id| a.volumes.iter_mut().find(|v| v.id == id))
         {
             v.attached_machine_id = Some(m.id.clone());
-        }
-    }
-}
-
-pub struct Server {
-    api: Arc<FlyApi>,
-    listener: TcpListener,
-}
-
-pub async fn bind(api: Arc<FlyApi>) -> anyhow::Result<Server> {
-    Ok(Server {
-        api,
-        listener: TcpListener::bind("127.0.0.1:0").await?,
-    })
-}
-
-impl Server {
-    pub fn port(&self) -> u16 {
-        self.listener.local_addr().map_or(0, |a| a.port())
-    }
-
-    pub async fn run(self) {
-        loop {
-            let Ok((stream, _)) = self.listener.accept().await else {
-                continue;
-            };
-            let api = self.api.clone();
-            tokio::spawn(http::serve(stream, move |req: Request| {
-                let api = api.clone();
-                async move { api.answer(req) }
-            }));
         }
     }
 }

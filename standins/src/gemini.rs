@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use hyper::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use crate::http::{self, Request, Resp};
 
@@ -195,7 +194,7 @@ impl Gemini {
             .collect()
     }
 
-    fn answer(self: Arc<Self>, req: Request) -> Resp {
+    pub fn answer(self: Arc<Self>, req: Request) -> Resp {
         let path = req.path.clone();
         let body = req.json();
         let generate = path.contains(":streamGenerateContent") || path.contains(":generateContent");
@@ -323,39 +322,6 @@ pub fn embed(text: &str, dims: usize) -> Vec<f64> {
         v.iter_mut().for_each(|x| *x /= norm);
     }
     v
-}
-
-/// The Gemini API's listener (plain HTTP on 127.0.0.1, as the provider's
-/// `baseUrl` names it).
-pub struct Server {
-    gm: Arc<Gemini>,
-    listener: TcpListener,
-}
-
-pub async fn bind(gm: Arc<Gemini>) -> anyhow::Result<Server> {
-    Ok(Server {
-        gm,
-        listener: TcpListener::bind("127.0.0.1:0").await?,
-    })
-}
-
-impl Server {
-    pub fn port(&self) -> u16 {
-        self.listener.local_addr().map_or(0, |a| a.port())
-    }
-
-    pub async fn run(self) {
-        loop {
-            let Ok((stream, _)) = self.listener.accept().await else {
-                continue;
-            };
-            let gm = self.gm.clone();
-            tokio::spawn(http::serve(stream, move |req: Request| {
-                let gm = gm.clone();
-                async move { gm.answer(req) }
-            }));
-        }
-    }
 }
 
 #[cfg(test)]

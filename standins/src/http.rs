@@ -80,6 +80,42 @@ where
         .await;
 }
 
+/// A plain-HTTP listener on 127.0.0.1 whose every request is answered by
+/// one function (the Gemini API, the Fly Machines API).
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    answer: std::sync::Arc<dyn Fn(Request) -> Resp + Send + Sync>,
+}
+
+impl Server {
+    pub async fn bind(
+        answer: impl Fn(Request) -> Resp + Send + Sync + 'static,
+    ) -> anyhow::Result<Server> {
+        Ok(Server {
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            answer: std::sync::Arc::new(answer),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Serves every connection until the process exits.
+    pub async fn run(self) {
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else {
+                continue;
+            };
+            let answer = self.answer.clone();
+            tokio::spawn(serve(stream, move |req: Request| {
+                let answer = answer.clone();
+                async move { answer(req) }
+            }));
+        }
+    }
+}
+
 pub fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
     let mut r = hyper::Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;

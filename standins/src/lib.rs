@@ -127,7 +127,7 @@ impl FlyStandin {
         let api = Arc::new(FlyApi::new(authorization, "personal"));
         let a = api.clone();
         let port = serve_in_thread(netns, "fly-standin", async move {
-            let server = flyapi::bind(a).await?;
+            let server = http::Server::bind(move |req| a.answer(req)).await?;
             let port = server.port();
             tokio::spawn(server.run());
             anyhow::Ok(port)
@@ -160,7 +160,8 @@ impl Standins {
         let control = control.map(Path::to_path_buf);
         let (proxy_port, gemini_port) = serve_in_thread(netns, "standins", async move {
             let proxy = telegram::Proxy::bind(tg.clone(), tls).await?;
-            let gemini = gemini::bind(gm.clone()).await?;
+            let g = gm.clone();
+            let gemini = http::Server::bind(move |req| g.clone().answer(req)).await?;
             let ports = (proxy.port(), gemini.port());
             if let Some(path) = &control {
                 let c = control::bind(path, tg.clone(), gm.clone())?;
