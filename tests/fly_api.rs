@@ -131,11 +131,7 @@ fn a_spawn_s_calls_reach_the_api_as_flyctl_sends_them() {
         .collect();
     assert_eq!(not_ok, [(1, 404), (calls.len() as u64, 404)], "{calls:?}");
     // The bot token went in the secrets call and nowhere else.
-    let with_token: Vec<String> = calls
-        .iter()
-        .filter(|c| c.body.to_string().contains("bot-token-value"))
-        .map(|c| c.line())
-        .collect();
+    let with_token = calls_carrying(&w.fly.api, "bot-token-value");
     assert_eq!(with_token, [format!("POST /v1/apps/{app}/secrets")]);
 }
 

@@ -376,14 +376,7 @@ fn deploy_through_the_fly_boundary_marks_the_buddy_active() {
     // The spell's token reached Fly through the secrets call, and nowhere else.
     assert_eq!(app.secrets["ESTHERBUDDY_LYRA_TELEGRAM_TOKEN"], TOKEN);
     assert_eq!(app.secrets["GEMINI_API_KEY"], "shared-gemini");
-    let with_token: Vec<String> = w
-        .api
-        .api
-        .calls()
-        .iter()
-        .filter(|c| c.body.to_string().contains(TOKEN))
-        .map(|c| c.line())
-        .collect();
+    let with_token = calls_carrying(&w.api.api, TOKEN);
     assert_eq!(
         with_token,
         ["POST /v1/apps/mybuddytalk-estherbuddy-lyra/secrets"]

@@ -114,25 +114,7 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
     assert!(o.status.success(), "{out}");
     assert_eq!(
         w.lines(),
-        [
-            format!("GET /v1/apps/{APP}"),
-            "POST /v1/apps".into(),
-            format!("POST /v1/apps/{APP}/ip_assignments"),
-            format!("POST /v1/apps/{APP}/secrets"),
-            format!("GET /v1/apps/{APP}/volumes"),
-            format!("POST /v1/apps/{APP}/volumes"),
-            // Does this Buddy run somewhere already? (A spell makes new ones only.)
-            format!("GET /v1/apps/{APP}/machines"),
-            format!("POST /v1/apps/{APP}/machines"),
-            format!(
-                "GET /v1/apps/{APP}/machines/{}/wait",
-                w.fly.api.app(APP).unwrap().machines[0].id
-            ),
-            format!(
-                "GET /v1/apps/{APP}/machines/{}",
-                w.fly.api.app(APP).unwrap().machines[0].id
-            ),
-        ]
+        first_deploy_calls(APP, &w.fly.api.app(APP).unwrap().machines[0].id)
     );
     let app = w.fly.api.app(APP).unwrap();
     assert_eq!(app.ips, ["private_v6"]);
@@ -186,14 +168,7 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
     );
     // The bot token went in the secrets call and nowhere else: no file, no
     // other call, no record, registry entry, announcement or output.
-    let with_token: Vec<String> = w
-        .fly
-        .api
-        .calls()
-        .iter()
-        .filter(|c| c.body.to_string().contains(TOKEN))
-        .map(|c| c.line())
-        .collect();
+    let with_token = calls_carrying(&w.fly.api, TOKEN);
     assert_eq!(with_token, [format!("POST /v1/apps/{APP}/secrets")]);
     assert!(!files.iter().any(|(_, c)| c.contains(TOKEN)));
     assert!(!out.contains(TOKEN) && !out.contains(FLY_TOKEN), "{out}");

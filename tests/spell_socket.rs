@@ -176,21 +176,7 @@ fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
     let app = fly.api.app(APP).expect("the app was made");
     let fm = &app.machines[0];
     let lines: Vec<String> = fly.api.calls().iter().map(|c| c.line()).collect();
-    assert_eq!(
-        lines,
-        [
-            format!("GET /v1/apps/{APP}"),
-            "POST /v1/apps".into(),
-            format!("POST /v1/apps/{APP}/ip_assignments"),
-            format!("POST /v1/apps/{APP}/secrets"),
-            format!("GET /v1/apps/{APP}/volumes"),
-            format!("POST /v1/apps/{APP}/volumes"),
-            format!("GET /v1/apps/{APP}/machines"),
-            format!("POST /v1/apps/{APP}/machines"),
-            format!("GET /v1/apps/{APP}/machines/{}/wait", fm.id),
-            format!("GET /v1/apps/{APP}/machines/{}", fm.id),
-        ]
-    );
+    assert_eq!(lines, first_deploy_calls(APP, &fm.id));
     assert_eq!(app.machines.len(), 1);
     assert_eq!(fm.config["image"], IMAGE);
     assert_eq!(app.secrets["NORABUDDY_LYRA_TELEGRAM_TOKEN"], TOKEN);
@@ -201,13 +187,7 @@ fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
     let files = fm.config["files"].to_string();
     assert!(files.contains("/opt/mybuddy/buddy/buddy.json"), "{files}");
     for secret in [TOKEN, PHONE] {
-        let calls: Vec<String> = fly
-            .api
-            .calls()
-            .iter()
-            .filter(|c| c.body.to_string().contains(secret))
-            .map(|c| c.line())
-            .collect();
+        let calls = calls_carrying(&fly.api, secret);
         assert_eq!(calls, [format!("POST /v1/apps/{APP}/secrets")]);
         assert!(!fm.config.to_string().contains(secret));
         assert!(!files.contains(&base64_of(secret)));

@@ -81,3 +81,31 @@ pub fn fly_api(ns: &NetNs, token: Option<&str>) -> mybuddy_standins::FlyStandin 
     mybuddy_standins::FlyStandin::start(Some(Path::new(&ns.path())), auth.as_deref())
         .expect("start the Fly Machines API stand-in")
 }
+
+/// The Machines API calls a Buddy's first deploy makes, in order (method and
+/// path, no query): the app looked up and made, its Flycast address, its
+/// secrets, its volume looked for and made, no Machine of its running yet,
+/// the Machine made, waited for, its checks read.
+pub fn first_deploy_calls(app: &str, machine: &str) -> Vec<String> {
+    vec![
+        format!("GET /v1/apps/{app}"),
+        "POST /v1/apps".into(),
+        format!("POST /v1/apps/{app}/ip_assignments"),
+        format!("POST /v1/apps/{app}/secrets"),
+        format!("GET /v1/apps/{app}/volumes"),
+        format!("POST /v1/apps/{app}/volumes"),
+        format!("GET /v1/apps/{app}/machines"),
+        format!("POST /v1/apps/{app}/machines"),
+        format!("GET /v1/apps/{app}/machines/{machine}/wait"),
+        format!("GET /v1/apps/{app}/machines/{machine}"),
+    ]
+}
+
+/// The calls (method and path) whose body carried `value`.
+pub fn calls_carrying(api: &mybuddy_standins::FlyApi, value: &str) -> Vec<String> {
+    api.calls()
+        .iter()
+        .filter(|c| c.body.to_string().contains(value))
+        .map(|c| c.line())
+        .collect()
+}
