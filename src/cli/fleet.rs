@@ -121,10 +121,7 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
         };
     }
     let swarm = a.swarm.swarm_dir.clone();
-    let world = match &a.repo {
-        Some(repo) => spell::World::in_repo(repo, &swarm),
-        None => spell::World::in_spellbook(&swarm),
-    };
+    let world = spell::World::at(a.repo.as_deref(), &swarm);
     let say = |m: &str| eprintln!("{m}");
     let who = match caster(&a.caster, a.repo.as_deref(), &swarm) {
         Ok(c) => c,
@@ -300,10 +297,7 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let world = match &a.repo {
-        Some(repo) => crate::fleet::spell::World::in_repo(repo, &swarm),
-        None => crate::fleet::spell::World::in_spellbook(&swarm),
-    };
+    let world = crate::fleet::spell::World::at(a.repo.as_deref(), &swarm);
     if let Err(e) = crate::fleet::spell::check_caster(&world, &who, "UpgradeBuddy") {
         return fail(e);
     }
@@ -336,10 +330,7 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
     if targets.is_empty() {
         return fail("no deployed Buddy to upgrade (the registry names none with a Fly Machine)");
     }
-    let fly_toml = a.fly_toml.clone().unwrap_or_else(|| match &a.repo {
-        Some(r) => r.join("fly.toml"),
-        None => PathBuf::from(machine::IMAGE_FLY_TOML),
-    });
+    let fly_toml = a.fly_toml.clone().unwrap_or_else(|| world.fly_toml());
     let facts = machine::fly_facts(&fly_toml).ok();
     let opts = upgrade::Options {
         image: a.image.clone(),

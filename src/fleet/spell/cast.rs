@@ -253,7 +253,7 @@ impl Cast<'_> {
                     &self.dir,
                     &self.world.template().join("config.json"),
                 );
-                if let Ok(facts) = crate::fleet::machine::fly_facts(&self.fly_toml()) {
+                if let Ok(facts) = crate::fleet::machine::fly_facts(&self.world.fly_toml()) {
                     let image = format!("placeholder@sha256:{}", "0".repeat(64));
                     if let Err(m) = crate::fleet::machine::config(&facts, &self.dir, &image, None) {
                         p.extend(m);
@@ -282,14 +282,6 @@ impl Cast<'_> {
             self.world.shown(&self.slug)
         ));
         Ok(())
-    }
-
-    /// The fly.toml the Machine is made from: the checkout's, or the image's.
-    fn fly_toml(&self) -> PathBuf {
-        match self.world.repo {
-            Some(r) => r.join("fly.toml"),
-            None => PathBuf::from(crate::fleet::machine::IMAGE_FLY_TOML),
-        }
     }
 
     /// With `--deploy`, runs the deploy; without, prints what to run.

@@ -195,6 +195,22 @@ impl<'a> World<'a> {
         }
     }
 
+    /// A checkout's (`repo`), else the SpellBook's.
+    pub fn at(repo: Option<&'a Path>, swarm: &'a Path) -> World<'a> {
+        match repo {
+            Some(r) => World::in_repo(r, swarm),
+            None => World::in_spellbook(swarm),
+        }
+    }
+
+    /// The fly.toml Machines are made from: the checkout's, else the image's.
+    pub fn fly_toml(&self) -> PathBuf {
+        match self.repo {
+            Some(r) => r.join("fly.toml"),
+            None => PathBuf::from(crate::fleet::machine::IMAGE_FLY_TOML),
+        }
+    }
+
     /// Where Buddy definitions live (and the new one goes).
     pub fn buddies(&self) -> PathBuf {
         self.buddies.clone()
