@@ -249,8 +249,8 @@ pub struct GuestFile {
 /// The Buddy's own files, at their place under [`BUDDY_GUEST_DIR`]:
 /// buddy.json, config.json and the workspace (the files check-config
 /// allows there). Sorted, so the same Buddy gives the same config.
-pub fn buddy_files(buddy_dir: &Path) -> Result<Vec<GuestFile>, Vec<Problem>> {
-    let b = buddy::load(buddy_dir).map_err(|p| p.items)?;
+pub fn buddy_files(b: &buddy::BuddyDir) -> Result<Vec<GuestFile>, Vec<Problem>> {
+    let buddy_dir = b.dir.as_path();
     let mut problems = Vec::new();
     let ws = b.workspace_path();
     let mut stack = vec![ws.clone()];
@@ -331,7 +331,7 @@ pub fn config(
         )]);
     };
     let b = buddy::load(buddy_dir).map_err(|p| p.items)?;
-    let files = match buddy_files(buddy_dir) {
+    let files = match buddy_files(&b) {
         Ok(f) => f,
         Err(p) => {
             problems.extend(p);
