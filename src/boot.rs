@@ -142,7 +142,12 @@ struct Boot {
     remount_backoff: Duration,
     /// A Magician holding the Fly token: the spells its gateway asks for.
     spells: Option<crate::fleet::socket::Server>,
+    /// This supervisor's registry writes, off the loop.
+    reporter: Option<swarm::reporter::Reporter>,
 }
+
+/// How long the exit waits for the registry writer's last changes.
+const REGISTRY_FLUSH: Duration = Duration::from_secs(2);
 
 /// The first wait after a failed remount, and the longest.
 const REMOUNT_BACKOFF: Duration = Duration::from_secs(1);
@@ -334,6 +339,8 @@ impl Boot {
             verified = report.verified,
             created = report.created.len(),
             repaired = report.repairs.len(),
+            quarantined = report.quarantined.len(),
+            left_alone = report.skipped_count,
             spellbook_masked = mask_dir.is_some(),
             "swarm ready"
         );
@@ -409,9 +416,18 @@ impl Hooks for Boot {
 
     fn after_first_start(&mut self) -> Option<i32> {
         let identity = self.to_register.take()?;
-        let r = step("register", || register(&self.cfg.swarm_dir, &identity)).err();
+        let book = swarm::Paths::new(&self.cfg.swarm_dir).book();
+        match swarm::reporter::Reporter::start(book) {
+            Ok(r) => {
+                r.send("register", register(&identity));
+                self.reporter = Some(r);
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start the registry writer; this Buddy stays unregistered")
+            }
+        }
         self.registered = Some(identity);
-        r
+        None
     }
 
     fn listener(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
@@ -483,10 +499,10 @@ impl Hooks for Boot {
             Health::CrashLooping { exits } => (registry::GatewayState::CrashLooping, exits),
             Health::Recovered { exits } => (registry::GatewayState::Running, exits),
         };
-        // The share may itself be what is failing: a registry we cannot
-        // write is logged and never stops the supervision.
-        if let Err(e) = set_gateway_health(&self.cfg.swarm_dir, identity, state, Some(exits)) {
-            warn!(error = %e, "cannot record the gateway's state in the registry");
+        // The share may itself be what is failing: the write happens off the
+        // loop, is retried, and never stops the supervision.
+        if let Some(r) = &self.reporter {
+            r.send("health", set_gateway_health(identity, state, Some(exits)));
         }
     }
 }
@@ -617,6 +633,11 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         let _ = nix::sys::signal::raise(s);
     }
     let code = Supervisor::new(&sfd, original_mask, spec, policy, &mut boot).run();
+    // What the registry writer still holds goes out while the share is
+    // there (a run of seconds is registered too), never holding the exit.
+    if let Some(r) = &boot.reporter {
+        r.flush(REGISTRY_FLUSH);
+    }
     // The gateway is gone: now the share can go (a clean unmount each).
     if let Some(m) = &mut boot.mounts {
         m.stop();
@@ -651,6 +672,7 @@ fn boot(
         mask,
         remount_backoff: REMOUNT_BACKOFF,
         spells: None,
+        reporter: None,
     };
     let rendered = step("render", || boot.render())?;
     if let Some(o) = &boot.cfg.config_overlay {
@@ -727,53 +749,62 @@ fn gateway_identity(cfg: &RunConfig) -> Result<Option<Credentials>, String> {
     Ok(if root { Some(c) } else { None })
 }
 
-/// Upserts this Buddy's registry entry. The registry's status is the live
-/// truth (spells and migrations move it), so an existing entry keeps its
-/// status; a new one starts with buddy.json's.
-fn register(swarm_dir: &std::path::Path, identity: &crate::buddy::Identity) -> Result<(), String> {
-    let book = swarm::Paths::new(swarm_dir).book();
-    let mut l = registry::lock(&book).map_err(|e| e.to_string())?;
-    let mut entry = registry::Entry::from_identity(identity);
-    if let Some(old) = l.registry.buddies.get(&identity.slug()) {
-        entry.status = old.status;
-    }
-    // Booting on a Fly Machine means it is deployed: a planned Buddy is now
-    // active. A migration stays one until the migration is verified.
-    entry.machine = std::env::var("FLY_MACHINE_ID").ok();
-    if entry.machine.is_some() && entry.status == crate::buddy::Status::Planned {
-        entry.status = crate::buddy::Status::Active;
-    }
-    entry.version = Some(
-        std::env::var("MYBUDDY_IMAGE_VERSION")
-            .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
-    );
-    entry.last_boot = Some(registry::now_rfc3339());
-    entry.gateway = Some(registry::GatewayHealth::since_now(
-        registry::GatewayState::Running,
-        None,
-    ));
-    let (id, status) = (entry.id.clone(), entry.status);
-    l.registry.buddies.insert(identity.slug(), entry);
-    l.commit().map_err(|e| e.to_string())?;
-    // Only once it is written: whoever reads the log may read the registry.
-    info!(id = %id, status = %status, "registered in the swarm");
-    Ok(())
+/// This Buddy's registry entry, as the registry writer applies it. The
+/// registry's status is the live truth (spells and migrations move it), so
+/// an existing entry keeps its status; a new one starts with buddy.json's.
+fn register(identity: &crate::buddy::Identity) -> swarm::reporter::Change {
+    let identity = identity.clone();
+    let machine = std::env::var("FLY_MACHINE_ID").ok();
+    let version = std::env::var("MYBUDDY_IMAGE_VERSION")
+        .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string());
+    Box::new(move |reg| {
+        let mut entry = registry::Entry::from_identity(&identity);
+        if let Some(old) = reg.buddies.get(&identity.slug()) {
+            entry.status = old.status;
+        }
+        // Booting on a Fly Machine means it is deployed: a planned Buddy is
+        // now active. A migration stays one until the migration is verified.
+        entry.machine = machine.clone();
+        if entry.machine.is_some() && entry.status == crate::buddy::Status::Planned {
+            entry.status = crate::buddy::Status::Active;
+        }
+        entry.version = Some(version.clone());
+        entry.last_boot = Some(registry::now_rfc3339());
+        entry.gateway = Some(registry::GatewayHealth::since_now(
+            registry::GatewayState::Running,
+            None,
+        ));
+        let done = swarm::reporter::Done {
+            // Only once it is written: whoever reads the log may read the registry.
+            message: "registered in the swarm",
+            fields: vec![
+                ("id", entry.id.clone()),
+                ("status", entry.status.to_string()),
+            ],
+        };
+        reg.buddies.insert(identity.slug(), entry);
+        Ok(done)
+    })
 }
 
 /// Records the gateway's state in this Buddy's registry entry.
 fn set_gateway_health(
-    swarm_dir: &std::path::Path,
     identity: &crate::buddy::Identity,
     state: registry::GatewayState,
     exits: Option<u32>,
-) -> Result<(), String> {
-    let book = swarm::Paths::new(swarm_dir).book();
-    let mut l = registry::lock(&book).map_err(|e| e.to_string())?;
-    let Some(entry) = l.registry.buddies.get_mut(&identity.slug()) else {
-        return Err(format!("{} is not in the registry", identity.id()));
-    };
-    entry.gateway = Some(registry::GatewayHealth::since_now(state, exits));
-    l.commit().map_err(|e| e.to_string())
+) -> swarm::reporter::Change {
+    let (slug, id) = (identity.slug(), identity.id());
+    let health = registry::GatewayHealth::since_now(state, exits);
+    Box::new(move |reg| {
+        let Some(entry) = reg.buddies.get_mut(&slug) else {
+            return Err(format!("{id} is not in the registry"));
+        };
+        entry.gateway = Some(health.clone());
+        Ok(swarm::reporter::Done {
+            message: "gateway state recorded in the registry",
+            fields: vec![("state", format!("{:?}", health.state))],
+        })
+    })
 }
 
 fn round_ms(d: std::time::Duration) -> f64 {

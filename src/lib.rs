@@ -9,7 +9,9 @@
 //! - [`swarm`]: the share every Buddy mounts, its registry and announcements;
 //! - [`fleet`]: what grows the swarm: spells and deployment;
 //! - [`buddy`] and [`state`]: a Buddy's identity and its persistent state;
-//!   [`boot`]: the boot steps; [`check`]: `check-config`; [`cli`]: commands.
+//!   [`boot`]: the boot steps; [`check`]: `check-config`; [`cli`]: commands;
+//! - [`untrusted`]: root's only way into what a gateway can write (the
+//!   share, the state dir): directory handles, no link ever followed.
 
 pub mod boot;
 pub mod buddy;
@@ -21,3 +23,4 @@ pub mod logging;
 pub mod pid1;
 pub mod state;
 pub mod swarm;
+pub mod untrusted;

@@ -3,9 +3,8 @@
 //! mounted. Mode bits alone would miss ACLs, root-squashing network
 //! filesystems and the like.
 
-use std::fs;
-
-use super::{Paths, SPAWN_SPELL, SwarmError, io_ctx, registry};
+use super::layout::Share;
+use super::{BOOK, CHANGELOG, SPELLBOOK, SwarmError, io_ctx, registry};
 use crate::config::problem::Problem;
 use crate::pid1::privileges::Credentials;
 use crate::pid1::sys;
@@ -35,37 +34,58 @@ impl Access {
 /// Step 3b: a real access check. A probe thread drops to `creds` and tries
 /// to list and read the SpellBook and to write MyBuddyBook; mode bits alone
 /// would miss ACLs, root-squashing network filesystems and the like.
-/// [`probe_access`] reads its verdict.
-pub fn start_probe(p: &Paths, creds: &Credentials) -> Result<sys::Probe<i32>, SwarmError> {
-    let spell = p.spellbook();
-    let spells = spell.join("spells");
-    let spawn = spell.join(SPAWN_SPELL);
-    let spawn_exists = spawn.exists();
-    let changelog = p.changelog();
-    let book = p.book();
-    let probe_file = book.join(probe_name());
-    let registry = registry::path_in(&book);
+/// [`probe_access`] reads its verdict. The probe starts from root's handle
+/// on the share's root (a trusted directory) and opens every name itself,
+/// as the gateway, without following links and without blocking (a FIFO a
+/// gateway planted at `registry.json` must not hang the boot).
+pub fn start_probe(share: &Share, creds: &Credentials) -> Result<sys::Probe<i32>, SwarmError> {
+    let spawn_exists = share
+        .spellbook
+        .dir("spells")
+        .ok()
+        .and_then(|d| d.stat(SPAWN_FILE).ok().flatten())
+        .is_some();
+    let root = share
+        .root
+        .try_clone()
+        .map_err(io_ctx(share.root.path(), "cannot open"))?;
+    let probe_file = probe_name();
     sys::probe_as(creds, move || {
         let mut b = 0;
-        if fs::read_dir(&spell).is_ok() {
+        // Opening a directory for reading is the permission check itself.
+        let sb = root.dir(SPELLBOOK);
+        if sb.as_ref().is_ok_and(|d| d.entries().is_ok()) {
             b |= 1;
         }
-        // The spells folder, and the seeded spell when the share has it.
-        if fs::read_dir(&spells).is_ok() && (!spawn_exists || fs::read(&spawn).is_ok()) {
-            b |= 2;
+        if let Ok(sb) = &sb {
+            // The spells folder, and the seeded spell when the share has it.
+            let spells = sb.dir("spells");
+            let listed = spells.as_ref().is_ok_and(|d| d.entries().is_ok());
+            let read = !spawn_exists
+                || spells
+                    .as_ref()
+                    .is_ok_and(|d| d.read(SPAWN_FILE, 1 << 20).is_ok());
+            if listed && read {
+                b |= 2;
+            }
+            if sb.read(CHANGELOG, 16 << 20).is_ok() {
+                b |= 4;
+            }
         }
-        if fs::read(&changelog).is_ok() {
-            b |= 4;
-        }
-        if fs::write(&probe_file, b"probe").is_ok() && fs::remove_file(&probe_file).is_ok() {
-            b |= 8;
-        }
-        if fs::OpenOptions::new().append(true).open(&registry).is_ok() {
-            b |= 16;
+        if let Ok(book) = root.dir(BOOK) {
+            let wrote = book
+                .create_new(&probe_file, 0o660)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe"));
+            if wrote.is_ok() && book.unlink(&probe_file).is_ok() {
+                b |= 8;
+            }
+            if book.open_file(registry::REGISTRY_FILE, true).is_ok() {
+                b |= 16;
+            }
         }
         b
     })
-    .map_err(io_ctx(&p.root, "cannot run the access probe"))
+    .map_err(io_ctx(share.root.path(), "cannot run the access probe"))
 }
 
 /// A name no other probe uses: two probes run at once here, and every
@@ -75,29 +95,34 @@ fn probe_name() -> String {
     format!(".access-probe-{:016x}", rand::random::<u64>())
 }
 
-pub fn probe_access(p: &Paths, probe: sys::Probe<i32>) -> Result<Access, SwarmError> {
+pub fn probe_access(share: &Share, probe: sys::Probe<i32>) -> Result<Access, SwarmError> {
     probe
         .result()
         .map(Access::from_bits)
-        .map_err(io_ctx(&p.root, "the access probe failed"))
+        .map_err(io_ctx(share.root.path(), "the access probe failed"))
 }
+
+/// The seeded spell's name in `spellbook/spells/`.
+const SPAWN_FILE: &str = "spawn_buddy.md";
 
 /// Checks both roles' access against the rules (the two probes run at the
 /// same time, and with `mask` the SpellBook mount probe too); every
 /// violation is listed. Returns whether the mask is available.
 pub fn verify_access(
-    p: &Paths,
+    share: &Share,
     buddy: &Credentials,
     magician: &Credentials,
     mask: bool,
     spellbook_here: bool,
 ) -> Result<bool, SwarmError> {
-    let bp = start_probe(p, buddy)?;
-    let mp = start_probe(p, magician);
-    let mask_probe = mask.then(|| sys::mask_probe(&p.spellbook()));
+    let bp = start_probe(share, buddy)?;
+    let mp = start_probe(share, magician);
+    // A path for the mount syscall: a name in the share's root, which only
+    // root can write (see `permissions::secure_root`).
+    let mask_probe = mask.then(|| sys::mask_probe(share.spellbook.path()));
     // Join every probe before judging, so none is left running.
-    let b = probe_access(p, bp);
-    let m = mp.and_then(|probe| probe_access(p, probe));
+    let b = probe_access(share, bp);
+    let m = mp.and_then(|probe| probe_access(share, probe));
     let can_mask = matches!(
         mask_probe.map(|m| m.and_then(sys::Probe::result)),
         Some(Ok(true))
@@ -113,7 +138,7 @@ pub fn verify_access(
     };
     if b.list_spellbook || b.read_spell || b.read_changelog {
         problems.push(Problem::new(
-            &p.spellbook(),
+            share.spellbook.path(),
             "",
             format!("a Buddy-role gateway ({}) can read the SpellBook; it must belong to the magicians group with no access for others", who(buddy)),
         ));
@@ -122,7 +147,7 @@ pub fn verify_access(
     // there is nothing for a Magician to read.)
     if spellbook_here && !(m.list_spellbook && m.read_spell && m.read_changelog) {
         problems.push(Problem::new(
-            &p.spellbook(),
+            share.spellbook.path(),
             "",
             format!(
                 "a Magician's gateway ({}) cannot read the SpellBook and its spells",
@@ -133,7 +158,7 @@ pub fn verify_access(
     for (role, a, c) in [("Buddy", b, buddy), ("Magician", m, magician)] {
         if !(a.write_book && a.write_registry) {
             problems.push(Problem::new(
-                &p.book(),
+                share.book.path(),
                 "",
                 format!(
                     "a {role}-role gateway ({}) cannot write MyBuddyBook or its registry",

@@ -1,12 +1,21 @@
 //! Step 2 of the swarm step: the share's layout, created where missing and
 //! seeded from the image, never touching what exists.
+//!
+//! All through directory handles (see [`crate::untrusted`]): a gateway can
+//! put a link, a FIFO or a file at any name of MyBuddyBook, including the
+//! names the swarm owns (`templates/_template`, the registry's lock). What
+//! sits at one of those is moved aside to a quarantine name, reported, and
+//! the real thing made in its place; nothing is ever created or written
+//! through it.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{Paths, SwarmError, io_ctx, registry};
+use tracing::warn;
+
+use super::{BOOK, CHANGELOG, DIR_MODE, SPELLBOOK, SwarmError, registry};
+use crate::untrusted::{self, Dir, Kind};
 
 /// What the image ships to seed a new share.
 #[derive(Debug, Clone, Default)]
@@ -17,106 +26,172 @@ pub struct Seeds {
     pub template_dir: Option<PathBuf>,
 }
 
-/// Step 2: creates what is missing, touching nothing that exists. Returns the
-/// paths it created. Without `spellbook` (a Buddy-role Machine that does not
-/// mount it) the SpellBook is only an empty directory.
-pub fn ensure_layout(
-    p: &Paths,
-    seeds: &Seeds,
-    spellbook: bool,
-) -> Result<Vec<PathBuf>, SwarmError> {
-    let mut created = Vec::new();
-    let book = p.book();
-    let spell = p.spellbook();
-    let mut dirs = vec![
-        book.join("wisdom"),
-        book.join("announcements"),
-        book.join("templates"),
-    ];
-    dirs.push(if spellbook {
-        spell.join("spells")
-    } else {
-        spell.clone()
-    });
-    for dir in dirs {
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(io_ctx(&dir, "cannot create"))?;
-            created.push(dir);
+/// The share, opened: handles on its root and each book.
+#[derive(Debug)]
+pub struct Share {
+    pub root: Dir,
+    pub book: Dir,
+    pub spellbook: Dir,
+}
+
+/// What the layout step made and moved aside.
+#[derive(Debug, Default)]
+pub struct Laid {
+    pub created: Vec<PathBuf>,
+    /// What sat at a name the swarm owns: (where, what it was, moved to).
+    pub quarantined: Vec<(PathBuf, &'static str, String)>,
+}
+
+fn io_at(path: PathBuf, what: &'static str) -> impl FnOnce(io::Error) -> SwarmError {
+    move |source| SwarmError::Io { path, what, source }
+}
+
+/// The directory `name` in `parent`, made if missing; anything else at
+/// the name is moved aside first.
+fn ensure_dir(parent: &Dir, name: &str, laid: &mut Laid) -> Result<Dir, SwarmError> {
+    let shown = parent.shown(name);
+    for _ in 0..3 {
+        match parent.mkdir(name, DIR_MODE) {
+            Ok(made) => {
+                match parent.dir(name) {
+                    Ok(d) => {
+                        if made {
+                            laid.created.push(shown);
+                        }
+                        return Ok(d);
+                    }
+                    // Swapped between the mkdir and the open: again.
+                    Err(e) if untrusted::is_planted(&e) => continue,
+                    Err(e) => return Err(io_at(shown, "cannot open")(e)),
+                }
+            }
+            Err(e) if untrusted::is_planted(&e) => quarantine(parent, name, laid)?,
+            Err(e) => return Err(io_at(shown, "cannot create")(e)),
         }
     }
+    Err(SwarmError::Io {
+        path: shown,
+        what: "cannot make it a directory (something keeps replacing it)",
+        source: io::Error::from(io::ErrorKind::InvalidData),
+    })
+}
+
+/// Moves whatever is at `name` aside, logged and recorded.
+fn quarantine(parent: &Dir, name: &str, laid: &mut Laid) -> Result<(), SwarmError> {
+    let shown = parent.shown(name);
+    let what = parent
+        .stat(name)
+        .ok()
+        .flatten()
+        .map_or("something", |m| m.kind.describe());
+    match parent.quarantine(name) {
+        Ok(to) => {
+            let to = to.to_string_lossy().into_owned();
+            warn!(path = %shown.display(), found = what, moved_to = %to, "swarm: a name the swarm owns held something else; moved aside");
+            laid.quarantined.push((shown, what, to));
+            Ok(())
+        }
+        // Gone by itself meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(shown, "cannot move aside")(e)),
+    }
+}
+
+/// Step 2: creates what is missing, touching nothing that exists, and
+/// returns the share's handles. Without `spellbook` (a Buddy-role Machine
+/// that does not mount it) the SpellBook is only an empty directory.
+pub fn ensure_layout(
+    root: Dir,
+    seeds: &Seeds,
+    spellbook: bool,
+) -> Result<(Share, Laid), SwarmError> {
+    let mut laid = Laid::default();
+    let book = ensure_dir(&root, BOOK, &mut laid)?;
+    let spell = ensure_dir(&root, SPELLBOOK, &mut laid)?;
+    for name in ["wisdom", "announcements", "templates"] {
+        ensure_dir(&book, name, &mut laid)?;
+    }
+    if spellbook {
+        ensure_dir(&spell, "spells", &mut laid)?;
+    }
     if let Some(src) = seeds.share.as_deref().filter(|s| s.is_dir()) {
-        let books = [(super::BOOK, true), (super::SPELLBOOK, spellbook)];
-        for (name, here) in books {
-            let (from, to) = (src.join(name), p.root.join(name));
-            if !here || !from.is_dir() {
-                continue;
+        let books = [(BOOK, &book, true), (SPELLBOOK, &spell, spellbook)];
+        for (name, dest, here) in books {
+            let from = src.join(name);
+            if here && from.is_dir() {
+                seed_missing(&from, dest, &mut laid)?;
             }
-            seed_missing(&from, &to, &mut created)?;
         }
     }
     if let Some(src) = seeds.template_dir.as_deref().filter(|s| s.is_dir()) {
-        let dest = book.join("templates").join("_template");
-        seed_missing(src, &dest, &mut created)?;
+        let templates = ensure_dir(&book, "templates", &mut laid)?;
+        let dest = ensure_dir(&templates, "_template", &mut laid)?;
+        seed_missing(src, &dest, &mut laid)?;
     }
-    let changelog = p.changelog();
-    let opened = spellbook.then(|| {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o660)
-            .open(&changelog)
-    });
-    match opened {
-        None => {}
-        Some(Ok(mut f)) => {
-            f.write_all(b"# SpellBook changelog\n\nOne line per spell cast: date, caster, spell, what changed.\n\n")
-                .map_err(io_ctx(&changelog, "cannot write"))?;
-            created.push(changelog);
-        }
-        Some(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Some(Err(e)) => return Err(io_ctx(&changelog, "cannot create")(e)),
+    if spellbook {
+        let header = b"# SpellBook changelog\n\nOne line per spell cast: date, caster, spell, what changed.\n\n";
+        seed_file(&spell, CHANGELOG, header, &mut laid)?;
     }
-    // The registry is created under its lock, so two Buddies booting at once
-    // cannot both decide it is missing and clobber each other.
-    let reg = registry::path_in(&book);
-    if !reg.exists() {
-        let l = registry::lock(&book)?;
-        if !reg.exists() {
-            l.commit()?;
-            created.push(reg);
+    match registry::ensure(&book) {
+        Ok(true) => laid.created.push(book.shown(registry::REGISTRY_FILE)),
+        Ok(false) => {}
+        Err(e) => {
+            return Err(io_at(book.shown(registry::REGISTRY_FILE), "cannot create")(
+                e,
+            ));
         }
     }
-    Ok(created)
+    Ok((
+        Share {
+            root,
+            book,
+            spellbook: spell,
+        },
+        laid,
+    ))
 }
 
-/// Copies every file of `src` that `dest` lacks, and records each one it
-/// created. Every Machine seeds the same share, often at the same moment
-/// (a swarm-wide deploy), so a file appears whole or not at all and the
-/// first Machine's copy wins: each is written to a temporary name and
-/// hard-linked into place, which fails if the name exists (JuiceFS and
-/// every local filesystem do this atomically). What a Buddy has edited is
+/// `name` in `dest` holding `bytes`, unless a regular file is there
+/// already (a Buddy may have edited it). Every Machine seeds the same
+/// share, often at the same moment (a swarm-wide deploy), so the file
+/// appears whole or not at all and the first Machine's copy wins: written
+/// to a temporary name and hard-linked into place, which fails if the name
+/// exists (JuiceFS and every local filesystem do this atomically).
+fn seed_file(dest: &Dir, name: &str, bytes: &[u8], laid: &mut Laid) -> Result<(), SwarmError> {
+    let shown = dest.shown(name);
+    match dest
+        .stat(name)
+        .map_err(io_at(shown.clone(), "cannot stat"))?
+    {
+        Some(m) if m.kind == Kind::File => return Ok(()),
+        Some(_) => quarantine(dest, name, laid)?,
+        None => {}
+    }
+    match dest.create_whole(name, bytes, 0o660) {
+        Ok(true) => laid.created.push(shown),
+        Ok(false) => {}
+        Err(e) => return Err(io_at(shown, "cannot seed")(e)),
+    }
+    Ok(())
+}
+
+/// Copies every file of `src` (the image's, a trusted path) that `dest`
+/// lacks, and records each one it created. What a Buddy has edited is
 /// never overwritten.
-fn seed_missing(src: &Path, dest: &Path, created: &mut Vec<PathBuf>) -> Result<(), SwarmError> {
-    fs::create_dir_all(dest).map_err(io_ctx(dest, "cannot create"))?;
-    let entries = fs::read_dir(src).map_err(io_ctx(src, "cannot read the seed"))?;
+fn seed_missing(src: &Path, dest: &Dir, laid: &mut Laid) -> Result<(), SwarmError> {
+    let entries = fs::read_dir(src).map_err(io_at(src.to_path_buf(), "cannot read the seed"))?;
     for e in entries {
-        let e = e.map_err(io_ctx(src, "cannot read the seed"))?;
-        let (from, to) = (e.path(), dest.join(e.file_name()));
+        let e = e.map_err(io_at(src.to_path_buf(), "cannot read the seed"))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let from = e.path();
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            seed_missing(&from, &to, created)?;
+            let sub = ensure_dir(dest, name, laid)?;
+            seed_missing(&from, &sub, laid)?;
             continue;
         }
-        if to.symlink_metadata().is_ok() {
-            continue;
-        }
-        let tmp = dest.join(format!(".seed-{:016x}", rand::random::<u64>()));
-        let linked = fs::copy(&from, &tmp).and_then(|_| fs::hard_link(&tmp, &to));
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => created.push(to),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_ctx(&to, "cannot seed")(e)),
-        }
+        let bytes = fs::read(&from).map_err(io_at(from.clone(), "cannot read the seed"))?;
+        seed_file(dest, name, &bytes, laid)?;
     }
     Ok(())
 }

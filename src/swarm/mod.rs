@@ -27,16 +27,18 @@ use tracing::{info, warn};
 use crate::config::problem::Problem;
 use crate::pid1::privileges::{self, Credentials};
 use crate::pid1::sys;
+use crate::untrusted;
 
 pub mod access;
 pub mod layout;
 pub mod mount;
 pub mod permissions;
 pub mod registry;
+pub mod reporter;
 pub mod resonate;
 pub mod share;
 
-pub use layout::Seeds;
+pub use layout::{Seeds, Share};
 
 pub const BOOK: &str = "mybuddybook";
 pub const SPELLBOOK: &str = "spellbook";
@@ -125,13 +127,21 @@ pub struct Options {
 pub struct Report {
     pub created: Vec<PathBuf>,
     pub repairs: Vec<permissions::Repair>,
+    /// What was moved aside from names the swarm owns: (where, what, to).
+    pub quarantined: Vec<(PathBuf, &'static str, String)>,
+    /// What the permission walk left alone (links, FIFOs…): the first few,
+    /// and how many in all.
+    pub skipped: Vec<permissions::Skipped>,
+    pub skipped_count: usize,
     pub verified: bool,
     /// Whether a Buddy-role gateway gets the tmpfs mask over the SpellBook.
     pub can_mask: bool,
 }
 
 /// Runs steps 1-4. `gateway` is the uid/gid the gateways run as (None when
-/// not root: nothing can be repaired or probed then).
+/// not root: nothing can be repaired or probed then). Everything below the
+/// share's root goes through handles (see [`crate::untrusted`]); nothing a
+/// gateway planted fails it, only the share's own permissions can.
 pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, SwarmError> {
     let p = Paths::new(&opts.root);
     match &opts.volumes {
@@ -142,24 +152,38 @@ pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, 
     // `spellbook` is an empty local directory, kept (and masked) so the
     // gateway meets the same walls everywhere, and never seeded.
     let spellbook_here = opts.volumes.as_ref().is_none_or(|v| v.contains(&SPELLBOOK));
-    let created = layout::ensure_layout(&p, &opts.seeds, spellbook_here)?;
-    for c in &created {
+    let root = sys::is_root();
+    let repair = opts.repair && root;
+    let root_dir = untrusted::Dir::open(&p.root).map_err(io_ctx(&p.root, "cannot open"))?;
+    let mut repairs: Vec<permissions::Repair> = permissions::secure_root(&root_dir, repair)?
+        .into_iter()
+        .collect();
+    let (share, laid) = layout::ensure_layout(root_dir, &opts.seeds, spellbook_here)?;
+    for c in &laid.created {
         info!(path = %c.display(), "swarm: created");
     }
     let book_gid = privileges::swarm_gid(privileges::BOOK_GROUP);
     let magicians_gid = privileges::swarm_gid(privileges::MAGICIANS_GROUP);
-    let root = sys::is_root();
-    let repairs =
-        permissions::enforce_permissions(&p, book_gid, magicians_gid, opts.repair && root)?;
+    let walked = permissions::enforce_permissions(&share, book_gid, magicians_gid, repair)?;
+    repairs.extend(walked.repairs);
     for r in &repairs {
         info!(path = %r.path.display(), change = %r.what, "swarm: repaired");
+    }
+    for s in &walked.skipped {
+        warn!(path = %s.path.display(), why = %s.why, "swarm: left alone");
+    }
+    if walked.skipped_count > walked.skipped.len() {
+        warn!(
+            more = walked.skipped_count - walked.skipped.len(),
+            "swarm: more entries left alone (not listed)"
+        );
     }
     let (verified, can_mask) = match gateway {
         Some(c) if root => {
             let buddy = with_groups(c, vec![book_gid]);
             let magician = with_groups(c, vec![book_gid, magicians_gid]);
             let can_mask =
-                access::verify_access(&p, &buddy, &magician, opts.want_mask, spellbook_here)?;
+                access::verify_access(&share, &buddy, &magician, opts.want_mask, spellbook_here)?;
             if opts.want_mask && !can_mask {
                 info!(
                     "swarm: mounting is not allowed here (no CAP_SYS_ADMIN, as under plain Docker); the SpellBook is protected by its permissions alone"
@@ -173,8 +197,11 @@ pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, 
         }
     };
     Ok(Report {
-        created,
+        created: laid.created,
         repairs,
+        quarantined: laid.quarantined,
+        skipped: walked.skipped,
+        skipped_count: walked.skipped_count,
         verified,
         can_mask,
     })

@@ -4,14 +4,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::config::jsonfile;
-use crate::swarm::Paths;
 use crate::swarm::registry;
+use crate::swarm::{BOOK, CHANGELOG, Paths, SPELLBOOK};
+use crate::untrusted::Dir;
 
 pub const MAX_MESSAGE: usize = 4000;
 
@@ -45,12 +44,24 @@ pub fn announce(
     if n > MAX_MESSAGE {
         return Err(ResonateError::TooLong(n));
     }
-    let dir = Paths::new(swarm).announcements();
+    let shown = Paths::new(swarm).announcements();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ResonateError::Io { path, source }
     };
-    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    // Through handles: a spell (root) announces here too, and every name
+    // below the share's root is a gateway's to replace.
+    let book = Dir::open(swarm)
+        .and_then(|r| r.dir(BOOK))
+        .map_err(io(&shown))?;
+    let dir = match book.dir("announcements") {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => book
+            .mkdir("announcements", super::DIR_MODE)
+            .and_then(|_| book.dir("announcements"))
+            .map_err(io(&shown))?,
+        Err(e) => return Err(io(&shown)(e)),
+    };
     let at = registry::now_rfc3339();
     if let Some(h) = header.as_object_mut() {
         h.insert("kind".into(), json!(kind));
@@ -61,13 +72,17 @@ pub fn announce(
     let stamp: String = at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let tail = &crate::config::token::generate().unwrap_or_default()[..6];
     let name = format!("{stamp}-{}-{kind}-{tail}.md", from.to_lowercase());
-    let path = dir.join(name);
+    let path = shown.join(&name);
     let body = format!(
         "---\n{}\n---\n{text}\n",
         serde_json::to_string(&header).unwrap_or_default()
     );
-    jsonfile::write_atomic(&path, body.as_bytes(), 0o660).map_err(io(&path))?;
-    Ok(path)
+    // Whole or not at all, and never over anything (the name is new).
+    match dir.create_whole(&name, body.as_bytes(), 0o660) {
+        Ok(true) => Ok(path),
+        Ok(false) => Err(io(&path)(std::io::ErrorKind::AlreadyExists.into())),
+        Err(e) => Err(io(&path)(e)),
+    }
 }
 
 /// Reads an announcement's header back (for tools and tests).
@@ -81,11 +96,9 @@ pub fn read_header(path: &Path) -> Option<Value> {
 /// Appends one line to the SpellBook's changelog.
 pub fn changelog(swarm: &Path, line: &str) -> Result<(), ResonateError> {
     let path = Paths::new(swarm).changelog();
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o660)
-        .open(&path)
+    let mut f = Dir::open(swarm)
+        .and_then(|r| r.dir(SPELLBOOK))
+        .and_then(|sb| sb.open_append(CHANGELOG, 0o660))
         .map_err(|source| ResonateError::Io {
             path: path.clone(),
             source,

@@ -44,8 +44,12 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The supervisor under test: this build's, or `MYBUDDY_TEST_SUPERVISOR`
+/// (an older build, to see a new test fail on it).
 pub fn supervisor() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_supervisor"))
+    std::env::var_os("MYBUDDY_TEST_SUPERVISOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_supervisor")))
 }
 
 /// Copies a directory tree (test fixtures only).
