@@ -193,17 +193,26 @@ impl Boot {
     }
 
     /// Writes the config if its content changed; returns whether it did.
+    /// Through a handle on the state dir: the gateway runs meanwhile (a
+    /// reload) and may have put a link or a FIFO at the config's name.
     fn write(&self, r: &Rendered) -> Result<bool, String> {
         let path = self.layout.config();
+        let name = render::CONFIG_FILE_NAME;
         let new = r.to_json();
-        if std::fs::read_to_string(&path).is_ok_and(|old| old == new) {
+        let dir = crate::untrusted::Dir::open(&self.layout.root)
+            .map_err(|e| format!("{}: cannot open: {e}", self.layout.root.display()))?;
+        if dir
+            .read(name, 16 << 20)
+            .is_ok_and(|old| old == new.as_bytes())
+        {
             return Ok(false);
         }
-        render::write_config(r, &path).map_err(|e| e.to_string())?;
-        if let Some(c) = &self.creds {
-            sys::chown(&path, c.uid, c.gid)
-                .map_err(|e| format!("{}: cannot chown: {e}", path.display()))?;
-        }
+        let owner = self
+            .creds
+            .as_ref()
+            .map(|c| (c.uid.as_raw(), c.gid.as_raw()));
+        dir.replace_owned(name, new.as_bytes(), 0o600, owner)
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
         Ok(true)
     }
     /// Step state: the volume's layout, the seeded workspace and warm
@@ -300,16 +309,30 @@ impl Boot {
             (Role::Magician, Some(c)) => c,
         };
         let group = crate::pid1::privileges::swarm_gid(crate::pid1::privileges::MAGICIANS_GROUP);
+        // Root's corner of the Magician's volume, where casts keep journals.
+        let journals = match crate::fleet::journal::prepare_dir(
+            &self.cfg.state_dir,
+            state::JOURNALS,
+        ) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(error = %e, "spells: no journal directory; a cast cut short is not taken back at the next boot");
+                None
+            }
+        };
         let s = crate::fleet::socket::Server::bind(
             &self.cfg.spell_socket,
             creds.uid.as_raw(),
             group.as_raw(),
             identity.id(),
             self.cfg.swarm_dir.clone(),
+            journals,
             self.mask,
         )
         .map_err(|e| format!("{}: cannot listen: {e}", self.cfg.spell_socket.display()))?;
         info!(socket = %s.path().display(), uid = creds.uid.as_raw(), "spells: the gateway casts through this socket; the Fly token stays here");
+        let mut s = s;
+        s.rollback_pending();
         self.spells = Some(s);
         Ok(())
     }
@@ -430,13 +453,32 @@ impl Hooks for Boot {
         None
     }
 
-    fn listener(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.spells.as_ref().map(|s| s.fd())
+    fn listeners(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.spells
+            .as_ref()
+            .map(|s| s.fds().to_vec())
+            .unwrap_or_default()
     }
 
     fn accept(&mut self) {
         if let Some(s) = &mut self.spells {
             s.accept();
+        }
+    }
+
+    fn stopping(&mut self) {
+        if let Some(s) = &mut self.spells {
+            s.stop();
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.spells.as_ref().is_some_and(|s| s.busy())
+    }
+
+    fn kill_busy(&mut self) {
+        if let Some(s) = &mut self.spells {
+            s.kill();
         }
     }
 

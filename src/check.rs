@@ -77,6 +77,7 @@ pub fn check_repo(repo: &Path) -> Report {
     problems.extend(check_unique_ids(&identities));
     problems.extend(check_whatsapp_limit(&identities));
     problems.extend(check_secret_names(&vars_by_buddy, &template_vars));
+    problems.extend(check_template_vars(&template, &template_vars));
     problems.extend(scan_plaintext_secrets(repo, &buddies_dir));
     problems.extend(check_fly_toml(repo));
     problems.extend(check_machines(repo, &identities));
@@ -157,6 +158,28 @@ pub fn check_whatsapp_limit(ids: &[(PathBuf, Identity)]) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// The template (every Buddy's, and the share's copy spells make Buddies
+/// from) takes only the swarm's shared keys from the environment: a spell
+/// refuses anything else, so CI does too.
+fn check_template_vars(template: &Path, vars: &BTreeSet<String>) -> Vec<Problem> {
+    vars.iter()
+        .filter(|v| {
+            !crate::config::secrets::SHARED_KEYS.contains(&v.as_str())
+                && !crate::config::render::BUILTIN_VARS.contains(&v.as_str())
+        })
+        .map(|v| {
+            Problem::new(
+                template,
+                "",
+                format!(
+                    "${{{v}}} is not one of the swarm's shared keys ({}): the template is every Buddy's; a Buddy's own secret goes in its config.json with its prefix",
+                    crate::config::secrets::SHARED_KEYS.join(", ")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Buddy-specific secrets carry the Buddy's prefix and no two Buddies share

@@ -406,6 +406,32 @@ impl Dir {
         Ok(())
     }
 
+    /// [`Dir::replace`], the new file given to `owner` (uid, gid) before it
+    /// takes the name: never a moment where the name is root's, and never a
+    /// chown by name afterwards (which a link swapped in would redirect).
+    pub fn replace_owned(
+        &self,
+        name: impl AsRef<OsStr>,
+        bytes: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<()> {
+        let name = plain_name(name.as_ref())?;
+        let tmp = self.write_temp(".tmp-", bytes, mode, false)?;
+        let owned = match owner {
+            None => Ok(()),
+            Some((u, g)) => self
+                .open_file(&tmp, false)
+                .and_then(|f| set_owner(&f, u, g)),
+        };
+        let moved =
+            owned.and_then(|_| rfs::renameat(&self.fd, &tmp, &self.fd, name).map_err(Into::into));
+        if moved.is_err() {
+            let _ = self.unlink(&tmp);
+        }
+        moved
+    }
+
     /// Creates `name` holding `bytes`, whole or not at all, only if nothing
     /// is there: a temporary file hard-linked into place (the first of
     /// several writers wins). Ok(false): something was there already.
@@ -508,6 +534,199 @@ impl Dir {
         self.rename(name, &to)?;
         Ok(to)
     }
+}
+
+/// What [`Dir::ensure_dir`] found and did.
+#[derive(Debug)]
+pub struct Ensured {
+    pub dir: Dir,
+    pub created: bool,
+    /// What sat at the name instead of a directory, and where it went.
+    pub moved_aside: Option<(Kind, OsString)>,
+}
+
+/// What [`seed_tree`] made and moved aside (paths for messages).
+#[derive(Debug, Default)]
+pub struct Seeded {
+    pub created: Vec<PathBuf>,
+    /// How many of `created` are files.
+    pub files: u64,
+    pub moved_aside: Vec<(PathBuf, Kind, OsString)>,
+}
+
+impl Dir {
+    /// The directory `name`, made (with exactly `mode`) if missing; a link,
+    /// file or FIFO at the name is moved aside first ([`Dir::quarantine`]),
+    /// never followed or written through.
+    pub fn ensure_dir(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<Ensured> {
+        let name = plain_name(name.as_ref())?;
+        let mut moved_aside = None;
+        for _ in 0..3 {
+            match self.mkdir(name, mode) {
+                Ok(created) => match self.dir(name) {
+                    Ok(dir) => {
+                        return Ok(Ensured {
+                            dir,
+                            created,
+                            moved_aside,
+                        });
+                    }
+                    // Swapped between the mkdir and the open: again.
+                    Err(e) if is_planted(&e) => continue,
+                    Err(e) => return Err(e),
+                },
+                Err(e) if is_planted(&e) => {
+                    let kind = self.stat(name)?.map_or(Kind::File, |m| m.kind);
+                    match self.quarantine(name) {
+                        Ok(to) => moved_aside = Some((kind, to)),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "cannot make it a directory: something keeps replacing it",
+        ))
+    }
+}
+
+/// Copies every file of `src` (a trusted tree: the image's) that `dest`
+/// lacks, directories made with `dir_mode` and files with `file_mode`.
+/// What exists is kept (a Buddy's edits always win over the image's
+/// starter text); what is not a regular file at a name the seed has (a
+/// link, a FIFO) is moved aside and the file made. Each file appears whole
+/// or not at all, the first of several writers winning
+/// ([`Dir::create_whole`]).
+pub fn seed_tree(src: &Path, dest: &Dir, dir_mode: u32, file_mode: u32) -> io::Result<Seeded> {
+    let mut out = Seeded::default();
+    seed_into(src, dest, dir_mode, file_mode, &mut out)?;
+    Ok(out)
+}
+
+fn seed_into(
+    src: &Path,
+    dest: &Dir,
+    dir_mode: u32,
+    file_mode: u32,
+    out: &mut Seeded,
+) -> io::Result<()> {
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let name = e.file_name();
+        let from = e.path();
+        let shown = dest.shown(&name);
+        if e.file_type()?.is_dir() {
+            let sub = dest.ensure_dir(&name, dir_mode)?;
+            if let Some((kind, to)) = sub.moved_aside {
+                out.moved_aside.push((shown.clone(), kind, to));
+            }
+            if sub.created {
+                out.created.push(shown);
+            }
+            seed_into(&from, &sub.dir, dir_mode, file_mode, out)?;
+            continue;
+        }
+        match dest.stat(&name)? {
+            Some(m) if m.kind == Kind::File => continue,
+            Some(m) => match dest.quarantine(&name) {
+                Ok(to) => out.moved_aside.push((shown.clone(), m.kind, to)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
+            None => {}
+        }
+        let bytes = std::fs::read(&from)?;
+        if dest.create_whole(&name, &bytes, file_mode)? {
+            out.created.push(shown);
+            out.files += 1;
+        }
+    }
+    Ok(())
+}
+
+/// What [`copy_out`] took and left.
+#[derive(Debug, Default)]
+pub struct Copied {
+    pub files: u64,
+    pub bytes: u64,
+    /// Names left behind (links, FIFOs, too big, too deep), for the report.
+    pub left: Vec<(PathBuf, String)>,
+}
+
+/// Copies the tree under `src` (hostile: the share) into `dest`, a new
+/// private directory of ours, so that root's path-based code (the render,
+/// the Machine's files) reads only what was checked: directories and
+/// regular files alone, each file at most `max_file` bytes, `max_total` in
+/// all, 8 levels at most. Links and the rest are left behind, named.
+pub fn copy_out(src: &Dir, dest: &Path, max_file: u64, max_total: u64) -> io::Result<Copied> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dest)?;
+    let mut out = Copied::default();
+    copy_into(src, dest, 0, max_file, max_total, &mut out)?;
+    Ok(out)
+}
+
+fn copy_into(
+    src: &Dir,
+    dest: &Path,
+    depth: usize,
+    max_file: u64,
+    max_total: u64,
+    out: &mut Copied,
+) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    for e in src.entries()? {
+        let shown = src.shown(&e.name);
+        let Some(m) = src.stat(&e.name)? else {
+            continue;
+        };
+        match m.kind {
+            Kind::Dir if depth < 8 => {
+                let to = dest.join(&e.name);
+                std::fs::DirBuilder::new().mode(0o700).create(&to)?;
+                copy_into(&src.dir(&e.name)?, &to, depth + 1, max_file, max_total, out)?;
+            }
+            Kind::File => {
+                let bytes = match src.read(&e.name, max_file) {
+                    Ok(b) => b,
+                    Err(err) if is_planted(&err) => {
+                        out.left.push((shown, err.to_string()));
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+                out.bytes += bytes.len() as u64;
+                if out.bytes > max_total {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: more than {max_total} bytes in all",
+                            src.path().display()
+                        ),
+                    ));
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(dest.join(&e.name))?;
+                f.write_all(&bytes)?;
+                out.files += 1;
+            }
+            other => out.left.push((
+                shown,
+                if other == Kind::Dir {
+                    "deeper than 8 levels".into()
+                } else {
+                    format!("{}: left behind", other.describe())
+                },
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// `fd` as a File if it is a regular file; anything else is refused.

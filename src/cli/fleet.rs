@@ -29,6 +29,10 @@ pub struct SpawnArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Keep what the cast makes in this journal (in a root-only directory) so
+    /// that a cast cut short is taken back by `supervisor rollback`
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
 }
 
 /// Where and how a deploy over the Machines API goes (FLY_API_HOSTNAME and
@@ -120,8 +124,16 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
             Err(e) => fail(e),
         };
     }
+    // A stop (the supervisor that runs this spell is stopping) lets the
+    // cast take back what it made instead of dying mid-cast.
+    if let Err(e) = crate::pid1::sys::catch_stop() {
+        return fail(format!("cannot take SIGTERM: {e}"));
+    }
     let swarm = a.swarm.swarm_dir.clone();
-    let world = spell::World::at(a.repo.as_deref(), &swarm);
+    let world = match spell::World::at(a.repo.as_deref(), &swarm) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
     let say = |m: &str| eprintln!("{m}");
     let who = match caster(&a.caster, a.repo.as_deref(), &swarm) {
         Ok(c) => c,
@@ -166,6 +178,7 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
         deploy,
         dry_run: a.dry_run,
         env: |n| std::env::var(n).ok(),
+        journal: a.journal.clone(),
     };
     match spell::cast(&world, &who, &spawn, &opts, &mut |m| say(m)) {
         Ok(o) if a.dry_run => {
@@ -297,7 +310,13 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let world = crate::fleet::spell::World::at(a.repo.as_deref(), &swarm);
+    if let Err(e) = crate::pid1::sys::catch_stop() {
+        return fail(format!("cannot take SIGTERM: {e}"));
+    }
+    let world = match crate::fleet::spell::World::at(a.repo.as_deref(), &swarm) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
     if let Err(e) = crate::fleet::spell::check_caster(&world, &who, "UpgradeBuddy") {
         return fail(e);
     }
@@ -309,7 +328,20 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
         }
         Err(e) => return fail(e),
     };
-    let mut definitions = vec![crate::swarm::Paths::new(&swarm).spellbook().join("buddies")];
+    // The SpellBook's records, copied out through handles into our private
+    // directory: a Machine's files are made from what was read here, never
+    // from a path a gateway can point elsewhere.
+    let records = world.private().join("records");
+    let copied = world
+        .buddies_dir()
+        .and_then(|d| crate::untrusted::copy_out(&d, &records, 256 * 1024, 64 << 20));
+    if let Err(e) = copied {
+        return fail(format!(
+            "{}: cannot read the SpellBook's records: {e}",
+            world.buddies().display()
+        ));
+    }
+    let mut definitions = vec![records];
     if let Some(r) = &a.repo {
         definitions.insert(0, r.join("buddies"));
     }
@@ -510,7 +542,8 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
         api.image,
         api.client.base()
     );
-    let mut undo: Vec<apply::Undo> = Vec::new();
+    let _ = crate::pid1::sys::catch_stop();
+    let mut journal = crate::fleet::journal::Journal::memory(&format!("deploy of {}", id.id()));
     let mut say = |m: &str| eprintln!("{m}");
     match apply::deploy(
         &api,
@@ -518,10 +551,11 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
         &a.buddy_dir,
         &secrets,
         apply::Existing::Replace,
-        &mut |u| undo.push(u),
+        &mut journal,
         &mut say,
     ) {
         Ok(machine) => {
+            journal.done();
             println!(
                 "deployed {} as {app}, Machine {machine} on {}",
                 id.id(),
@@ -531,10 +565,32 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
         }
         Err(why) => {
             eprintln!("deploy: {why}");
-            for line in apply::undo_all(undo) {
+            for line in journal.undo_all(Some(&api.client)) {
                 eprintln!("  {line}");
             }
             1
         }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The directory of cast journals (root's, 0700; a Magician's boot gives it)
+    #[arg(long)]
+    pub journals: PathBuf,
+}
+
+/// Takes back, over the Machines API (FLY_API_TOKEN), what every journal
+/// in `--journals` records: casts cut short by a stop or a crash.
+pub(super) fn cmd_rollback(a: RollbackArgs) -> i32 {
+    let client = crate::fleet::fly::Client::from_env().ok();
+    match crate::fleet::journal::rollback(&a.journals, client.as_ref()) {
+        Ok(notes) => {
+            for n in &notes {
+                eprintln!("rollback: {n}");
+            }
+            i32::from(notes.iter().any(|n| n.contains("could not undo")))
+        }
+        Err(e) => fail(e),
     }
 }

@@ -16,7 +16,7 @@ mod run;
 mod swarm;
 
 use config::{CheckConfigArgs, RenderArgs, SecretsArgs};
-use fleet::{AdoptArgs, DeployArgs, MachineConfigArgs, SpawnArgs, UpgradeArgs};
+use fleet::{AdoptArgs, DeployArgs, MachineConfigArgs, RollbackArgs, SpawnArgs, UpgradeArgs};
 use run::{InitArgs, RunArgs};
 use swarm::{RegistryArgs, ResonateArgs, ShareCommand, SwarmCommand};
 
@@ -61,6 +61,8 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Copy the Buddies the SpellBook records (spells cast on a Machine) into a checkout, so they enter git
     Adopt(AdoptArgs),
+    /// Take back what spells cut short made, from their journals (a Magician's boot runs it)
+    Rollback(RollbackArgs),
     /// Print a Buddy's Fly Machine config (JSON): the pinned base image, fly.toml's facts and the Buddy's own files
     MachineConfig(MachineConfigArgs),
     /// Broadcast a message to the swarm (mybuddybook/announcements/)
@@ -156,6 +158,7 @@ pub fn main() -> i32 {
         Command::Spawn(a) => fleet::cmd_spawn(a),
         Command::MachineConfig(a) => fleet::cmd_machine_config(a),
         Command::Adopt(a) => fleet::cmd_adopt(a),
+        Command::Rollback(a) => fleet::cmd_rollback(a),
         Command::Upgrade(a) => fleet::cmd_upgrade(a),
         Command::Deploy(a) => fleet::cmd_deploy(a),
         Command::Resonate(a) => swarm::cmd_resonate(a),

@@ -18,6 +18,12 @@ use serde_json::Value;
 use crate::config::problem::{PathSeg, Problem, json_path};
 
 /// What redacted output shows instead of a secret.
+/// The swarm's shared keys: the only `${VAR}`s the Buddy template may use
+/// besides the renderer's own, and the only ones of the caster's
+/// environment a spell passes to a new Buddy's app (with the Buddy's own
+/// prefixed secrets). check-config holds the template to it.
+pub const SHARED_KEYS: [&str; 2] = ["GEMINI_API_KEY", "BRAVE_API_KEY"];
+
 pub const REDACTED: &str = "***";
 
 pub fn is_var_name(name: &str) -> bool {

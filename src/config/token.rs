@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use rand::TryRng;
 
-use crate::config::jsonfile::write_atomic;
+use crate::untrusted::Dir;
 
 pub const TOKEN_FILE: &str = "gateway-token";
 /// The template's placeholder for the token.
@@ -79,22 +79,30 @@ pub fn obtain(
         return Ok((t, TokenSource::Secret));
     }
     let path = token_path(state_dir);
+    let write_err = |source| TokenError::Write {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(state_dir).map_err(write_err)?;
+    // The state dir is the gateway's: its token file may be a link or a
+    // FIFO the agent left; read through a handle, bounded, regular files
+    // only (anything else is replaced, never followed).
+    let dir = Dir::open(state_dir).map_err(write_err)?;
     if !rotate {
-        match fs::read_to_string(&path) {
-            Ok(t) if plausible(t.trim()) => {
-                return Ok((t.trim().to_string(), TokenSource::Persisted));
+        match dir.read(TOKEN_FILE, 4096) {
+            Ok(t) => {
+                let t = String::from_utf8_lossy(&t);
+                if plausible(t.trim()) {
+                    return Ok((t.trim().to_string(), TokenSource::Persisted));
+                }
             }
-            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if crate::untrusted::is_planted(&e) => {}
             Err(source) => return Err(TokenError::Read { path, source }),
         }
     }
     let token = generate()?;
-    fs::create_dir_all(state_dir).map_err(|source| TokenError::Write {
-        path: path.clone(),
-        source,
-    })?;
-    write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)
-        .map_err(|source| TokenError::Write { path, source })?;
+    dir.replace(TOKEN_FILE, format!("{token}\n").as_bytes(), 0o600, true)
+        .map_err(write_err)?;
     Ok((token, TokenSource::Generated))
 }

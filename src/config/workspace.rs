@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::problem::Problem;
+use crate::untrusted::{Dir, Kind};
 
 /// Injected into the system prompt of every turn, in this order.
 pub const BOOTSTRAP_FILES: [&str; 7] = [
@@ -138,33 +139,30 @@ pub struct Migration {
 /// replaced only if it still holds exactly what Clawdbot writes into an
 /// empty workspace (its generic template, which it wrote beside ours):
 /// anything else may be the Buddy's own words, and both stay.
-pub fn migrate(workspace: &Path) -> io::Result<Migration> {
+pub fn migrate(workspace: &Dir) -> io::Result<Migration> {
     let mut m = Migration::default();
-    let entries = match fs::read_dir(workspace) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(m),
-        Err(e) => return Err(e),
-    };
-    let mut old: Vec<(String, &'static str)> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+    let mut old: Vec<(String, &'static str)> = workspace
+        .entries()?
+        .into_iter()
+        .filter(|e| e.kind == Some(Kind::File))
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
+            let name = e.name.to_string_lossy().into_owned();
             read_name_for(&name).map(|right| (name, right))
         })
         .collect();
     old.sort();
     for (name, right) in old {
-        let from = workspace.join(&name);
-        let to = workspace.join(right);
-        let replace = match fs::read(&to) {
+        let replace = match workspace.read(right, MAX_PERSONA_BYTES) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            // A link or FIFO the agent left at the right name: not the
+            // Buddy's words; the old file takes its place.
+            Err(e) if crate::untrusted::is_planted(&e) => true,
             Err(e) => return Err(e),
             Ok(bytes) => is_generic_template(right, &bytes),
         };
         if replace {
             // rename(2) replaces atomically: no moment without the file.
-            fs::rename(&from, &to)?;
+            workspace.rename(&name, right)?;
             m.renamed.push((name, right.to_string()));
         } else {
             m.kept_both.push((name, right.to_string()));
@@ -172,6 +170,10 @@ pub fn migrate(workspace: &Path) -> io::Result<Migration> {
     }
     Ok(m)
 }
+
+/// Larger than any persona file: not read whole (a link to /dev/zero the
+/// agent left must not exhaust the supervisor's memory).
+const MAX_PERSONA_BYTES: u64 = 16 << 20;
 
 /// SHA-256 of the files Clawdbot 2026.1.24-3 writes into a workspace that
 /// lacks them, at its first agent turn (measured: tests/fixtures/kazeh-vps
@@ -212,20 +214,22 @@ const GENERIC_TEMPLATES: &[(&str, &str)] = &[
 /// Buddy's version, so seeding puts ours in their place, and its generic
 /// BOOTSTRAP.md (a first-run "who am I?" ritual for a Buddy that has long
 /// known). Returns the names.
-pub fn drop_generic(workspace: &Path, image_workspace: &Path) -> io::Result<Vec<String>> {
+pub fn drop_generic(workspace: &Dir, image_workspace: &Path) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for name in BOOTSTRAP_FILES {
-        let ours = workspace.join(name);
         if name != "BOOTSTRAP.md" && !image_workspace.join(name).is_file() {
             continue;
         }
-        match fs::read(&ours) {
+        match workspace.read(name, MAX_PERSONA_BYTES) {
             Ok(bytes) if is_generic_template(name, &bytes) => {
-                fs::remove_file(&ours)?;
+                workspace.unlink(name)?;
                 out.push(name.to_string());
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A link, FIFO or giant: left alone (the seed step moves a
+            // non-file aside), never read.
+            Err(e) if crate::untrusted::is_planted(&e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -255,7 +259,7 @@ mod tests {
         fs::write(w.join("USER.MD"), "old user").unwrap();
         fs::write(w.join("USER.md"), "the Buddy rewrote this").unwrap();
         fs::write(w.join("notes.txt"), "left alone").unwrap();
-        let m = migrate(w).unwrap();
+        let m = migrate(&Dir::open(w).unwrap()).unwrap();
         assert_eq!(m.renamed, [("SOUL.MD".to_string(), "SOUL.md".to_string())]);
         assert_eq!(
             m.kept_both,
@@ -269,7 +273,10 @@ mod tests {
         );
         assert!(w.join("USER.MD").exists() && w.join("notes.txt").exists());
         // Twice is once.
-        assert_eq!(migrate(w).unwrap().renamed, Vec::<(String, String)>::new());
+        assert_eq!(
+            migrate(&Dir::open(w).unwrap()).unwrap().renamed,
+            Vec::<(String, String)>::new()
+        );
     }
 
     #[test]

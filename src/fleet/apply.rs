@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::buddy::Identity;
 use crate::config::render::Secret;
 use crate::fleet::fly::{AppState, Client};
+use crate::fleet::journal::{Journal, Made};
 use crate::fleet::machine::{self, FlyFacts};
 
 /// Metadata key tagging the Machine with the cast that made it.
@@ -42,20 +43,15 @@ pub fn app_name(slug: &str) -> String {
     format!("mybuddytalk-{slug}")
 }
 
-/// What a run must take back if a later step fails: `Ok` says what was
-/// taken back, `Err` what could not be.
-pub type Undo = Box<dyn FnOnce() -> Result<String, String>>;
-
-/// Takes back everything in `made`, last made first: a line each
-/// (`undone: …` or `could not undo: …`).
-pub fn undo_all(made: Vec<Undo>) -> Vec<String> {
-    made.into_iter()
-        .rev()
-        .map(|u| match u() {
-            Ok(n) => format!("undone: {n}"),
-            Err(n) => format!("could not undo: {n}"),
-        })
-        .collect()
+/// Stops a run between two calls when the process was asked to stop (the
+/// supervisor running the spell is stopping): the caller takes back what
+/// was made.
+pub fn check_stop() -> Result<(), String> {
+    if crate::pid1::sys::stop_requested() {
+        Err("stopped: the supervisor running this spell is stopping".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// What a deploy does to the app's secrets.
@@ -79,6 +75,7 @@ pub fn app_secrets(
     config_vars: &[String],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<(String, Secret)>, String> {
+    allowed_vars(identity, config_vars.iter())?;
     let optional = format!("{}_GATEWAY_TOKEN", identity.env_prefix());
     let mut wanted: Vec<String> = config_vars
         .iter()
@@ -105,6 +102,36 @@ pub fn app_secrets(
     }
 }
 
+/// The `${VAR}`s a new Buddy's config may take from the caster's
+/// environment: the swarm's shared keys and the Buddy's own prefixed
+/// secrets. The config comes from the share's template, which any
+/// gateway can edit: anything else (the Fly org token, a `MYBUDDY_*`
+/// setting, another Buddy's secret) refuses the cast, every name said,
+/// before anything is made.
+pub fn allowed_vars<'v>(
+    identity: &Identity,
+    vars: impl Iterator<Item = &'v String>,
+) -> Result<(), String> {
+    let own = format!("{}_", identity.env_prefix());
+    let refused: Vec<&str> = vars
+        .map(String::as_str)
+        .filter(|v| {
+            let reserved = v.starts_with("MYBUDDY_")
+                || v.starts_with("FLY_")
+                || crate::swarm::share::is_share_setting(v);
+            reserved || !(crate::config::secrets::SHARED_KEYS.contains(v) || v.starts_with(&own))
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the new Buddy's config asks for {}: a Buddy's config may take only the swarm's shared keys ({}) and its own {own}* secrets from this Machine; refused before anything was made (check mybuddybook/templates/_template/config.json: any gateway can edit it)",
+        refused.join(", "),
+        crate::config::secrets::SHARED_KEYS.join(", ")
+    ))
+}
+
 /// A Machine the app runs for this Buddy already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
@@ -121,7 +148,7 @@ pub fn deploy(
     dir: &Path,
     secrets: &Secrets,
     existing: Existing,
-    undo: &mut dyn FnMut(Undo),
+    journal: &mut Journal,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, String> {
     let slug = identity.slug();
@@ -150,13 +177,16 @@ pub fn deploy(
             false
         }
         AppState::Free => {
-            c.create_app(&app, &api.org).map_err(e)?;
-            let (c2, a2) = (c.clone(), app.clone());
-            undo(Box::new(move || {
-                c2.delete_app(&a2)
-                    .map(|_| format!("deleted the Fly app {a2}"))
-                    .map_err(|e| e.to_string())
-            }));
+            check_stop()?;
+            // Journaled first: a create cut short may have made it.
+            journal.push(Made::App { app: app.clone() })?;
+            if let Err(err) = c.create_app(&app, &api.org) {
+                // A clear refusal made nothing: not ours to delete.
+                if matches!(err.status(), Some(400..=499)) {
+                    journal.pop()?;
+                }
+                return Err(err.to_string());
+            }
             progress(&format!("    app {app}: created in {}", api.org));
             // Private from the start: a Flycast address, never a public one.
             c.allocate_private_ip(&app).map_err(e)?;
@@ -190,29 +220,26 @@ pub fn deploy(
         .map(|(k, v)| (k.clone(), Some(v)))
         .collect();
     values.extend(unset.iter().map(|n| ((*n).clone(), None)));
-    let version = if values.is_empty() {
-        None
-    } else {
-        Some(c.set_secrets(&app, &values).map_err(e)?)
-    };
     if !created_app {
-        let new: Vec<String> = secrets
+        let names: Vec<String> = secrets
             .set
             .iter()
             .map(|(k, _)| k.clone())
             .filter(|k| !had.contains(k))
             .collect();
-        if !new.is_empty() {
-            let (c2, a2) = (c.clone(), app.clone());
-            undo(Box::new(move || {
-                let unset: Vec<(String, Option<&Secret>)> =
-                    new.iter().map(|k| (k.clone(), None)).collect();
-                c2.set_secrets(&a2, &unset)
-                    .map(|_| format!("unset {} secrets on {a2}", new.len()))
-                    .map_err(|e| e.to_string())
-            }));
+        if !names.is_empty() {
+            journal.push(Made::Secrets {
+                app: app.clone(),
+                names,
+            })?;
         }
     }
+    check_stop()?;
+    let version = if values.is_empty() {
+        None
+    } else {
+        Some(c.set_secrets(&app, &values).map_err(e)?)
+    };
     if let Some(v) = version {
         progress(&format!(
             "    secrets: {} set{} (version {v}; names: {})",
@@ -260,15 +287,14 @@ pub fn deploy(
             v
         }
         None => {
+            check_stop()?;
             let v = c
                 .create_volume(&app, &vname, &api.region, api.facts.volume_size_gb)
                 .map_err(e)?;
-            let (c2, a2, id) = (c.clone(), app.clone(), v.id.clone());
-            undo(Box::new(move || {
-                c2.delete_volume(&a2, &id)
-                    .map(|_| format!("deleted the volume {id}"))
-                    .map_err(|e| e.to_string())
-            }));
+            journal.push(Made::Volume {
+                app: app.clone(),
+                id: v.id.clone(),
+            })?;
             progress(&format!("    volume {vname}: created {}", v.id));
             v
         }
@@ -320,6 +346,13 @@ pub fn deploy(
     if let Some(v) = version {
         body["min_secrets_version"] = json!(v);
     }
+    check_stop()?;
+    // Journaled before the create: one cut short may have made a Machine
+    // carrying the tag.
+    journal.push(Made::MachineTag {
+        app: app.clone(),
+        tag: tag.clone(),
+    })?;
     let mut made = None;
     for attempt in 1..=3 {
         match c.create_machine(&app, &body) {
@@ -339,21 +372,25 @@ pub fn deploy(
                     break;
                 }
                 if attempt == 3 {
+                    // Looked for just now: no Machine carries the tag.
+                    journal.pop()?;
                     return Err(err.to_string());
                 }
                 progress(&format!("    Machine: {err}; not made, trying again"));
                 std::thread::sleep(Duration::from_millis(500 * attempt));
             }
-            Err(err) => return Err(err.to_string()),
+            Err(err) => {
+                // A clear refusal made nothing.
+                journal.pop()?;
+                return Err(err.to_string());
+            }
         }
     }
     let m = made.ok_or("no Machine was made")?;
-    let (c2, a2, id) = (c.clone(), app.clone(), m.id.clone());
-    undo(Box::new(move || {
-        c2.destroy_machine(&a2, &id)
-            .map(|_| format!("destroyed the Machine {id}"))
-            .map_err(|e| e.to_string())
-    }));
+    journal.replace_last(Made::Machine {
+        app: app.clone(),
+        id: m.id.clone(),
+    })?;
     progress(&format!("    Machine {}: created on {image}", m.id));
 
     let t = Instant::now();

@@ -24,6 +24,25 @@ use tracing::{debug, warn};
 use crate::config::render::Secret;
 
 /// The public endpoint.
+/// One segment of a Machines API path (or a query value), percent-encoded:
+/// everything but RFC 3986's unreserved characters. Names and ids come
+/// from the share and the registry: `a/../../apps/victim` or `x?force=true`
+/// must stay one harmless segment, never a path or a query of its own.
+pub fn seg(s: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let out = percent_encoding::utf8_percent_encode(s, KEEP).to_string();
+    // `.` and `..` alone are path steps even when encoded as themselves.
+    match out.as_str() {
+        "." => "%2E".into(),
+        ".." => "%2E%2E".into(),
+        _ => out,
+    }
+}
+
 pub const DEFAULT_BASE: &str = "https://api.machines.dev";
 
 #[derive(Debug, thiserror::Error)]
@@ -357,7 +376,13 @@ impl Client {
 
     /// GET the app: ours (200), free (404) or another organisation's (403).
     pub fn app_state(&self, app: &str) -> Result<AppState, FlyError> {
-        match self.call("GET", &format!("/v1/apps/{app}"), None, &[], Retry::Yes) {
+        match self.call(
+            "GET",
+            &format!("/v1/apps/{}", seg(app)),
+            None,
+            &[],
+            Retry::Yes,
+        ) {
             Ok(_) => Ok(AppState::Ours),
             Err(e) if e.status() == Some(404) => Ok(AppState::Free),
             Err(e) if e.status() == Some(403) => Ok(AppState::Taken),
@@ -376,7 +401,7 @@ impl Client {
     pub fn delete_app(&self, app: &str) -> Result<(), FlyError> {
         self.call(
             "DELETE",
-            &format!("/v1/apps/{app}?force=true"),
+            &format!("/v1/apps/{}?force=true", seg(app)),
             None,
             &[],
             Retry::Yes,
@@ -400,7 +425,7 @@ impl Client {
                 )
             })
             .collect();
-        let path = format!("/v1/apps/{app}/secrets");
+        let path = format!("/v1/apps/{}/secrets", seg(app));
         let a = self.call(
             "POST",
             &path,
@@ -415,7 +440,7 @@ impl Client {
 
     /// The names of the app's secrets (values are not readable back).
     pub fn secret_names(&self, app: &str) -> Result<Vec<String>, FlyError> {
-        let path = format!("/v1/apps/{app}/secrets");
+        let path = format!("/v1/apps/{}/secrets", seg(app));
         let a = self.call("GET", &path, None, &[], Retry::Yes)?;
         let list = a.body.get("secrets").unwrap_or(&a.body);
         Ok(list
@@ -432,7 +457,7 @@ impl Client {
     pub fn volumes(&self, app: &str) -> Result<Vec<Volume>, FlyError> {
         let a = self.call(
             "GET",
-            &format!("/v1/apps/{app}/volumes"),
+            &format!("/v1/apps/{}/volumes", seg(app)),
             None,
             &[],
             Retry::Yes,
@@ -461,7 +486,7 @@ impl Client {
         region: &str,
         size_gb: u32,
     ) -> Result<Volume, FlyError> {
-        let path = format!("/v1/apps/{app}/volumes");
+        let path = format!("/v1/apps/{}/volumes", seg(app));
         let body = json!({"name": name, "region": region, "size_gb": size_gb});
         let a = self.call("POST", &path, Some(&body), &[], Retry::Not408)?;
         Ok(Volume {
@@ -476,7 +501,7 @@ impl Client {
     pub fn delete_volume(&self, app: &str, id: &str) -> Result<(), FlyError> {
         self.call(
             "DELETE",
-            &format!("/v1/apps/{app}/volumes/{id}"),
+            &format!("/v1/apps/{}/volumes/{}", seg(app), seg(id)),
             None,
             &[],
             Retry::Yes,
@@ -488,13 +513,13 @@ impl Client {
     /// exist, so the caller looks for it by its metadata tag before trying
     /// again ([`Client::machines_tagged`]).
     pub fn create_machine(&self, app: &str, body: &Value) -> Result<Machine, FlyError> {
-        let path = format!("/v1/apps/{app}/machines");
+        let path = format!("/v1/apps/{}/machines", seg(app));
         let a = self.call("POST", &path, Some(body), &[], Retry::Not408)?;
         Machine::from_json(&a.body).ok_or_else(|| Self::answer_err("POST", &path, "no machine id"))
     }
 
     pub fn machine(&self, app: &str, id: &str) -> Result<Machine, FlyError> {
-        let path = format!("/v1/apps/{app}/machines/{id}");
+        let path = format!("/v1/apps/{}/machines/{}", seg(app), seg(id));
         let a = self.call("GET", &path, None, &[], Retry::Yes)?;
         Machine::from_json(&a.body).ok_or_else(|| Self::answer_err("GET", &path, "no machine"))
     }
@@ -508,7 +533,12 @@ impl Client {
     ) -> Result<Vec<Machine>, FlyError> {
         let a = self.call(
             "GET",
-            &format!("/v1/apps/{app}/machines?metadata.{key}={value}"),
+            &format!(
+                "/v1/apps/{}/machines?metadata.{}={}",
+                seg(app),
+                seg(key),
+                seg(value)
+            ),
             None,
             &[],
             Retry::Yes,
@@ -527,7 +557,7 @@ impl Client {
         nonce: &str,
         body: &Value,
     ) -> Result<Machine, FlyError> {
-        let path = format!("/v1/apps/{app}/machines/{id}");
+        let path = format!("/v1/apps/{}/machines/{}", seg(app), seg(id));
         let a = self.call(
             "POST",
             &path,
@@ -541,7 +571,7 @@ impl Client {
     pub fn destroy_machine(&self, app: &str, id: &str) -> Result<(), FlyError> {
         self.call(
             "DELETE",
-            &format!("/v1/apps/{app}/machines/{id}?force=true"),
+            &format!("/v1/apps/{}/machines/{}?force=true", seg(app), seg(id)),
             None,
             &[],
             Retry::Yes,
@@ -560,9 +590,15 @@ impl Client {
     ) -> Result<(), FlyError> {
         let end = Instant::now() + timeout;
         let path = format!(
-            "/v1/apps/{app}/machines/{id}/wait?state=started&instance_id={instance_id}&timeout=60"
+            "/v1/apps/{}/machines/{}/wait?state=started&instance_id={}&timeout=60",
+            seg(app),
+            seg(id),
+            seg(instance_id)
         );
         loop {
+            if crate::pid1::sys::stop_requested() {
+                return Err(Self::answer_err("GET", &path, "stopped while waiting"));
+            }
             match self.call("GET", &path, None, &[], Retry::Not408) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.status() == Some(408) && Instant::now() < end => continue,
@@ -588,6 +624,7 @@ impl Client {
             if m.checks_pass() {
                 return Ok(());
             }
+            crate::fleet::apply::check_stop()?;
             if t.elapsed() > timeout {
                 return Err(format!(
                     "the Machine {id} started but its checks did not pass within {timeout:?} ({})",
@@ -605,7 +642,7 @@ impl Client {
     /// A lease on the Machine for `ttl` seconds: its nonce. 409 means
     /// someone else holds one (the error says so).
     pub fn lease(&self, app: &str, id: &str, ttl: u32) -> Result<String, FlyError> {
-        let path = format!("/v1/apps/{app}/machines/{id}/lease");
+        let path = format!("/v1/apps/{}/machines/{}/lease", seg(app), seg(id));
         let a = self.call(
             "POST",
             &path,
@@ -622,7 +659,7 @@ impl Client {
     pub fn release_lease(&self, app: &str, id: &str, nonce: &str) -> Result<(), FlyError> {
         self.call(
             "DELETE",
-            &format!("/v1/apps/{app}/machines/{id}/lease"),
+            &format!("/v1/apps/{}/machines/{}/lease", seg(app), seg(id)),
             None,
             &[("fly-machine-lease-nonce", nonce)],
             Retry::Yes,
@@ -634,7 +671,7 @@ impl Client {
     pub fn allocate_private_ip(&self, app: &str) -> Result<(), FlyError> {
         self.call(
             "POST",
-            &format!("/v1/apps/{app}/ip_assignments"),
+            &format!("/v1/apps/{}/ip_assignments", seg(app)),
             Some(&json!({"type": "private_v6"})),
             &[],
             Retry::Not408,

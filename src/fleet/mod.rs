@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod deploy;
 pub mod fly;
+pub mod journal;
 pub mod machine;
 pub mod socket;
 pub mod spell;

@@ -20,7 +20,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::SigSet;
 use nix::unistd::Pid;
@@ -58,8 +61,25 @@ pub enum Request {
     },
 }
 
+/// How long a caller has to send its whole request: a caller that trickles
+/// bytes (one every second) is cut off here, not at each read.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections open at once (being read or casting); more are refused.
+pub const MAX_OPEN: usize = 4;
+
+/// A request read whole by its connection's thread, for the loop to start.
+struct Ready {
+    conn: UnixStream,
+    req: Request,
+    caller_pid: i32,
+}
+
 /// The Magician's listening side, owned by its boot (see `pid1::supervise`'s
-/// `Hooks::listener`/`accept`).
+/// `Hooks::listeners`/`accept`). The loop only accepts (non-blocking),
+/// checks the caller's uid (SO_PEERCRED, before a byte is read) and starts
+/// spells; each request is read on a thread of its own within
+/// [`REQUEST_DEADLINE`], so no caller can hold the loop that reaps and
+/// handles signals.
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
@@ -70,12 +90,24 @@ pub struct Server {
     swarm: PathBuf,
     /// Root-only files holding the spell files of running casts.
     spool: PathBuf,
+    /// Root-only journals of casts (on the Magician's volume), if any.
+    journals: Option<PathBuf>,
     mask: SigSet,
     runs: HashMap<Pid, Run>,
+    /// Connections accepted and not yet casting or refused.
+    reading: Arc<AtomicUsize>,
+    ready_tx: Sender<Ready>,
+    ready_rx: Receiver<Ready>,
+    /// A reading thread writes a byte here when a request is ready.
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+    /// The supervisor is stopping: nothing new is taken.
+    stopping: bool,
 }
 
 struct Run {
-    conn: UnixStream,
+    /// The caller's connection (None: the boot's own rollback).
+    conn: Option<UnixStream>,
     spell_file: Option<PathBuf>,
 }
 
@@ -83,12 +115,15 @@ impl Server {
     /// Binds the socket: its directory root's and `group`'s (search only),
     /// the socket itself read/write for `group` (the Magicians' gateways),
     /// nothing for others; SO_PEERCRED then narrows it to one uid.
+    /// `journals`: where a cast keeps what it has made, so a cast cut short
+    /// is taken back at the next boot.
     pub fn bind(
         path: &Path,
         gateway_uid: u32,
         group: u32,
         caster: String,
         swarm: PathBuf,
+        journals: Option<PathBuf>,
         mask: SigSet,
     ) -> std::io::Result<Server> {
         let dir = path.parent().unwrap_or(Path::new("/"));
@@ -105,6 +140,10 @@ impl Server {
             nix::unistd::Gid::from_raw(group),
         )?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        let (ready_tx, ready_rx) = mpsc::channel();
         Ok(Server {
             listener,
             path: path.to_path_buf(),
@@ -112,8 +151,15 @@ impl Server {
             caster,
             swarm,
             spool,
+            journals,
             mask,
             runs: HashMap::new(),
+            reading: Arc::new(AtomicUsize::new(0)),
+            ready_tx,
+            ready_rx,
+            wake_rx,
+            wake_tx,
+            stopping: false,
         })
     }
 
@@ -121,53 +167,92 @@ impl Server {
         &self.path
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+    /// What the loop waits on: new connections, and requests read whole.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.listener.as_fd(), self.wake_rx.as_fd()]
     }
 
-    /// Takes every waiting connection (the listener is non-blocking).
+    fn open(&self) -> usize {
+        self.reading.load(Ordering::SeqCst) + self.runs.len()
+    }
+
+    /// Starts the spells whose requests are read, then takes every waiting
+    /// connection. Never blocks: the loop calls it.
     pub fn accept(&mut self) {
-        while let Ok((conn, _)) = self.listener.accept() {
-            let _ = conn.set_nonblocking(false);
-            // The request comes at once: a caller that stalls does not hold
-            // the supervision loop for more than this. Read whole before any
-            // answer (closing on unread data would reset the connection and
-            // lose the answer).
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut line = String::new();
-            let read = BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line);
-            let taken = match read {
-                Ok(_) => self.take(conn.try_clone(), &conn, &line),
-                Err(e) => Err(format!("no request: {e}")),
+        let mut b = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut b), Ok(n) if n > 0) {}
+        while let Ok(r) = self.ready_rx.try_recv() {
+            self.reading.fetch_sub(1, Ordering::SeqCst);
+            let refused = if self.stopping {
+                Some("the supervisor is stopping".to_string())
+            } else {
+                self.start(&r).err()
             };
-            if let Err(why) = taken {
+            if let Some(why) = refused {
                 warn!("spell socket: refused: {why}");
-                let mut c = &conn;
-                let _ = writeln!(c, "refused: {why}");
-                let _ = writeln!(c, "{EXIT_PREFIX}77");
+                let conn = r.conn;
+                let _ = std::thread::Builder::new()
+                    .name("spell-refusal".into())
+                    .stack_size(128 * 1024)
+                    .spawn(move || refuse(&conn, &why));
+            }
+        }
+        while let Ok((conn, _)) = self.listener.accept() {
+            // The kernel's word on who connected, before reading anything.
+            let refused = match sys::peer_credentials(&conn) {
+                Err(e) => Some(format!("cannot read the caller's credentials: {e}")),
+                Ok((uid, _)) if uid != self.gateway_uid => Some(format!(
+                    "uid {uid} may not cast spells here; only this Magician's gateway (uid {}) may",
+                    self.gateway_uid
+                )),
+                Ok(_) if self.stopping => Some("the supervisor is stopping".into()),
+                Ok(_) if self.open() >= MAX_OPEN => Some(format!(
+                    "{MAX_OPEN} spell connections are open already; try again when one has ended"
+                )),
+                Ok(_) => None,
+            };
+            if let Some(why) = refused {
+                warn!("spell socket: refused: {why}");
+                if self.open() >= MAX_OPEN {
+                    // Too many already: no thread for this one, just gone.
+                    continue;
+                }
+                // The answer on a thread of its own, which then discards
+                // what the caller sent (bounded): closing on unread data
+                // would reset the connection and lose the answer.
+                self.reading.fetch_add(1, Ordering::SeqCst);
+                let reading = self.reading.clone();
+                let _ = std::thread::Builder::new()
+                    .name("spell-refusal".into())
+                    .stack_size(128 * 1024)
+                    .spawn(move || {
+                        refuse(&conn, &why);
+                        reading.fetch_sub(1, Ordering::SeqCst);
+                    });
+                continue;
+            }
+            self.reading.fetch_add(1, Ordering::SeqCst);
+            let (tx, wake, reading) = (
+                self.ready_tx.clone(),
+                self.wake_tx.try_clone(),
+                self.reading.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name("spell-request".into())
+                .stack_size(256 * 1024)
+                .spawn(move || read_and_hand_over(conn, tx, wake, reading));
+            if spawned.is_err() {
+                self.reading.fetch_sub(1, Ordering::SeqCst);
+                warn!("spell socket: cannot start a reader; connection dropped");
             }
         }
     }
 
-    fn take(
-        &mut self,
-        keep: std::io::Result<UnixStream>,
-        conn: &UnixStream,
-        line: &str,
-    ) -> Result<(), String> {
-        let (uid, caller_pid) = sys::peer_credentials(conn)
-            .map_err(|e| format!("cannot read the caller's credentials: {e}"))?;
-        if uid != self.gateway_uid {
-            return Err(format!(
-                "uid {uid} may not cast spells here; only this Magician's gateway (uid {}) may",
-                self.gateway_uid
-            ));
-        }
-        let req: Request =
-            serde_json::from_str(line).map_err(|e| format!("not a spell request: {e}"))?;
+    /// Starts the spell `r` asks for, as our own child.
+    fn start(&mut self, r: &Ready) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let swarm = self.swarm.display().to_string();
-        let (args, spell_file, what) = match &req {
+        let (args, spell_file, what) = match &r.req {
             Request::Spawn {
                 spell_file,
                 deploy,
@@ -191,6 +276,14 @@ impl Server {
                 if *dry_run {
                     a.push("--dry-run".into());
                 }
+                if let Some(j) = &self.journals {
+                    a.extend([
+                        "--journal".into(),
+                        j.join(format!("cast-{:016x}.json", rand::random::<u64>()))
+                            .display()
+                            .to_string(),
+                    ]);
+                }
                 (a, Some(f), "SpawnBuddy")
             }
             Request::Upgrade {
@@ -212,7 +305,9 @@ impl Server {
                 (a, None, "UpgradeBuddy")
             }
         };
-        let conn = keep.map_err(|e| e.to_string())?;
+        let conn = r.conn.try_clone().map_err(|e| e.to_string())?;
+        // The spell writes its progress to whoever asked, as it comes.
+        let _ = conn.set_nonblocking(false);
         let spec = SpawnSpec {
             program: exe,
             args,
@@ -234,11 +329,65 @@ impl Server {
         info!(
             spell = what,
             pid = pid.as_raw(),
-            caller_pid,
+            caller_pid = r.caller_pid,
             "spell socket: casting for the gateway"
         );
-        self.runs.insert(pid, Run { conn, spell_file });
+        self.runs.insert(
+            pid,
+            Run {
+                conn: Some(conn),
+                spell_file,
+            },
+        );
         Ok(())
+    }
+
+    /// At boot: casts an earlier run of this Machine cut short (killed past
+    /// the stop timeout, a crash) left journals; `supervisor rollback` takes
+    /// back what they made, as our child like any spell, its lines in our
+    /// log.
+    pub fn rollback_pending(&mut self) {
+        let Some(dir) = &self.journals else { return };
+        match crate::fleet::journal::pending(dir) {
+            Ok(p) if p.is_empty() => return,
+            Ok(p) => info!(
+                journals = p.len(),
+                "spells: casts cut short earlier; taking back what they made"
+            ),
+            Err(e) => {
+                warn!(error = %e, "spells: cannot read the cast journals");
+                return;
+            }
+        }
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let spec = SpawnSpec {
+            program: exe,
+            args: vec![
+                "rollback".into(),
+                "--journals".into(),
+                dir.display().to_string(),
+            ],
+            env: std::env::vars().collect(),
+            cwd: PathBuf::from("/"),
+            credentials: None,
+            mask_dir: None,
+            harden: false,
+            stdio: None,
+        };
+        match sys::spawn(&spec, &self.mask) {
+            Ok(pid) => {
+                self.runs.insert(
+                    pid,
+                    Run {
+                        conn: None,
+                        spell_file: None,
+                    },
+                );
+            }
+            Err(e) => warn!(error = %e, "spells: cannot start the rollback"),
+        }
     }
 
     /// The reaper collected `pid`: if it was a spell run, its caller gets
@@ -248,13 +397,154 @@ impl Server {
             return false;
         };
         info!(pid = pid.as_raw(), status = %exit, "spell socket: the spell ended");
-        let mut c = &run.conn;
-        let _ = writeln!(c, "{EXIT_PREFIX}{}", exit.code());
+        // Never blocking the loop on a caller that stopped reading.
+        let line = format!("{EXIT_PREFIX}{}\n", exit.code());
+        if let Some(conn) = &run.conn {
+            let _ = nix::sys::socket::send(
+                conn.as_raw_fd(),
+                line.as_bytes(),
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            );
+        }
         if let Some(f) = run.spell_file {
             let _ = std::fs::remove_file(f);
         }
         true
     }
+
+    /// The supervisor is stopping: nothing new is taken, and every running
+    /// spell is asked to stop (SIGTERM to its process group: a cast takes
+    /// back what it made, an upgrade puts the Machine's config back) within
+    /// what is left of the stop timeout.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+        for pid in self.runs.keys() {
+            info!(
+                pid = pid.as_raw(),
+                "spell socket: asking the running spell to stop"
+            );
+            let _ = sys::signal_group(*pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    /// Whether spells are still running (the stop waits for them).
+    pub fn busy(&self) -> bool {
+        !self.runs.is_empty()
+    }
+
+    /// The stop timeout is over: what still runs is killed (its journal is
+    /// taken back at the next boot).
+    pub fn kill(&mut self) {
+        for pid in self.runs.keys() {
+            warn!(
+                pid = pid.as_raw(),
+                "spell socket: the spell outlived the stop timeout; killed (its journal is rolled back at the next boot)"
+            );
+            let _ = sys::signal_group(*pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Writes a refusal and the exit code 77, then discards what the caller
+/// still sends (at most [`MAX_REQUEST`] bytes, one second): closing on
+/// unread data would reset the connection and lose the answer. Called on a
+/// thread of its own, never the loop.
+fn refuse(conn: &UnixStream, why: &str) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut c = conn;
+    let _ = writeln!(c, "refused: {why}");
+    let _ = writeln!(c, "{EXIT_PREFIX}77");
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let end = Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 4096];
+    let mut n = 0u64;
+    while n < MAX_REQUEST {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = conn.set_read_timeout(Some(left));
+        match (&*conn).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k as u64,
+        }
+    }
+}
+
+/// A connection's own thread: the whole request within the deadline (one
+/// line of JSON, at most [`MAX_REQUEST`] bytes), then handed to the loop.
+fn read_and_hand_over(
+    conn: UnixStream,
+    tx: Sender<Ready>,
+    wake: std::io::Result<UnixStream>,
+    reading: Arc<AtomicUsize>,
+) {
+    let caller_pid = sys::peer_credentials(&conn).map(|c| c.1).unwrap_or(0);
+    match read_request(&conn, Instant::now() + REQUEST_DEADLINE) {
+        Ok(req) => {
+            if tx
+                .send(Ready {
+                    conn,
+                    req,
+                    caller_pid,
+                })
+                .is_ok()
+            {
+                if let Ok(mut w) = wake {
+                    let _ = w.write(&[1]);
+                }
+                return;
+            }
+            reading.fetch_sub(1, Ordering::SeqCst);
+        }
+        Err(why) => {
+            warn!("spell socket: refused: {why}");
+            refuse(&conn, &why);
+            reading.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One request line, whole, before `deadline`. Read whole before any
+/// answer (closing on unread data would reset the connection and lose it).
+fn read_request(conn: &UnixStream, deadline: Instant) -> Result<Request, String> {
+    let _ = conn.set_nonblocking(false);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "the request did not arrive whole within {} s",
+                REQUEST_DEADLINE.as_secs()
+            ));
+        }
+        let _ = conn.set_read_timeout(Some(left));
+        let n = match (&*conn).read(&mut chunk) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(format!("no request: {e}")),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() as u64 > MAX_REQUEST {
+            return Err(format!("the request is larger than {MAX_REQUEST} bytes"));
+        }
+        if n == 0 || buf.contains(&b'\n') {
+            break;
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice(line).map_err(|e| format!("not a spell request: {e}"))
 }
 
 impl Drop for Server {
@@ -280,8 +570,9 @@ pub fn cast(path: &Path, req: &Request) -> Result<i32, String> {
     })?;
     let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
     line.push('\n');
-    conn.write_all(line.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // A refusal may come (and the server close) before the request is
+    // written: the answer is read either way.
+    let _ = conn.write_all(line.as_bytes());
     let _ = conn.shutdown(std::net::Shutdown::Write);
     let mut code = None;
     let mut err = std::io::stderr().lock();

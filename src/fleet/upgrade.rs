@@ -60,8 +60,20 @@ pub fn plan(
     skip_machine: Option<&str>,
     definitions: &[PathBuf],
 ) -> Result<(Vec<Target>, Vec<String>), String> {
-    let reg = registry::read(&Paths::new(swarm).book()).map_err(|e| e.to_string())?;
-    let mut notes = Vec::new();
+    // Entry by entry, each checked: a key or Machine id that is not of its
+    // shape never reaches an API path, and is said.
+    let loaded = registry::load(&Paths::new(swarm).book()).map_err(|e| e.to_string())?;
+    let reg = loaded.registry;
+    let mut notes: Vec<String> = loaded
+        .rejected
+        .iter()
+        .map(|r| {
+            format!(
+                "{:?}: not a valid registry entry ({}): skipped",
+                r.key, r.why
+            )
+        })
+        .collect();
     let mut targets: Vec<(bool, Target)> = Vec::new();
     for (slug, e) in &reg.buddies {
         if !only.is_empty() && !only.iter().any(|o| o.to_lowercase() == *slug) {
@@ -234,6 +246,20 @@ fn upgrade_one(
         timeout: opts.checks_timeout,
         version: Some((swarm, &t.slug, version, opts.version_timeout)),
     };
+    // The registry says which Machine is this Buddy's; the Machine itself
+    // must say so too (its metadata is ours, set when it was made), or a
+    // registry entry could point the upgrade at any Machine of the app.
+    let m = c.machine(&t.app, &t.machine).map_err(|e| e.to_string())?;
+    let owner = m.config["metadata"][machine::META_BUDDY].as_str();
+    if owner != Some(t.slug.as_str()) {
+        return Err(format!(
+            "the Machine {} of {} is not {}'s (its metadata says {}): left alone",
+            t.machine,
+            t.app,
+            t.id,
+            owner.unwrap_or("nothing")
+        ));
+    }
     replace(
         c,
         &t.app,

@@ -40,13 +40,23 @@ pub trait Hooks {
     fn child_ended(&mut self, _pid: Pid, _exit: Exit) -> bool {
         false
     }
-    /// A descriptor the loop also waits on (the spell socket's listener).
-    fn listener(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        None
+    /// Descriptors the loop also waits on (the spell socket's).
+    fn listeners(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        Vec::new()
     }
-    /// [`Hooks::listener`] is readable: take what waits there (never
-    /// blocking the loop for long).
+    /// One of [`Hooks::listeners`] is readable: take what waits there
+    /// (never blocking the loop).
     fn accept(&mut self) {}
+    /// A stop has begun (the supervisor exits by the stop timeout): ask the
+    /// other children that must end first (spells) to finish.
+    fn stopping(&mut self) {}
+    /// Whether such children still run: the exit waits for them until the
+    /// stop timeout.
+    fn busy(&self) -> bool {
+        false
+    }
+    /// The stop timeout is over: kill what [`Hooks::busy`] waits for.
+    fn kill_busy(&mut self) {}
     /// One step of bringing back what [`Hooks::child_ended`] reported gone,
     /// called from the loop (never blocking it for long).
     fn repair(&mut self) -> Repair {
@@ -104,7 +114,8 @@ struct Running {
 /// A stop or a final exit in progress: the group gets until `deadline`, then
 /// SIGKILL. `code` is known once the gateway itself has ended.
 struct Draining {
-    pgid: Pid,
+    /// None: no gateway was running; only [`Hooks::busy`] children drain.
+    pgid: Option<Pid>,
     deadline: Instant,
     killed: bool,
     code: Option<i32>,
@@ -185,7 +196,7 @@ impl<'a> Supervisor<'a> {
             let timeout = self
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
-            if sys::wait_readable(self.sfd, self.hooks.listener(), timeout) {
+            if sys::wait_readable(self.sfd, &self.hooks.listeners(), timeout) {
                 self.hooks.accept();
             }
             for sig in sys::read_signals(self.sfd) {
@@ -299,6 +310,9 @@ impl<'a> Supervisor<'a> {
         self.restart_at = None;
         // A repair in progress is abandoned: the stop takes the gateway down.
         self.cycle = None;
+        // Spells running get the same stop timeout to finish or take back
+        // what they made.
+        self.hooks.stopping();
         match &self.gateway {
             Some(g) => {
                 info!(
@@ -311,7 +325,7 @@ impl<'a> Supervisor<'a> {
                     warn!(error = %e, "cannot signal the gateway group");
                 }
                 self.draining = Some(Draining {
-                    pgid: g.pid,
+                    pgid: Some(g.pid),
                     deadline: Instant::now() + self.policy.stop_timeout,
                     killed: false,
                     code: None,
@@ -322,6 +336,20 @@ impl<'a> Supervisor<'a> {
                 // A final exit is already draining the group: just hurry it.
                 Some(d) => {
                     d.deadline = d.deadline.min(Instant::now());
+                    None
+                }
+                None if self.hooks.busy() => {
+                    info!(
+                        signal = sig.as_str(),
+                        timeout_ms = self.policy.stop_timeout.as_millis() as u64,
+                        "stop requested while no gateway runs; waiting for the spells"
+                    );
+                    self.draining = Some(Draining {
+                        pgid: None,
+                        deadline: Instant::now() + self.policy.stop_timeout,
+                        killed: false,
+                        code: Some(0),
+                    });
                     None
                 }
                 None => {
@@ -546,8 +574,10 @@ impl<'a> Supervisor<'a> {
     /// The gateway has ended for good: give the rest of its group a stop
     /// timeout to finish, SIGTERM first.
     fn begin_final_drain(&mut self, pgid: Pid, code: i32) -> Option<i32> {
+        // We exit after this: spells get the same time to finish.
+        self.hooks.stopping();
         self.draining = Some(Draining {
-            pgid,
+            pgid: Some(pgid),
             deadline: Instant::now() + self.policy.stop_timeout,
             killed: false,
             code: Some(code),
@@ -565,7 +595,7 @@ impl<'a> Supervisor<'a> {
     fn check_drained(&mut self) -> Option<i32> {
         let d = self.draining.as_ref()?;
         let code = d.code?;
-        if sys::group_alive(d.pgid) {
+        if d.pgid.is_some_and(sys::group_alive) || self.hooks.busy() {
             return None;
         }
         // The last orphans may exit with the gateway: every one is reaped
@@ -623,23 +653,26 @@ impl<'a> Supervisor<'a> {
         let d = self.draining.as_mut()?;
         if now >= d.deadline {
             if !d.killed {
-                warn!(
-                    pgid = d.pgid.as_raw(),
-                    timeout_ms = self.policy.stop_timeout.as_millis() as u64,
-                    "stop timeout reached; killing the gateway's process group"
-                );
-                let _ = sys::signal_group(d.pgid, Signal::SIGKILL);
+                if let Some(pgid) = d.pgid {
+                    warn!(
+                        pgid = pgid.as_raw(),
+                        timeout_ms = self.policy.stop_timeout.as_millis() as u64,
+                        "stop timeout reached; killing the gateway's process group"
+                    );
+                    let _ = sys::signal_group(pgid, Signal::SIGKILL);
+                }
                 d.killed = true;
                 d.deadline = now + KILL_GRACE;
+                self.hooks.kill_busy();
             } else {
                 let code = self
                     .exit_override
                     .or(d.code)
                     .unwrap_or(128 + Signal::SIGKILL as i32);
                 error!(
-                    pgid = d.pgid.as_raw(),
+                    pgid = d.pgid.map(|p| p.as_raw()),
                     exit = code,
-                    "process group still alive after SIGKILL; exiting anyway"
+                    "still alive after SIGKILL; exiting anyway"
                 );
                 return Some(code);
             }

@@ -81,11 +81,12 @@ pub fn read_signals(fd: &SignalFd) -> Vec<Signal> {
     out
 }
 
-/// Waits until the signalfd (or `extra`: the spell socket's listener) is
-/// readable or `timeout` passes. Whether `extra` is readable.
+/// Waits until the signalfd (or one of `extra`: the spell socket's
+/// listener and its wake-up) is readable or `timeout` passes. Whether any of
+/// `extra` is readable.
 pub fn wait_readable(
     fd: &SignalFd,
-    extra: Option<std::os::fd::BorrowedFd<'_>>,
+    extra: &[std::os::fd::BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> bool {
     let t = match timeout {
@@ -97,14 +98,12 @@ pub fn wait_readable(
         }
     };
     let mut fds = vec![PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    if let Some(e) = extra {
-        fds.push(PollFd::new(e, PollFlags::POLLIN));
-    }
+    fds.extend(extra.iter().map(|e| PollFd::new(*e, PollFlags::POLLIN)));
     // EINTR only means "look again"; the loop does.
     let _ = poll(&mut fds, t);
-    fds.get(1)
-        .and_then(|f| f.revents())
-        .is_some_and(|r| r.contains(PollFlags::POLLIN))
+    fds.iter()
+        .skip(1)
+        .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
 }
 
 /// Who is on the other end of a Unix socket: (uid, pid) as the kernel
@@ -114,6 +113,37 @@ pub fn peer_credentials(conn: &std::os::unix::net::UnixStream) -> io::Result<(u3
     let c = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(io::Error::from)?;
     Ok((c.uid(), c.pid()))
+}
+
+/// Set by SIGTERM/SIGINT in a spell run (see [`catch_stop`]).
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: nix::libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A spell run (the supervisor's child, or a command line): SIGTERM and
+/// SIGINT set a flag the spell checks between its calls instead of killing
+/// it mid-cast, so it can take back what it made (the supervisor sends
+/// SIGTERM when it stops, and waits for it until the stop timeout).
+pub fn catch_stop() -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
+    let act = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in STOP_SIGNALS {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(s, &act) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Whether a stop was asked for since [`catch_stop`].
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 pub fn is_pid1() -> bool {

@@ -8,7 +8,6 @@
 //! the real thing made in its place; nothing is ever created or written
 //! through it.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -50,30 +49,31 @@ fn io_at(path: PathBuf, what: &'static str) -> impl FnOnce(io::Error) -> SwarmEr
 /// the name is moved aside first.
 fn ensure_dir(parent: &Dir, name: &str, laid: &mut Laid) -> Result<Dir, SwarmError> {
     let shown = parent.shown(name);
-    for _ in 0..3 {
-        match parent.mkdir(name, DIR_MODE) {
-            Ok(made) => {
-                match parent.dir(name) {
-                    Ok(d) => {
-                        if made {
-                            laid.created.push(shown);
-                        }
-                        return Ok(d);
-                    }
-                    // Swapped between the mkdir and the open: again.
-                    Err(e) if untrusted::is_planted(&e) => continue,
-                    Err(e) => return Err(io_at(shown, "cannot open")(e)),
-                }
-            }
-            Err(e) if untrusted::is_planted(&e) => quarantine(parent, name, laid)?,
-            Err(e) => return Err(io_at(shown, "cannot create")(e)),
-        }
+    let e = parent
+        .ensure_dir(name, DIR_MODE)
+        .map_err(io_at(shown.clone(), "cannot create"))?;
+    if let Some((kind, to)) = e.moved_aside {
+        laid.moved(shown.clone(), kind, to);
     }
-    Err(SwarmError::Io {
-        path: shown,
-        what: "cannot make it a directory (something keeps replacing it)",
-        source: io::Error::from(io::ErrorKind::InvalidData),
-    })
+    if e.created {
+        laid.created.push(shown);
+    }
+    Ok(e.dir)
+}
+
+impl Laid {
+    fn moved(&mut self, path: PathBuf, kind: Kind, to: std::ffi::OsString) {
+        let to = to.to_string_lossy().into_owned();
+        warn!(path = %path.display(), found = kind.describe(), moved_to = %to, "swarm: a name the swarm owns held something else; moved aside");
+        self.quarantined.push((path, kind.describe(), to));
+    }
+
+    fn seeded(&mut self, s: untrusted::Seeded) {
+        for (path, kind, to) in s.moved_aside {
+            self.moved(path, kind, to);
+        }
+        self.created.extend(s.created);
+    }
 }
 
 /// Moves whatever is at `name` aside, logged and recorded.
@@ -119,14 +119,14 @@ pub fn ensure_layout(
         for (name, dest, here) in books {
             let from = src.join(name);
             if here && from.is_dir() {
-                seed_missing(&from, dest, &mut laid)?;
+                seed(&from, dest, &mut laid)?;
             }
         }
     }
     if let Some(src) = seeds.template_dir.as_deref().filter(|s| s.is_dir()) {
         let templates = ensure_dir(&book, "templates", &mut laid)?;
         let dest = ensure_dir(&templates, "_template", &mut laid)?;
-        seed_missing(src, &dest, &mut laid)?;
+        seed(src, &dest, &mut laid)?;
     }
     if spellbook {
         let header = b"# SpellBook changelog\n\nOne line per spell cast: date, caster, spell, what changed.\n\n";
@@ -176,22 +176,12 @@ fn seed_file(dest: &Dir, name: &str, bytes: &[u8], laid: &mut Laid) -> Result<()
 }
 
 /// Copies every file of `src` (the image's, a trusted path) that `dest`
-/// lacks, and records each one it created. What a Buddy has edited is
-/// never overwritten.
-fn seed_missing(src: &Path, dest: &Dir, laid: &mut Laid) -> Result<(), SwarmError> {
-    let entries = fs::read_dir(src).map_err(io_at(src.to_path_buf(), "cannot read the seed"))?;
-    for e in entries {
-        let e = e.map_err(io_at(src.to_path_buf(), "cannot read the seed"))?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let from = e.path();
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            let sub = ensure_dir(dest, name, laid)?;
-            seed_missing(&from, &sub, laid)?;
-            continue;
-        }
-        let bytes = fs::read(&from).map_err(io_at(from.clone(), "cannot read the seed"))?;
-        seed_file(dest, name, &bytes, laid)?;
-    }
+/// lacks. Every Machine seeds the same share, often at the same moment (a
+/// swarm-wide deploy): each file appears whole or not at all, the first
+/// Machine's copy wins, and what a Buddy has edited is never overwritten.
+fn seed(src: &Path, dest: &Dir, laid: &mut Laid) -> Result<(), SwarmError> {
+    let s = untrusted::seed_tree(src, dest, DIR_MODE, 0o660)
+        .map_err(io_at(dest.path().to_path_buf(), "cannot seed"))?;
+    laid.seeded(s);
     Ok(())
 }

@@ -155,16 +155,18 @@ pub fn prepare(opts: &Options, gateway: Option<&Credentials>) -> Result<Report, 
     let root = sys::is_root();
     let repair = opts.repair && root;
     let root_dir = untrusted::Dir::open(&p.root).map_err(io_ctx(&p.root, "cannot open"))?;
-    let mut repairs: Vec<permissions::Repair> = permissions::secure_root(&root_dir, repair)?
-        .into_iter()
-        .collect();
+    let (mut repairs, root_problems) = match permissions::secure_root(&root_dir, repair)? {
+        Ok(r) => (r.into_iter().collect::<Vec<_>>(), Vec::new()),
+        Err(p) => (Vec::new(), vec![p]),
+    };
     let (share, laid) = layout::ensure_layout(root_dir, &opts.seeds, spellbook_here)?;
     for c in &laid.created {
         info!(path = %c.display(), "swarm: created");
     }
     let book_gid = privileges::swarm_gid(privileges::BOOK_GROUP);
     let magicians_gid = privileges::swarm_gid(privileges::MAGICIANS_GROUP);
-    let walked = permissions::enforce_permissions(&share, book_gid, magicians_gid, repair)?;
+    let walked =
+        permissions::enforce_permissions(&share, book_gid, magicians_gid, repair, root_problems)?;
     repairs.extend(walked.repairs);
     for r in &repairs {
         info!(path = %r.path.display(), change = %r.what, "swarm: repaired");

@@ -69,28 +69,31 @@ struct Walk<'a> {
 /// The share's root: traversable by the gateways, writable by root alone
 /// (a gateway that could write it could put a link where a book belongs,
 /// or where the SpellBook mask is mounted). Repaired through its handle.
-pub fn secure_root(root: &Dir, repair: bool) -> Result<Option<Repair>, SwarmError> {
+pub fn secure_root(
+    root: &Dir,
+    repair: bool,
+) -> Result<Result<Option<Repair>, Problem>, SwarmError> {
     let md = root.meta().map_err(io_ctx(root.path(), "cannot stat"))?;
     let want = (md.mode | 0o111) & !0o022;
     if md.mode == want {
-        return Ok(None);
+        return Ok(Ok(None));
     }
     if !repair {
-        return Err(SwarmError::Unsafe(vec![Problem::new(
+        return Ok(Err(Problem::new(
             root.path(),
             "",
             format!(
                 "mode is {:04o}, must be {want:04o}: traversable (a+x) by the gateways, writable by its owner alone",
                 md.mode
             ),
-        )]));
+        )));
     }
     untrusted::set_group_mode(root.fd(), None, Some(want))
         .map_err(io_ctx(root.path(), "cannot chmod"))?;
-    Ok(Some(Repair {
+    Ok(Ok(Some(Repair {
         path: root.path().to_path_buf(),
         what: format!("mode {:04o} -> {want:04o}", md.mode),
-    }))
+    })))
 }
 
 fn io_ctx(path: &std::path::Path, what: &'static str) -> impl FnOnce(io::Error) -> SwarmError {
@@ -101,15 +104,16 @@ fn io_ctx(path: &std::path::Path, what: &'static str) -> impl FnOnce(io::Error) 
 /// Step 3a: every entry of MyBuddyBook belongs to `book_gid`, every entry of
 /// the SpellBook to `magicians_gid`; directories are 2770, files group
 /// read/write, nothing for others. With `repair` (root), fixes and reports
-/// each change; without, reports each deviation as a problem.
+/// each change; without, reports each deviation as a problem, after
+/// `problems` already found (all of them at once).
 pub fn enforce_permissions(
     share: &Share,
     book_gid: Gid,
     magicians_gid: Gid,
     repair: bool,
+    mut problems: Vec<Problem>,
 ) -> Result<Walked, SwarmError> {
     let mut out = Walked::default();
-    let mut problems = Vec::new();
     for (top, gid) in [(&share.book, book_gid), (&share.spellbook, magicians_gid)] {
         let top_meta = top.meta().map_err(io_ctx(top.path(), "cannot stat"))?;
         let mut w = Walk {

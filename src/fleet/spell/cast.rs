@@ -10,6 +10,8 @@ use serde_json::json;
 use super::{PENDING_MARKER, Spawn, SpellError, World, generate};
 use crate::buddy::{Identity, Status};
 use crate::fleet::deploy;
+use crate::fleet::fly::Client;
+use crate::fleet::journal::{Journal, Made};
 use crate::swarm::{Paths, registry, resonate};
 
 /// How the spell's deploy step runs.
@@ -31,6 +33,9 @@ pub struct CastOptions {
     /// The caster's environment (the shared keys and the share's settings
     /// the new app gets over the API).
     pub env: fn(&str) -> Option<String>,
+    /// Where the cast keeps what it makes, so a cast cut short is taken
+    /// back at the next boot (the spell socket's casts); None: in memory.
+    pub journal: Option<PathBuf>,
 }
 
 /// What a cast did (for the caller's summary).
@@ -41,28 +46,18 @@ pub struct Outcome {
     pub deployed: bool,
 }
 
-/// What the cast has made so far, and how to take each back.
-#[derive(Default)]
-struct Undo(Vec<crate::fleet::apply::Undo>);
-
-impl Undo {
-    fn push(&mut self, f: impl FnOnce() -> Result<String, String> + 'static) {
-        self.0.push(Box::new(f));
-    }
-
-    /// Undoes everything in reverse and returns the step's error with a
-    /// line per undo.
-    fn fail(self, step: &'static str, why: String) -> SpellError {
-        let notes = crate::fleet::apply::undo_all(self.0);
-        SpellError::Step {
-            step,
-            why,
-            undo: if notes.is_empty() {
-                String::new()
-            } else {
-                format!("\n  {}", notes.join("\n  "))
-            },
-        }
+/// Undoes everything the cast made, in reverse, and returns the step's
+/// error with a line per undo.
+fn fail(journal: Journal, client: Option<&Client>, step: &'static str, why: String) -> SpellError {
+    let notes = journal.undo_all(client);
+    SpellError::Step {
+        step,
+        why,
+        undo: if notes.is_empty() {
+            String::new()
+        } else {
+            format!("\n  {}", notes.join("\n  "))
+        },
     }
 }
 
@@ -71,8 +66,11 @@ struct Cast<'a> {
     caster: &'a Identity,
     spawn: &'a Spawn,
     slug: String,
+    /// The new Buddy's files as checked and deployed: ours alone (the
+    /// SpellBook's copy is written for the swarm to read, never read back).
     dir: PathBuf,
-    undo: Undo,
+    journal: Journal,
+    client: Option<Client>,
     progress: &'a mut dyn FnMut(&str),
 }
 
@@ -98,38 +96,58 @@ pub fn cast(
             deployed: false,
         });
     }
+    let journal = match &opts.journal {
+        Some(p) => {
+            Journal::at(p, &format!("SpawnBuddy of {}", s.identity.id())).map_err(|why| {
+                SpellError::Step {
+                    step: "generate",
+                    why,
+                    undo: String::new(),
+                }
+            })?
+        }
+        None => Journal::memory(&format!("SpawnBuddy of {}", s.identity.id())),
+    };
+    let client = match &opts.deploy {
+        Deploy::Api(api) => Some(api.client.clone()),
+        _ => None,
+    };
     let mut c = Cast {
         world,
         caster,
         spawn: s,
-        dir: world.buddies().join(&slug),
+        dir: match world.repo {
+            Some(_) => world.buddies().join(&slug),
+            None => world.private().join(&slug),
+        },
         slug,
-        undo: Undo::default(),
+        journal,
+        client,
         progress,
     };
-    if let Err(why) = c.write_files(&files) {
-        return Err(c.undo.fail("generate", why));
+    macro_rules! step {
+        ($name:literal, $e:expr) => {
+            match $e.and_then(|v| crate::fleet::apply::check_stop().map(|_| v)) {
+                Ok(v) => v,
+                Err(why) => return Err(fail(c.journal, c.client.as_ref(), $name, why)),
+            }
+        };
     }
-    if let Err(why) = c.check_generated(files.len()) {
-        return Err(c.undo.fail("generate", why));
-    }
-    let deployed = match c.deploy(opts) {
-        Ok(d) => d,
-        Err(why) => return Err(c.undo.fail("deploy", why)),
-    };
+    step!("generate", c.write_files(&files));
+    step!("generate", c.check_generated(files.len()));
+    step!("generate", c.publish(&files));
+    let deployed = step!("deploy", c.deploy(opts));
     let status = if deployed {
         Status::Active
     } else {
         Status::Planned
     };
-    if let Err(why) = c.register(status) {
-        return Err(c.undo.fail("register", why));
+    step!("register", c.register(status));
+    let announcement = step!("resonate", c.resonate(status));
+    if let Err(why) = c.unmark() {
+        return Err(fail(c.journal, c.client.as_ref(), "resonate", why));
     }
-    let announcement = match c.resonate(status) {
-        Ok(a) => a,
-        Err(why) => return Err(c.undo.fail("resonate", why)),
-    };
-    let _ = fs::remove_file(c.dir.join(PENDING_MARKER));
+    c.journal.done();
     Ok(Outcome {
         slug: c.slug,
         announcement: Some(announcement),
@@ -203,41 +221,96 @@ fn dry_run(
 }
 
 impl Cast<'_> {
-    /// Generate, part 1: staged beside its final place, then renamed in, so
-    /// the directory appears whole; the marker says a spell is still working
-    /// on it (a cast killed midway is started over by the next).
+    /// Generate, part 1: the files where they are checked. In a checkout,
+    /// in place (check-config reads the checkout), staged beside it and
+    /// renamed in so the directory appears whole, with the marker that says
+    /// a spell is still working on it (a cast killed midway is started over
+    /// by the next). For the SpellBook, in our private directory: what is
+    /// checked and deployed is what we wrote, whatever a gateway does to
+    /// the share meanwhile.
     fn write_files(&mut self, files: &[(PathBuf, String)]) -> Result<(), String> {
-        let stage = self
-            .world
-            .buddies()
-            .join(format!(".spell-{}.tmp", self.slug));
-        let _ = fs::remove_dir_all(&stage);
-        if self.dir.join(PENDING_MARKER).exists() {
-            let _ = fs::remove_dir_all(&self.dir);
+        if self.world.repo.is_some() {
+            return self.publish_at(files, 0o755, 0o644);
         }
         let write = || -> std::io::Result<()> {
             for (p, content) in files {
-                let path = stage.join(p);
-                fs::create_dir_all(path.parent().unwrap_or(&stage))?;
+                let path = self.dir.join(p);
+                fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
                 fs::write(path, content)?;
             }
-            fs::write(
-                stage.join(PENDING_MARKER),
-                "a SpawnBuddy spell is creating this Buddy\n",
+            Ok(())
+        };
+        write().map_err(|e| format!("{}: {e}", self.dir.display()))
+    }
+
+    /// Generate, part 3 (SpellBook): the checked files written into the
+    /// SpellBook for the swarm (and `supervisor adopt`), through handles.
+    fn publish(&mut self, files: &[(PathBuf, String)]) -> Result<(), String> {
+        if self.world.repo.is_some() {
+            return Ok(());
+        }
+        self.publish_at(files, 0o2770, 0o660)
+    }
+
+    /// Writes `files` as `<buddies>/<slug>/`, whole (staged, then renamed
+    /// in), with the pending marker; journaled.
+    fn publish_at(
+        &mut self,
+        files: &[(PathBuf, String)],
+        dir_mode: u32,
+        file_mode: u32,
+    ) -> Result<(), String> {
+        let shown = self.world.buddies().join(&self.slug);
+        let err = |e: std::io::Error| format!("{}: {e}", shown.display());
+        let d = self.world.buddies_dir().map_err(err)?;
+        let stage = format!(".spell-{}.tmp", self.slug);
+        d.remove_tree(&stage).map_err(err)?;
+        if self.world.record(&self.slug) == super::Record::Pending {
+            d.remove_tree(&self.slug).map_err(err)?;
+        }
+        let write = || -> std::io::Result<()> {
+            let st = d.ensure_dir(&stage, dir_mode)?.dir;
+            for (p, content) in files {
+                let mut here = st.try_clone()?;
+                let names: Vec<_> = p.iter().collect();
+                let Some((file, parents)) = names.split_last() else {
+                    continue;
+                };
+                for n in parents {
+                    here = here.ensure_dir(n, dir_mode)?.dir;
+                }
+                here.create_whole(file, content.as_bytes(), file_mode)?;
+            }
+            st.create_whole(
+                PENDING_MARKER,
+                b"a SpawnBuddy spell is creating this Buddy\n",
+                file_mode,
             )?;
-            fs::rename(&stage, &self.dir)
+            d.rename(&stage, &self.slug)
         };
         if let Err(e) = write() {
-            let _ = fs::remove_dir_all(&stage);
-            return Err(format!("{}: {e}", self.dir.display()));
+            let _ = d.remove_tree(&stage);
+            return Err(err(e));
         }
-        let d = self.dir.clone();
-        self.undo.push(move || {
-            fs::remove_dir_all(&d)
-                .map(|_| format!("removed {}", d.display()))
-                .map_err(|e| e.to_string())
-        });
-        Ok(())
+        self.journal.push(Made::Record {
+            dir: self.world.buddies(),
+            name: self.slug.clone(),
+        })
+    }
+
+    /// The cast is done: its record is no longer pending.
+    fn unmark(&self) -> Result<(), String> {
+        let shown = self.world.buddies().join(&self.slug);
+        match self
+            .world
+            .buddies_dir()
+            .and_then(|d| d.dir(&self.slug))
+            .and_then(|d| d.unlink(PENDING_MARKER))
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("{}: {e}", shown.display())),
+        }
     }
 
     /// Generate, part 2: the new Buddy passes the same check-config CI runs.
@@ -262,6 +335,14 @@ impl Cast<'_> {
                 p
             }
         };
+        // What the new Buddy's config asks for from the caster's environment:
+        // the swarm's shared keys and its own prefixed secrets, nothing else
+        // (the share's template is any gateway's to edit).
+        let vars =
+            crate::config::render::prepare(&self.dir, &self.world.template().join("config.json"))
+                .map(|p| p.secret_vars())
+                .unwrap_or_default();
+        crate::fleet::apply::allowed_vars(&self.spawn.identity, vars.iter())?;
         let mine: Vec<String> = problems
             .iter()
             .filter(|p| {
@@ -326,14 +407,13 @@ impl Cast<'_> {
                     crate::fleet::apply::app_name(&slug),
                     api.client.base()
                 ));
-                let undo = &mut self.undo;
                 let machine = crate::fleet::apply::deploy(
                     api,
                     &self.spawn.identity,
                     &self.dir,
                     &secrets,
                     crate::fleet::apply::Existing::Refuse,
-                    &mut |u| undo.0.push(u),
+                    &mut self.journal,
                     self.progress,
                 )?;
                 (self.progress)(&format!(
@@ -350,13 +430,11 @@ impl Cast<'_> {
         let book = Paths::new(self.world.swarm).book();
         let mut entry = registry::Entry::from_identity(id);
         entry.status = status;
+        self.journal.push(Made::Registered {
+            swarm: self.world.swarm.to_path_buf(),
+            slug: self.slug.clone(),
+        })?;
         registry::upsert(&book, entry).map_err(|e| e.to_string())?;
-        let sl = self.slug.clone();
-        self.undo.push(move || {
-            registry::remove(&book, &sl)
-                .map(|_| format!("removed {sl} from the registry"))
-                .map_err(|e| e.to_string())
-        });
         (self.progress)(&format!(
             "[4/5] register: {} is {status} in registry.json",
             id.id()
@@ -383,12 +461,13 @@ impl Cast<'_> {
         let header = json!({"buddy": id.id(), "human": id.human, "role": id.role, "channels": id.channels, "status": status, "spell": "spawn_buddy"});
         let ann = resonate::announce(self.world.swarm, &caster.id(), "spawn", header, &text)
             .map_err(|e| e.to_string())?;
-        let a = ann.clone();
-        self.undo.push(move || {
-            fs::remove_file(&a)
-                .map(|_| format!("removed {}", a.display()))
-                .map_err(|e| e.to_string())
-        });
+        self.journal.push(Made::Announced {
+            swarm: self.world.swarm.to_path_buf(),
+            name: ann
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        })?;
         resonate::changelog(
             self.world.swarm,
             &format!(

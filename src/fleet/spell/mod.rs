@@ -167,36 +167,68 @@ fn looks_secret(s: &str) -> bool {
 /// or the SpellBook's record of the Buddies the swarm made
 /// (`spellbook/buddies/`, made from the template on the share), which is
 /// what a Magician's Machine has.
+///
+/// The share is every gateway's to write, so a spell (root) never reads it
+/// by path: the template is copied out through handles into a private
+/// directory of ours first ([`crate::untrusted::copy_out`]), records are
+/// listed and read through handles, and the new Buddy is made in the
+/// private directory, checked and deployed from there, and only then
+/// written into the SpellBook.
 pub struct World<'a> {
     pub swarm: &'a Path,
     /// The checkout, when the spell writes into one.
     pub repo: Option<&'a Path>,
     buddies: PathBuf,
     template: PathBuf,
+    /// Ours alone, gone with the World: the template's copy, the new
+    /// Buddy's files.
+    private: tempfile::TempDir,
 }
 
+/// Larger is not a Buddy's file (the Machine config refuses more anyway).
+const MAX_FILE: u64 = 256 * 1024;
+const MAX_TEMPLATE: u64 = 4 << 20;
+
 impl<'a> World<'a> {
-    pub fn in_repo(repo: &'a Path, swarm: &'a Path) -> World<'a> {
-        World {
+    pub fn in_repo(repo: &'a Path, swarm: &'a Path) -> Result<World<'a>, String> {
+        Ok(World {
             swarm,
             repo: Some(repo),
             buddies: repo.join("buddies"),
             template: repo.join("buddies").join("_template"),
-        }
+            private: private_dir()?,
+        })
     }
 
-    pub fn in_spellbook(swarm: &'a Path) -> World<'a> {
+    pub fn in_spellbook(swarm: &'a Path) -> Result<World<'a>, String> {
         let p = Paths::new(swarm);
-        World {
+        let private = private_dir()?;
+        let template = private.path().join("template");
+        let shown = p.book().join("templates").join("_template");
+        let copied = match crate::untrusted::Dir::open(swarm)
+            .and_then(|r| r.dir_at(Path::new("mybuddybook/templates/_template")))
+        {
+            Ok(d) => crate::untrusted::copy_out(&d, &template, MAX_FILE, MAX_TEMPLATE),
+            // No template on this share: only a spell that makes a Buddy
+            // needs one, and says so when it reads it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| format!("{}: cannot read the swarm's template: {e}", shown.display()))?;
+        for (path, why) in &copied.left {
+            tracing::warn!(path = %path.display(), why, "spell: left out of the template");
+        }
+        Ok(World {
             swarm,
             repo: None,
             buddies: p.spellbook().join("buddies"),
-            template: p.book().join("templates").join("_template"),
-        }
+            template,
+            private,
+        })
     }
 
     /// A checkout's (`repo`), else the SpellBook's.
-    pub fn at(repo: Option<&'a Path>, swarm: &'a Path) -> World<'a> {
+    pub fn at(repo: Option<&'a Path>, swarm: &'a Path) -> Result<World<'a>, String> {
         match repo {
             Some(r) => World::in_repo(r, swarm),
             None => World::in_spellbook(swarm),
@@ -211,9 +243,26 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Where Buddy definitions live (and the new one goes).
+    /// Where Buddy definitions live (and the new one goes), for messages.
     pub fn buddies(&self) -> PathBuf {
         self.buddies.clone()
+    }
+
+    /// Where Buddy definitions live, opened (made if missing), through a
+    /// handle from the share's root (or the checkout).
+    pub fn buddies_dir(&self) -> std::io::Result<crate::untrusted::Dir> {
+        use crate::untrusted::Dir;
+        let parent = match self.repo {
+            Some(r) => Dir::open(r)?,
+            None => Dir::open(self.swarm)?.dir(crate::swarm::SPELLBOOK)?,
+        };
+        let mode = if self.repo.is_some() { 0o755 } else { 0o2770 };
+        Ok(parent.ensure_dir("buddies", mode)?.dir)
+    }
+
+    /// Ours alone: where the new Buddy is made before it is written out.
+    pub fn private(&self) -> &Path {
+        self.private.path()
     }
 
     /// How the new Buddy's directory is named in messages.
@@ -224,22 +273,71 @@ impl<'a> World<'a> {
         }
     }
 
-    /// The Buddy template (config.json, workspace/).
+    /// The Buddy template (config.json, workspace/): the checkout's, or our
+    /// private copy of the share's.
     pub fn template(&self) -> PathBuf {
         self.template.clone()
     }
 
-    /// Identities in the repository (dirs that load), keyed by slug.
+    /// Whether a definition `slug` exists, and whether a spell is still
+    /// making it.
+    pub fn record(&self, slug: &str) -> Record {
+        let Ok(d) = self.buddies_dir() else {
+            return Record::Absent;
+        };
+        match d.stat(slug) {
+            Ok(Some(m)) if m.kind == crate::untrusted::Kind::Dir => {
+                match d.dir(slug).and_then(|r| r.stat(PENDING_MARKER)) {
+                    Ok(Some(_)) => Record::Pending,
+                    _ => Record::Done,
+                }
+            }
+            // Anything else at the name is not a Buddy, but the name is taken.
+            Ok(Some(_)) => Record::Done,
+            _ => Record::Absent,
+        }
+    }
+
+    /// Identities of the finished definitions, read through handles.
     fn repo_identities(&self) -> Vec<Identity> {
-        let Ok(rd) = fs::read_dir(self.buddies()) else {
+        let Ok(d) = self.buddies_dir() else {
             return Vec::new();
         };
-        rd.flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with(['_', '.']))
-            .filter(|e| !e.path().join(PENDING_MARKER).exists())
-            .filter_map(|e| buddy::load(&e.path()).ok().map(|b| b.identity))
+        let Ok(entries) = d.entries() else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.name.to_str()?.to_string();
+                if name.starts_with(['_', '.']) || self.record(&name) != Record::Done {
+                    return None;
+                }
+                let bytes = d
+                    .read(Path::new(&name).join(buddy::IDENTITY_FILE), 64 * 1024)
+                    .ok()?;
+                let id: Identity = serde_json::from_slice(&bytes).ok()?;
+                (id.check(Path::new(&name)).is_empty() && id.slug() == name).then_some(id)
+            })
             .collect()
     }
+}
+
+/// What a place of Buddy definitions holds under one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Absent,
+    /// A spell's half-made one (its marker is there): the next cast redoes it.
+    Pending,
+    Done,
+}
+
+/// A private directory of ours (0700, a fresh random name).
+fn private_dir() -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("mybuddy-spell-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a private directory: {e}"))
 }
 
 /// Only a Magician may cast. `caster` is `--as` or the Buddy the command runs in.
@@ -266,17 +364,22 @@ pub fn check_caster(world: &World, caster: &Identity, spell: &str) -> Result<(),
 }
 
 /// Serialises spells on one place of Buddy definitions (a checkout, or the
-/// SpellBook, where the lock is global across Machines).
+/// SpellBook, where the lock is global across Machines). A gateway can hold
+/// the lock file too: waited for [`LOCK_WAIT`] at most.
 pub fn lock(world: &World) -> std::io::Result<File> {
-    fs::create_dir_all(world.buddies())?;
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(world.buddies().join(LOCK_FILE))?;
-    f.lock()?;
+    let d = world.buddies_dir()?;
+    let f = d.open_or_create(LOCK_FILE, 0o660)?;
+    crate::untrusted::lock_until(&f, std::time::Instant::now() + LOCK_WAIT).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{e}: another spell (or a gateway) holds {LOCK_FILE}; try again"),
+        )
+    })?;
     Ok(f)
 }
+
+/// How long a spell waits for another's lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Copies the Buddies the SpellBook records (`spellbook/buddies/<id>/`) into
 /// a checkout's `buddies/`, each with its Dockerfile, so the Buddies the

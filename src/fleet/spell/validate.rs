@@ -5,7 +5,7 @@ use std::path::Path;
 
 use regex::Regex;
 
-use super::{ChannelParams, PENDING_MARKER, Spawn, SpellError, SpellFileParsed, World};
+use super::{ChannelParams, Spawn, SpellError, SpellFileParsed, World};
 use crate::buddy::{self, Channels, Identity, Role, Status};
 use crate::config::problem::{Problem, Problems};
 use crate::config::render::Secret;
@@ -59,6 +59,20 @@ pub fn validate(world: &World, path: &Path, f: SpellFileParsed) -> Result<Spawn,
         },
         status: Status::Planned,
     });
+    if let Some(id) = &identity
+        && id.env_prefix().starts_with("MYBUDDY_")
+    {
+        // Its secrets would be named like the supervisor's own settings
+        // (MYBUDDY_BOOK_META_PASSWORD...).
+        bad(
+            "parameters.human",
+            format!(
+                "{} would give the Buddy's secrets the prefix {}, which the supervisor's own settings use; choose another name",
+                id.id(),
+                id.env_prefix()
+            ),
+        );
+    }
     if let Some(id) = &identity {
         let reg = registry::read(&Paths::new(world.swarm).book()).unwrap_or_default();
         check_name_free(world, id, &reg, &mut bad);
@@ -133,8 +147,7 @@ fn check_name_free(
     bad: &mut impl FnMut(&str, String),
 ) {
     let slug = id.slug();
-    let dir = world.buddies().join(&slug);
-    if dir.exists() && !dir.join(PENDING_MARKER).exists() {
+    if world.record(&slug) == super::Record::Done {
         bad(
             "parameters.name",
             format!(
