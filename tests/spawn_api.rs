@@ -406,3 +406,73 @@ fn missing_settings_and_a_taken_name_change_nothing() {
     assert!(out.contains("belongs to another organisation"), "{out}");
     assert!(!w.record().exists());
 }
+
+/// A Buddy's agent edits the share's template (issue 21): the next cast
+/// must not send the org token, a share password or another Buddy's secret
+/// to the new app. Refused before any call, every name said.
+#[test]
+fn a_template_asking_for_the_org_token_refuses_the_cast_before_any_call() {
+    let w = World::new();
+    let tpl =
+        w.f.swarm
+            .join("mybuddybook/templates/_template/config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&tpl).unwrap()).unwrap();
+    v["env"]["vars"]["X"] = serde_json::json!("${FLY_API_TOKEN}");
+    v["env"]["vars"]["Y"] = serde_json::json!("${MYBUDDY_BOOK_META_PASSWORD}");
+    v["env"]["vars"]["Z"] = serde_json::json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+    fs::write(&tpl, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let o = w.cast(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for name in [
+        "FLY_API_TOKEN",
+        "MYBUDDY_BOOK_META_PASSWORD",
+        "ROELBUDDY_EMRYS_TELEGRAM_TOKEN",
+    ] {
+        assert!(out.contains(name), "{name} not named:\n{out}");
+    }
+    assert!(out.contains("refused before anything was made"), "{out}");
+    assert!(w.fly.api.calls().is_empty(), "{:?}", w.fly.api.calls());
+    assert!(
+        !w.f.swarm
+            .join("spellbook/buddies/estherbuddy-lyra")
+            .exists()
+    );
+    assert!(
+        !out.contains(FLY_TOKEN) && !out.contains("book-password"),
+        "{out}"
+    );
+}
+
+/// The template a link to a root-only directory, its config a link to a
+/// root-only file: the spell (root) reads neither (issue 21).
+#[test]
+fn a_linked_template_is_never_read_by_the_spell() {
+    let w = World::new();
+    let secret = w.f.path("root-only");
+    fs::create_dir_all(secret.join("workspace")).unwrap();
+    fs::write(
+        secret.join("config.json"),
+        "{\"env\":{\"vars\":{\"K\":\"root-secret\"}}}",
+    )
+    .unwrap();
+    let tpl = w.f.swarm.join("mybuddybook/templates/_template");
+    fs::rename(&tpl, w.f.swarm.join("mybuddybook/templates/old")).unwrap();
+    std::os::unix::fs::symlink(&secret, &tpl).unwrap();
+    let o = w.cast(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("cannot read the swarm's template"), "{out}");
+    assert!(w.fly.api.calls().is_empty());
+    // And a template whose config.json alone is a link.
+    fs::remove_file(&tpl).unwrap();
+    fs::rename(w.f.swarm.join("mybuddybook/templates/old"), &tpl).unwrap();
+    fs::remove_file(tpl.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(secret.join("config.json"), tpl.join("config.json")).unwrap();
+    let o = w.cast(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(!out.contains("root-secret"), "{out}");
+    assert!(w.fly.api.calls().is_empty());
+}

@@ -31,6 +31,18 @@ struct Machine {
 /// Boots `slug` with `token` (or none) as PID 1 inside `ns`; its gateway a
 /// sleeping child.
 fn boot(f: &Fixture, ns: &NetNs, fly: &FlyStandin, slug: &str, token: bool) -> Machine {
+    boot_with(f, ns, fly, slug, token, &[])
+}
+
+/// [`boot`] with more flags for `supervisor run`.
+fn boot_with(
+    f: &Fixture,
+    ns: &NetNs,
+    fly: &FlyStandin,
+    slug: &str,
+    token: bool,
+    extra: &[&str],
+) -> Machine {
     let uid = if slug == "roelbuddy-emrys" {
         "10002"
     } else {
@@ -55,10 +67,10 @@ fn boot(f: &Fixture, ns: &NetNs, fly: &FlyStandin, slug: &str, token: bool) -> M
         uid,
         "--spell-socket",
         socket.to_str().unwrap(),
-        "--",
-        gw.to_str().unwrap(),
     ]
     .iter()
+    .chain(extra)
+    .chain(["--", gw.to_str().unwrap()].iter())
     .map(|s| s.to_string())
     .collect();
     let mut env = base_env();
@@ -92,6 +104,11 @@ fn boot(f: &Fixture, ns: &NetNs, fly: &FlyStandin, slug: &str, token: bool) -> M
 /// `supervisor spawn SPELL --swarm S --deploy` as `uid` with `groups`,
 /// pointed at the socket, without any token (the gateway's environment).
 fn cast_as(f: &Fixture, m: &Machine, uid: &str, groups: &str) -> Output {
+    cast_cmd(f, m, uid, groups).output().unwrap()
+}
+
+/// The command [`cast_as`] runs, to start in the background.
+fn cast_cmd(f: &Fixture, m: &Machine, uid: &str, groups: &str) -> Command {
     let spell = f.path(&format!("spell-{uid}.yaml"));
     fs::write(
         &spell,
@@ -106,22 +123,21 @@ fn cast_as(f: &Fixture, m: &Machine, uid: &str, groups: &str) -> Output {
     )
     .unwrap();
     fs::set_permissions(&spell, fs::Permissions::from_mode(0o600)).unwrap();
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            &format!("--groups={groups}"),
-            "--",
-        ])
-        .arg(supervisor())
-        .arg("spawn")
-        .arg(&spell)
-        .args(["--swarm", f.swarm.to_str().unwrap(), "--deploy"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("MYBUDDY_SPELL_SOCKET", &m.socket)
-        .output()
-        .unwrap()
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        &format!("--groups={groups}"),
+        "--",
+    ])
+    .arg(supervisor())
+    .arg("spawn")
+    .arg(&spell)
+    .args(["--swarm", f.swarm.to_str().unwrap(), "--deploy"])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap())
+    .env("MYBUDDY_SPELL_SOCKET", &m.socket);
+    cmd
 }
 
 fn text(o: &Output) -> String {
@@ -275,4 +291,266 @@ fn no_socket_on_a_magician_without_the_token_nor_on_a_buddy() {
 fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A client of the spell socket as `uid`: `slow` sends a byte every 1.5 s
+/// (at most 14), `silent` sends nothing; either prints what it is answered.
+fn client(m: &Machine, uid: &str, groups: &str, how: &str) -> std::process::Child {
+    let py = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(20)
+t = time.time()
+if sys.argv[2] == "slow":
+    for ch in '{"spell":"upgr':
+        try:
+            s.send(ch.encode())
+        except OSError:
+            break
+        time.sleep(1.5)
+out = b""
+while True:
+    try:
+        b = s.recv(4096)
+    except OSError:
+        break
+    if not b:
+        break
+    out += b
+print("ANSWER after %.1f s: %s" % (time.time() - t, out.decode(errors="replace")), flush=True)
+"#;
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            &format!("--groups={groups}"),
+            "--",
+            // The system's: the gateway's uid cannot reach root's pyenv.
+            "/usr/bin/python3",
+            "-c",
+            py,
+        ])
+        .arg(&m.socket)
+        .arg(how)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn answer(c: std::process::Child) -> String {
+    let o = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Issue 21: the caller's uid is checked before a byte is read; callers
+/// that trickle their request (a byte every 1.5 s) are cut off at the
+/// deadline, more than four at once are refused, and meanwhile the loop
+/// reaps and restarts a dead gateway and honours SIGTERM.
+#[test]
+fn a_caller_is_judged_before_it_speaks_and_no_caller_holds_the_loop() {
+    let f = Fixture::new();
+    let ns = NetNs::new();
+    let fly = fly_api(&ns, Some(FLY_TOKEN));
+    let m = boot_with(
+        &f,
+        &ns,
+        &fly,
+        "roelbuddy-emrys",
+        true,
+        &["--stop-timeout", "5"],
+    );
+    let silent = client(&m, "10001", "10100,10101", "silent");
+    let slow: Vec<_> = (0..4)
+        .map(|_| client(&m, "10002", "10100,10101", "slow"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let fifth = client(&m, "10002", "10100,10101", "slow");
+    let a = answer(silent);
+    assert!(
+        a.contains("refused: uid 10001 may not cast spells here"),
+        "{a}"
+    );
+    let secs: f64 = a["ANSWER after ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(secs < 1.0, "answered only after {secs} s: {a}");
+    let a = answer(fifth);
+    assert!(a.contains("spell connections are open already"), "{a}");
+    // The gateway dies while four callers trickle: reaped and restarted.
+    let gw = children_of(m.sup.pid())
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep"))
+        .expect("the gateway");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        m.sup.wait_log("start=2", Duration::from_secs(3)),
+        "the dead gateway was not restarted while callers trickled:\n{}",
+        m.sup.log()
+    );
+    for c in slow {
+        let a = answer(c);
+        assert!(a.contains("did not arrive whole within 5 s"), "{a}");
+    }
+    let mut sup = m.sup;
+    let t = std::time::Instant::now();
+    sup.signal("TERM");
+    assert!(sup.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+}
+
+/// Waits until the stand-in has made the cast's Machine.
+fn machine_made(fly: &FlyStandin) -> bool {
+    wait_for(Duration::from_secs(30), || {
+        fly.api
+            .calls()
+            .iter()
+            .any(|c| {
+                c.method == "POST"
+                    && c.path == format!("/v1/apps/{APP}/machines")
+                    && c.status == 200
+            })
+            .then_some(())
+    })
+    .is_some()
+}
+
+fn journals(f: &Fixture) -> Vec<String> {
+    fs::read_dir(f.state.join("roelbuddy-emrys/.spell-journals"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 21: the supervisor stops while a cast waits for its new Machine's
+/// checks: the spell gets SIGTERM and the rest of the stop timeout, and
+/// takes back all it made before the supervisor exits.
+#[test]
+fn a_spell_running_at_the_stop_takes_back_what_it_made_within_the_stop_timeout() {
+    let f = Fixture::new();
+    let ns = NetNs::new();
+    let fly = fly_api(&ns, Some(FLY_TOKEN));
+    fly.api.checks_never_pass(IMAGE);
+    let m = boot_with(
+        &f,
+        &ns,
+        &fly,
+        "roelbuddy-emrys",
+        true,
+        &["--stop-timeout", "20"],
+    );
+    let cast = cast_cmd(&f, &m, "10002", "10100,10101")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(machine_made(&fly), "{}", m.sup.log());
+    assert_eq!(journals(&f).len(), 1, "no journal while casting");
+    let mut sup = m.sup;
+    let t = std::time::Instant::now();
+    sup.signal("TERM");
+    assert!(
+        sup.wait_exit(Duration::from_secs(30)).is_some(),
+        "{}",
+        sup.log()
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let o = cast.wait_with_output().unwrap();
+    let out = text(&o);
+    assert!(out.contains("stopped"), "{out}");
+    for undone in [
+        "destroyed the Machine".to_string(),
+        "deleted the volume".to_string(),
+        format!("deleted the Fly app {APP}"),
+    ] {
+        assert!(
+            out.contains(&format!("undone: {undone}")),
+            "{undone}:\n{out}\n{}",
+            sup.log()
+        );
+    }
+    assert!(fly.api.app(APP).is_none());
+    assert!(journals(&f).is_empty(), "{:?}", journals(&f));
+}
+
+/// Issue 21: a cast cut short anyway (the whole Machine killed mid-cast)
+/// leaves its journal; the next boot takes back what it made. A journal the
+/// gateway planted (it owns the volume) is never believed.
+#[test]
+fn a_cast_cut_short_is_taken_back_at_the_next_boot_and_a_planted_journal_is_not() {
+    let f = Fixture::new();
+    let ns = NetNs::new();
+    let fly = fly_api(&ns, Some(FLY_TOKEN));
+    fly.api.checks_never_pass(IMAGE);
+    fly.api.add_app("mybuddytalk-roelbuddy-galahad");
+    let m = boot(&f, &ns, &fly, "roelbuddy-emrys", true);
+    let cast = cast_cmd(&f, &m, "10002", "10100,10101")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(machine_made(&fly), "{}", m.sup.log());
+    let mut sup = m.sup;
+    sup.signal("KILL");
+    assert!(sup.wait_exit(Duration::from_secs(10)).is_some());
+    drop(cast);
+    let left = journals(&f);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(fly.api.app(APP).is_some(), "the cast was not cut short");
+    // The gateway (it owns its volume) plants a journal of its own: the
+    // Magician's other Buddy's app to delete.
+    let state = f.state.join("roelbuddy-emrys");
+    let fake = state.join("fake");
+    fs::create_dir_all(&fake).unwrap();
+    fs::write(
+        fake.join("cast-0000000000000001.json"),
+        r#"{"what":"x","made":[{"made":"app","app":"mybuddytalk-roelbuddy-galahad"}]}"#,
+    )
+    .unwrap();
+    sh(Command::new("chown").args(["-R", "10002:10002"]).arg(&fake));
+    // Root's journal put away, the gateway's in its place.
+    // (Out of the state dir: a boot gives all of it to the gateway.)
+    fs::rename(state.join(".spell-journals"), f.path("real")).unwrap();
+    fs::rename(&fake, state.join(".spell-journals")).unwrap();
+    let m = boot(&f, &ns, &fly, "roelbuddy-emrys", true);
+    assert!(
+        m.sup.wait_log(
+            "a journal directory we did not make; moved aside",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        m.sup.log()
+    );
+    assert!(fly.api.app("mybuddytalk-roelbuddy-galahad").is_some());
+    drop(m);
+    // Root's journal back in its place: the next boot takes the cast back.
+    let _ = fs::remove_dir_all(state.join(".spell-journals"));
+    fs::rename(f.path("real"), state.join(".spell-journals")).unwrap();
+    let m = boot(&f, &ns, &fly, "roelbuddy-emrys", true);
+    assert!(
+        m.sup
+            .wait_log("spell socket: the spell ended", Duration::from_secs(30)),
+        "{}",
+        m.sup.log()
+    );
+    let log = m.sup.log();
+    assert!(log.contains("casts cut short earlier"), "{log}");
+    assert!(
+        log.contains(&format!("undone: deleted the Fly app {APP}")),
+        "{log}"
+    );
+    assert!(fly.api.app(APP).is_none(), "{log}");
+    assert!(fly.api.app("mybuddytalk-roelbuddy-galahad").is_some());
+    assert!(journals(&f).is_empty(), "{:?}", journals(&f));
 }

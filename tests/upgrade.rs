@@ -273,3 +273,58 @@ fn dry_run_prints_the_plan_and_calls_nothing() {
     );
     assert_eq!(w.fly.api.calls().len(), before);
 }
+
+/// A Buddy's agent writes the registry (issue 21): a key that walks up the
+/// API's paths, a Machine id with a query, and a made-up Buddy-role entry
+/// that sorts first and names another Buddy's Machine. None of it reaches
+/// an API path; the made-up entry never becomes the canary.
+#[test]
+fn registry_entries_a_gateway_wrote_never_reach_an_api_path() {
+    let w = World::new();
+    w.fly.api.add_app("victim-app");
+    let path = w.f.swarm.join("mybuddybook/registry.json");
+    let mut reg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let kazeh_machine = reg["buddies"]["estherbuddy-kazeh"]["machine"].clone();
+    let mut walker = reg["buddies"]["roelbuddy-galahad"].clone();
+    walker["machine"] = json!("m000001");
+    reg["buddies"]["a/../../apps/victim-app"] = walker;
+    reg["buddies"]["roelbuddy-galahad"]["machine"] = json!("x?force=true&");
+    reg["buddies"]["aaabuddy-evil"] = json!({
+        "id": "AaaBuddy-Evil", "human": "Aaa", "name": "Evil", "role": "buddy",
+        "channels": {"telegram": true}, "status": "active", "machine": kazeh_machine,
+    });
+    fs::write(&path, serde_json::to_string(&reg).unwrap()).unwrap();
+    let o = w.upgrade(&[]);
+    let out = text(&o);
+    for c in w.fly.api.calls() {
+        assert!(
+            !c.path.contains("..") && !c.path.contains("victim") && !c.path.contains("force=true&"),
+            "{} reached the API:\n{out}",
+            c.path
+        );
+    }
+    assert!(
+        out.contains("\"a/../../apps/victim-app\": not a valid registry entry"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"roelbuddy-galahad\": not a valid registry entry"),
+        "{out}"
+    );
+    assert!(
+        out.contains("AaaBuddy-Evil: no Machine") && out.contains("skipped"),
+        "{out}"
+    );
+    // The canary is the first real Buddy-role Buddy; the rest follow.
+    assert!(out.contains("[1/3] EstherBuddy-Kazeh (canary)"), "{out}");
+    assert_eq!(
+        w.updates(),
+        [
+            "mybuddytalk-estherbuddy-kazeh",
+            "mybuddytalk-estherbuddy-morgan",
+            "mybuddytalk-roelbuddy-emrys"
+        ],
+        "{out}"
+    );
+}

@@ -346,12 +346,23 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
         definitions.insert(0, r.join("buddies"));
     }
     let own = std::env::var("FLY_MACHINE_ID").ok();
+    // With the API at hand, each entry's Machine must be its Buddy's before
+    // it is planned (a made-up entry never becomes the canary).
+    let has_token = std::env::var_os("FLY_API_TOKEN").is_some() && !a.dry_run;
+    let verify = |t: &upgrade::Target| {
+        if has_token {
+            upgrade::owned_machine(&client, t)
+        } else {
+            Ok(())
+        }
+    };
     let (targets, notes) = match upgrade::plan(
         &swarm,
         &a.ids,
         a.canary.as_deref(),
         own.as_deref(),
         &definitions,
+        &verify,
     ) {
         Ok(p) => p,
         Err(e) => return fail(e),

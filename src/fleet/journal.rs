@@ -370,14 +370,14 @@ fn open_private(path: &Path) -> Result<(Dir, String), String> {
 /// moved aside. Returns its path.
 pub fn prepare_dir(state: &Path, name: &str) -> std::io::Result<PathBuf> {
     let root = Dir::open(state)?;
-    let e = root.ensure_dir(name, 0o700)?;
-    let m = e.dir.meta()?;
-    if m.uid != nix::unistd::geteuid().as_raw() {
-        untrusted::set_owner(
-            e.dir.fd(),
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        )?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut e = root.ensure_dir(name, 0o700)?;
+    if e.dir.meta()?.uid != me {
+        // The gateway's, not ours (it owns the volume and can make one):
+        // whatever it holds is no journal of ours. Moved aside, made anew.
+        let to = root.quarantine(name)?;
+        tracing::warn!(dir = %state.join(name).display(), moved_to = %to.to_string_lossy(), "spells: a journal directory we did not make; moved aside");
+        e = root.ensure_dir(name, 0o700)?;
     }
     untrusted::set_group_mode(e.dir.fd(), None, Some(0o700))?;
     Ok(state.join(name))

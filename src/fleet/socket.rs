@@ -214,7 +214,15 @@ impl Server {
             if let Some(why) = refused {
                 warn!("spell socket: refused: {why}");
                 if self.open() >= MAX_OPEN {
-                    // Too many already: no thread for this one, just gone.
+                    // Too many already: no thread for this one; the answer
+                    // only if it fits at once, then gone.
+                    let line = format!("refused: {why}\n{EXIT_PREFIX}77\n");
+                    let _ = nix::sys::socket::send(
+                        conn.as_raw_fd(),
+                        line.as_bytes(),
+                        nix::sys::socket::MsgFlags::MSG_DONTWAIT
+                            | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                    );
                     continue;
                 }
                 // The answer on a thread of its own, which then discards

@@ -59,6 +59,7 @@ pub fn plan(
     canary: Option<&str>,
     skip_machine: Option<&str>,
     definitions: &[PathBuf],
+    verify: &dyn Fn(&Target) -> Result<(), String>,
 ) -> Result<(Vec<Target>, Vec<String>), String> {
     // Entry by entry, each checked: a key or Machine id that is not of its
     // shape never reaches an API path, and is said.
@@ -97,16 +98,19 @@ pub fn plan(
             .iter()
             .map(|d| d.join(slug))
             .find(|d| d.join("buddy.json").is_file());
-        targets.push((
-            e.role == crate::buddy::Role::Buddy,
-            Target {
-                slug: slug.clone(),
-                id: e.id.clone(),
-                app: crate::fleet::apply::app_name(slug),
-                machine: m.clone(),
-                definition,
-            },
-        ));
+        let t = Target {
+            slug: slug.clone(),
+            id: e.id.clone(),
+            app: crate::fleet::apply::app_name(slug),
+            machine: m.clone(),
+            definition,
+        };
+        // Before it can be a canary: its Machine is really its own.
+        if let Err(why) = verify(&t) {
+            notes.push(format!("{}: {why}: skipped", e.id));
+            continue;
+        }
+        targets.push((e.role == crate::buddy::Role::Buddy, t));
     }
     let first = match canary {
         Some(c) => targets
@@ -129,6 +133,29 @@ pub struct Outcome {
     pub upgraded: Vec<String>,
     /// The Buddy whose upgrade failed (put back), and why.
     pub stopped: Option<(String, String)>,
+}
+
+/// Whether the Machine a registry entry names is its Buddy's: it exists in
+/// the Buddy's app and its metadata (ours, set when it was made) names the
+/// Buddy. The registry is any gateway's to write; the Machines are not.
+pub fn owned_machine(c: &Client, t: &Target) -> Result<(), String> {
+    let m = c
+        .machine(&t.app, &t.machine)
+        .map_err(|e| match e.status() {
+            Some(404) => format!("no Machine {} in {}", t.machine, t.app),
+            _ => e.to_string(),
+        })?;
+    let owner = m.config["metadata"][machine::META_BUDDY].as_str();
+    if owner != Some(t.slug.as_str()) {
+        return Err(format!(
+            "the Machine {} of {} is not {}'s (its metadata says {})",
+            t.machine,
+            t.app,
+            t.id,
+            owner.unwrap_or("nothing")
+        ));
+    }
+    Ok(())
 }
 
 /// Rolls `opts.image` over `targets` in order.
@@ -246,20 +273,8 @@ fn upgrade_one(
         timeout: opts.checks_timeout,
         version: Some((swarm, &t.slug, version, opts.version_timeout)),
     };
-    // The registry says which Machine is this Buddy's; the Machine itself
-    // must say so too (its metadata is ours, set when it was made), or a
-    // registry entry could point the upgrade at any Machine of the app.
-    let m = c.machine(&t.app, &t.machine).map_err(|e| e.to_string())?;
-    let owner = m.config["metadata"][machine::META_BUDDY].as_str();
-    if owner != Some(t.slug.as_str()) {
-        return Err(format!(
-            "the Machine {} of {} is not {}'s (its metadata says {}): left alone",
-            t.machine,
-            t.app,
-            t.id,
-            owner.unwrap_or("nothing")
-        ));
-    }
+    // Again, right before: the registry may have changed since the plan.
+    owned_machine(c, t).map_err(|why| format!("{why}: left alone"))?;
     replace(
         c,
         &t.app,

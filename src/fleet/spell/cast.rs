@@ -338,18 +338,24 @@ impl Cast<'_> {
         // What the new Buddy's config asks for from the caster's environment:
         // the swarm's shared keys and its own prefixed secrets, nothing else
         // (the share's template is any gateway's to edit).
-        let vars =
-            crate::config::render::prepare(&self.dir, &self.world.template().join("config.json"))
-                .map(|p| p.secret_vars())
-                .unwrap_or_default();
+        let (prepared, _) = crate::config::render::prepare_all(
+            &self.dir,
+            &self.world.template().join("config.json"),
+        );
+        let vars = prepared.map(|p| p.secret_vars()).unwrap_or_default();
         crate::fleet::apply::allowed_vars(&self.spawn.identity, vars.iter())?;
+        // A checkout's check covers every Buddy: this one's problems count.
+        // The SpellBook's is this Buddy alone with the template it is made
+        // from: every problem counts.
+        let ours = |p: &&crate::config::problem::Problem| {
+            self.world.repo.is_none()
+                || p.file.to_string_lossy().contains(slug.as_str())
+                || p.message.contains(&id)
+                || p.message.contains(slug.as_str())
+        };
         let mine: Vec<String> = problems
             .iter()
-            .filter(|p| {
-                p.file.to_string_lossy().contains(slug.as_str())
-                    || p.message.contains(&id)
-                    || p.message.contains(slug.as_str())
-            })
+            .filter(ours)
             .map(|p| p.to_string())
             .collect();
         if !mine.is_empty() {
