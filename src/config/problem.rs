@@ -115,7 +115,9 @@ pub fn parse_json_path(path: &str) -> Vec<PathSeg> {
             out.push(PathSeg::Key(key.to_string()));
         }
         while let Some(end) = rest.find(']') {
-            if let Ok(i) = rest[1..end].parse() {
+            // A key may itself hold `]`: a bracket pair that is not an
+            // index is skipped, never sliced past.
+            if let Some(Ok(i)) = rest.get(1..end).map(str::parse) {
                 out.push(PathSeg::Index(i));
             }
             rest = &rest[end + 1..];

@@ -260,12 +260,8 @@ impl Server {
     fn start(&mut self, r: &Ready) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let swarm = self.swarm.display().to_string();
-        let (args, spell_file, what) = match &r.req {
-            Request::Spawn {
-                spell_file,
-                deploy,
-                dry_run,
-            } => {
+        let (spell_file, journal, what) = match &r.req {
+            Request::Spawn { spell_file, .. } => {
                 let f = self
                     .spool
                     .join(format!("{:016x}.yaml", rand::random::<u64>()));
@@ -276,43 +272,21 @@ impl Server {
                     .open(&f)
                     .and_then(|mut h| h.write_all(spell_file.as_bytes()))
                     .map_err(|e| format!("{}: {e}", f.display()))?;
-                let mut a = vec!["spawn".to_string(), f.display().to_string()];
-                a.extend(["--swarm".into(), swarm, "--as".into(), self.caster.clone()]);
-                if *deploy {
-                    a.push("--deploy".into());
-                }
-                if *dry_run {
-                    a.push("--dry-run".into());
-                }
-                if let Some(j) = &self.journals {
-                    a.extend([
-                        "--journal".into(),
-                        j.join(format!("cast-{:016x}.json", rand::random::<u64>()))
-                            .display()
-                            .to_string(),
-                    ]);
-                }
-                (a, Some(f), "SpawnBuddy")
+                let j = self
+                    .journals
+                    .as_ref()
+                    .map(|j| j.join(format!("cast-{:016x}.json", rand::random::<u64>())));
+                (Some(f), j, "SpawnBuddy")
             }
-            Request::Upgrade {
-                image,
-                canary,
-                ids,
-                dry_run,
-            } => {
-                let mut a = vec!["upgrade".to_string(), "--image".into(), image.clone()];
-                a.extend(["--swarm".into(), swarm, "--as".into(), self.caster.clone()]);
-                if let Some(c) = canary {
-                    a.extend(["--canary".into(), c.clone()]);
-                }
-                if *dry_run {
-                    a.push("--dry-run".into());
-                }
-                a.push("--".into());
-                a.extend(ids.iter().cloned());
-                (a, None, "UpgradeBuddy")
-            }
+            Request::Upgrade { .. } => (None, None, "UpgradeBuddy"),
         };
+        let args = spell_args(
+            &r.req,
+            &self.caster,
+            &swarm,
+            spell_file.as_deref(),
+            journal.as_deref(),
+        );
         let conn = r.conn.try_clone().map_err(|e| e.to_string())?;
         // The spell writes its progress to whoever asked, as it comes.
         let _ = conn.set_nonblocking(false);
@@ -480,6 +454,120 @@ fn refuse(conn: &UnixStream, why: &str) {
     }
 }
 
+/// An image as a request may name it: a registry path pinned by digest.
+static PINNED_IMAGE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"^[a-z0-9][a-z0-9._/:-]{0,200}@sha256:[0-9a-f]{64}$").expect("re")
+});
+
+static SLUG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"^[a-z][a-z0-9]{0,23}buddy-[a-z][a-z0-9]{0,23}$").expect("re")
+});
+
+impl Request {
+    /// The fields the gateway chose, each against its shape: Buddy ids
+    /// (`{Human}Buddy-{Name}`), an image pinned by digest, a spell file of
+    /// bounded size. The supervisor builds the command line itself; this
+    /// keeps what it puts there to what a spell can mean.
+    pub fn check(&self) -> Result<(), String> {
+        // An id (RoelBuddy-Emrys) or its slug (roelbuddy-emrys).
+        let id_ok = |id: &str| {
+            let id_form = id.split_once("Buddy-").is_some_and(|(h, n)| {
+                crate::buddy::check_name_part(h).is_ok() && crate::buddy::check_name_part(n).is_ok()
+            });
+            id_form || SLUG.is_match(id)
+        };
+        match self {
+            Request::Spawn { spell_file, .. } if spell_file.len() as u64 > MAX_REQUEST => {
+                Err("the spell file is too large".into())
+            }
+            Request::Spawn { .. } => Ok(()),
+            Request::Upgrade {
+                image, canary, ids, ..
+            } => {
+                if !PINNED_IMAGE.is_match(image) {
+                    return Err("image: not an image pinned by digest (…@sha256:<64 hex>)".into());
+                }
+                if let Some(bad) = canary.iter().chain(ids).find(|i| !id_ok(i)) {
+                    return Err(format!(
+                        "{:?} is not a Buddy id ({{Human}}Buddy-{{Name}})",
+                        bad.chars().take(80).collect::<String>()
+                    ));
+                }
+                if ids.len() > 64 {
+                    return Err("more than 64 Buddies named".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Parses one request (its first line) and checks it.
+pub fn parse_request(bytes: &[u8]) -> Result<Request, String> {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let req: Request =
+        serde_json::from_slice(line).map_err(|e| format!("not a spell request: {e}"))?;
+    req.check()?;
+    Ok(req)
+}
+
+/// The spell's command line, built by the supervisor from a checked
+/// request: every value the gateway chose goes in as `--flag=value` or
+/// after `--`, so none can be read as a flag of its own.
+pub fn spell_args(
+    req: &Request,
+    caster: &str,
+    swarm: &str,
+    spell_file: Option<&Path>,
+    journal: Option<&Path>,
+) -> Vec<String> {
+    let mut a = Vec::new();
+    match req {
+        Request::Spawn {
+            deploy, dry_run, ..
+        } => {
+            a.push("spawn".to_string());
+            a.push(format!("--swarm={swarm}"));
+            a.push(format!("--as={caster}"));
+            if *deploy {
+                a.push("--deploy".into());
+            }
+            if *dry_run {
+                a.push("--dry-run".into());
+            }
+            if let Some(j) = journal {
+                a.push(format!("--journal={}", j.display()));
+            }
+            a.push("--".into());
+            a.push(
+                spell_file
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        Request::Upgrade {
+            image,
+            canary,
+            ids,
+            dry_run,
+        } => {
+            a.push("upgrade".to_string());
+            a.push(format!("--image={image}"));
+            a.push(format!("--swarm={swarm}"));
+            a.push(format!("--as={caster}"));
+            if let Some(c) = canary {
+                a.push(format!("--canary={c}"));
+            }
+            if *dry_run {
+                a.push("--dry-run".into());
+            }
+            a.push("--".into());
+            a.extend(ids.iter().cloned());
+        }
+    }
+    a
+}
+
 /// A connection's own thread: the whole request within the deadline (one
 /// line of JSON, at most [`MAX_REQUEST`] bytes), then handed to the loop.
 fn read_and_hand_over(
@@ -551,8 +639,7 @@ fn read_request(conn: &UnixStream, deadline: Instant) -> Result<Request, String>
             break;
         }
     }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    serde_json::from_slice(line).map_err(|e| format!("not a spell request: {e}"))
+    parse_request(&buf)
 }
 
 impl Drop for Server {
@@ -594,4 +681,38 @@ pub fn cast(path: &Path, req: &Request) -> Result<i32, String> {
         }
     }
     code.ok_or_else(|| "the spell socket closed without an exit code".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn no_field_of_a_request_becomes_a_flag() {
+        let ok = r#"{"spell":"upgrade","image":"registry.fly.io/mybuddytalk-base@sha256:2222222222222222222222222222222222222222222222222222222222222222","canary":"EstherBuddy-Kazeh","ids":["roelbuddy-galahad"],"dry_run":false}"#;
+        let req = parse_request(ok.as_bytes()).unwrap();
+        let mut argv = vec!["supervisor".to_string()];
+        argv.extend(spell_args(
+            &req,
+            "RoelBuddy-Emrys",
+            "/mnt/swarm",
+            None,
+            None,
+        ));
+        let Command::Upgrade(a) = Cli::try_parse_from(&argv).unwrap().command else {
+            panic!("{argv:?}")
+        };
+        assert_eq!(a.canary.as_deref(), Some("EstherBuddy-Kazeh"));
+        assert_eq!(a.ids, ["roelbuddy-galahad"]);
+        for bad in [
+            r#"{"spell":"upgrade","image":"--repo=/tmp/x","ids":[],"dry_run":false}"#,
+            r#"{"spell":"upgrade","image":"x@sha256:00","ids":[],"dry_run":false}"#,
+            r#"{"spell":"upgrade","image":"registry.fly.io/b@sha256:2222222222222222222222222222222222222222222222222222222222222222","canary":"--repo=/tmp","ids":[],"dry_run":false}"#,
+            r#"{"spell":"upgrade","image":"registry.fly.io/b@sha256:2222222222222222222222222222222222222222222222222222222222222222","ids":["--dry-run"],"dry_run":false}"#,
+        ] {
+            assert!(parse_request(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
 }
