@@ -405,6 +405,10 @@ fn a_caller_is_judged_before_it_speaks_and_no_caller_holds_the_loop() {
     sup.signal("TERM");
     assert!(sup.wait_exit(Duration::from_secs(10)).is_some());
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    eprintln!(
+        "FIGURE: spell socket: a wrong uid refused after {secs:.1} s, before a byte was read; 4 callers trickling a byte every 1.5 s cut off at 5 s, a 5th refused at once; a gateway killed meanwhile restarted; SIGTERM honoured in {} ms",
+        t.elapsed().as_millis()
+    );
 }
 
 /// Waits until the stand-in has made the cast's Machine.
@@ -466,6 +470,7 @@ fn a_spell_running_at_the_stop_takes_back_what_it_made_within_the_stop_timeout()
         sup.log()
     );
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let stopped_in = t.elapsed();
     let o = cast.wait_with_output().unwrap();
     let out = text(&o);
     assert!(out.contains("stopped"), "{out}");
@@ -482,6 +487,10 @@ fn a_spell_running_at_the_stop_takes_back_what_it_made_within_the_stop_timeout()
     }
     assert!(fly.api.app(APP).is_none());
     assert!(journals(&f).is_empty(), "{:?}", journals(&f));
+    eprintln!(
+        "FIGURE: SIGTERM mid-cast (stop timeout 20 s): the spell took back its Machine, volume and app, and the supervisor exited in {} ms",
+        stopped_in.as_millis()
+    );
 }
 
 /// Issue 21: a cast cut short anyway (the whole Machine killed mid-cast)
