@@ -347,14 +347,11 @@ fn a_fifo_at_the_registry_or_its_lock_never_hangs_a_boot() {
         assert!(names.iter().any(|n| n.starts_with(fifo)), "{names:?}");
     }
     let registered = began.elapsed();
-    let t = Instant::now();
-    s.signal("TERM");
-    assert_eq!(s.wait_exit(T), Some(143), "{}", s.log());
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let stopped = stop_within(&mut s, Duration::from_secs(5), Some(143));
     eprintln!(
         "FIGURE: FIFOs planted at registry.json and its lock: the boot registered {} ms after it began, both moved aside; SIGTERM honoured in {} ms",
         registered.as_millis(),
-        t.elapsed().as_millis()
+        stopped.as_millis()
     );
 }
 
@@ -470,6 +467,21 @@ fn bad_registry_entries_are_left_out_and_the_good_ones_kept() {
     assert_eq!(s.wait_exit(T), Some(143), "{}", s.log());
 }
 
+/// SIGTERM to the supervisor: it exits (with `code`, if given) within
+/// `limit`. How long it took.
+fn stop_within(s: &mut Sup, limit: Duration, code: Option<i32>) -> Duration {
+    let t = Instant::now();
+    s.signal("TERM");
+    let exit = s.wait_exit(T);
+    assert!(exit.is_some(), "{}", s.log());
+    if code.is_some() {
+        assert_eq!(exit, code, "{}", s.log());
+    }
+    let took = t.elapsed();
+    assert!(took < limit, "SIGTERM took {took:?}:\n{}", s.log());
+    took
+}
+
 /// A gateway's process holding `flock` on a file until dropped (the whole
 /// process group goes: flock's own child holds the lock).
 struct Holder(std::process::Child);
@@ -548,14 +560,11 @@ fn a_gateway_holding_the_registry_lock_never_freezes_the_loop() {
         s.log()
     );
     let landed = released.elapsed();
-    let t = Instant::now();
-    s.signal("TERM");
-    assert!(s.wait_exit(T).is_some(), "{}", s.log());
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let stopped = stop_within(&mut s, Duration::from_secs(5), None);
     eprintln!(
         "FIGURE: registry lock held by uid 10001: the dead gateway started {restarts} times meanwhile, 0 zombies; the registration landed {} ms after the lock was let go; SIGTERM honoured in {} ms",
         landed.as_millis(),
-        t.elapsed().as_millis()
+        stopped.as_millis()
     );
 }
 
@@ -575,9 +584,6 @@ fn a_held_lock_never_holds_a_stop() {
     assert!(s.wait_log("gateway started", T), "{}", s.log());
     // SIGTERM while the registration waits on the gateway's lock: the stop
     // takes the stop timeout at most, whatever the lock does.
-    let t = Instant::now();
-    s.signal("TERM");
-    assert_eq!(s.wait_exit(T), Some(143), "{}", s.log());
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    stop_within(&mut s, Duration::from_secs(4), Some(143));
     drop(holder);
 }
