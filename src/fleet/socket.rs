@@ -96,6 +96,9 @@ pub struct Server {
     runs: HashMap<Pid, Run>,
     /// Connections accepted and not yet casting or refused.
     reading: Arc<AtomicUsize>,
+    /// Refusals being written (their own cap: they never take a caller's
+    /// place).
+    refusing: Arc<AtomicUsize>,
     ready_tx: Sender<Ready>,
     ready_rx: Receiver<Ready>,
     /// A reading thread writes a byte here when a request is ready.
@@ -155,6 +158,7 @@ impl Server {
             mask,
             runs: HashMap::new(),
             reading: Arc::new(AtomicUsize::new(0)),
+            refusing: Arc::new(AtomicUsize::new(0)),
             ready_tx,
             ready_rx,
             wake_rx,
@@ -213,30 +217,40 @@ impl Server {
             };
             if let Some(why) = refused {
                 warn!("spell socket: refused: {why}");
-                if self.open() >= MAX_OPEN {
+                if self.refusing.load(Ordering::SeqCst) >= MAX_OPEN {
                     // Too many already: no thread for this one; the answer
                     // only if it fits at once, then gone.
+                    use nix::sys::socket::{MsgFlags, recv, send};
                     let line = format!("refused: {why}\n{EXIT_PREFIX}77\n");
-                    let _ = nix::sys::socket::send(
-                        conn.as_raw_fd(),
+                    let fd = conn.as_raw_fd();
+                    let _ = send(
+                        fd,
                         line.as_bytes(),
-                        nix::sys::socket::MsgFlags::MSG_DONTWAIT
-                            | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
                     );
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                    // What is there already is read away (closing on
+                    // unread data would reset the connection and lose the
+                    // answer); nothing is waited for.
+                    let mut sink = [0u8; 4096];
+                    while matches!(recv(fd, &mut sink, MsgFlags::MSG_DONTWAIT), Ok(n) if n > 0) {}
                     continue;
                 }
                 // The answer on a thread of its own, which then discards
                 // what the caller sent (bounded): closing on unread data
                 // would reset the connection and lose the answer.
-                self.reading.fetch_add(1, Ordering::SeqCst);
-                let reading = self.reading.clone();
-                let _ = std::thread::Builder::new()
+                self.refusing.fetch_add(1, Ordering::SeqCst);
+                let refusing = self.refusing.clone();
+                let spawned = std::thread::Builder::new()
                     .name("spell-refusal".into())
                     .stack_size(128 * 1024)
                     .spawn(move || {
                         refuse(&conn, &why);
-                        reading.fetch_sub(1, Ordering::SeqCst);
+                        refusing.fetch_sub(1, Ordering::SeqCst);
                     });
+                if spawned.is_err() {
+                    self.refusing.fetch_sub(1, Ordering::SeqCst);
+                }
                 continue;
             }
             self.reading.fetch_add(1, Ordering::SeqCst);

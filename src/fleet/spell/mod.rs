@@ -206,7 +206,10 @@ impl<'a> World<'a> {
         let template = private.path().join("template");
         let shown = p.book().join("templates").join("_template");
         let copied = match crate::untrusted::Dir::open(swarm)
-            .and_then(|r| r.dir_at(Path::new("mybuddybook/templates/_template")))
+            // The book first, by its one name: on a Machine it is a JuiceFS
+            // mount, which the confined walk below would not cross into.
+            .and_then(|r| r.dir(crate::swarm::BOOK))
+            .and_then(|b| b.dir_at(Path::new("templates/_template")))
         {
             Ok(d) => crate::untrusted::copy_out(&d, &template, MAX_FILE, MAX_TEMPLATE),
             // No template on this share: only a spell that makes a Buddy
