@@ -211,7 +211,7 @@ impl Boot {
             .creds
             .as_ref()
             .map(|c| (c.uid.as_raw(), c.gid.as_raw()));
-        dir.replace_owned(name, new.as_bytes(), 0o600, owner)
+        dir.replace_owned(name, new.as_bytes(), 0o600, false, owner)
             .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
         Ok(true)
     }
@@ -320,7 +320,7 @@ impl Boot {
                 None
             }
         };
-        let s = crate::fleet::socket::Server::bind(
+        let mut s = crate::fleet::socket::Server::bind(
             &self.cfg.spell_socket,
             creds.uid.as_raw(),
             group.as_raw(),
@@ -331,7 +331,6 @@ impl Boot {
         )
         .map_err(|e| format!("{}: cannot listen: {e}", self.cfg.spell_socket.display()))?;
         info!(socket = %s.path().display(), uid = creds.uid.as_raw(), "spells: the gateway casts through this socket; the Fly token stays here");
-        let mut s = s;
         s.rollback_pending();
         self.spells = Some(s);
         Ok(())

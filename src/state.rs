@@ -39,10 +39,6 @@ impl Layout {
     pub fn tmp(&self) -> PathBuf {
         self.root.join(TMP)
     }
-    /// Where a Magician's supervisor keeps the journals of its spells.
-    pub fn journals(&self) -> PathBuf {
-        self.root.join(JOURNALS)
-    }
     /// Node's compile cache, where openclaw's launcher looks for it: under
     /// the gateway's TMPDIR.
     pub fn compile_cache(&self) -> PathBuf {

@@ -368,12 +368,16 @@ impl Dir {
         bytes: &[u8],
         mode: u32,
         sync: bool,
+        owner: Option<(u32, u32)>,
     ) -> io::Result<OsString> {
         let tmp = Self::temp_name(prefix);
         let mut f = self.create_new(&tmp, mode)?;
         let written = f
             .write_all(bytes)
             .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
+            // Given away through the handle, before the file has a name
+            // anyone else reads.
+            .and_then(|_| owner.map_or(Ok(()), |(u, g)| set_owner(&f, u, g)))
             // The umask may have taken bits the file needs (group write).
             .and_then(|_| rfs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(Into::into));
         if let Err(e) = written {
@@ -393,17 +397,7 @@ impl Dir {
         mode: u32,
         sync: bool,
     ) -> io::Result<()> {
-        let name = plain_name(name.as_ref())?;
-        let tmp = self.write_temp(".tmp-", bytes, mode, sync)?;
-        if let Err(e) = rfs::renameat(&self.fd, &tmp, &self.fd, name) {
-            let _ = self.unlink(&tmp);
-            return Err(e.into());
-        }
-        if sync {
-            // Without this the rename itself may not survive a power cut.
-            rfs::fsync(&self.fd)?;
-        }
-        Ok(())
+        self.replace_owned(name, bytes, mode, sync, None)
     }
 
     /// [`Dir::replace`], the new file given to `owner` (uid, gid) before it
@@ -414,22 +408,20 @@ impl Dir {
         name: impl AsRef<OsStr>,
         bytes: &[u8],
         mode: u32,
+        sync: bool,
         owner: Option<(u32, u32)>,
     ) -> io::Result<()> {
         let name = plain_name(name.as_ref())?;
-        let tmp = self.write_temp(".tmp-", bytes, mode, false)?;
-        let owned = match owner {
-            None => Ok(()),
-            Some((u, g)) => self
-                .open_file(&tmp, false)
-                .and_then(|f| set_owner(&f, u, g)),
-        };
-        let moved =
-            owned.and_then(|_| rfs::renameat(&self.fd, &tmp, &self.fd, name).map_err(Into::into));
-        if moved.is_err() {
+        let tmp = self.write_temp(".tmp-", bytes, mode, sync, owner)?;
+        if let Err(e) = rfs::renameat(&self.fd, &tmp, &self.fd, name) {
             let _ = self.unlink(&tmp);
+            return Err(e.into());
         }
-        moved
+        if sync {
+            // Without this the rename itself may not survive a power cut.
+            rfs::fsync(&self.fd)?;
+        }
+        Ok(())
     }
 
     /// Creates `name` holding `bytes`, whole or not at all, only if nothing
@@ -442,7 +434,7 @@ impl Dir {
         mode: u32,
     ) -> io::Result<bool> {
         let name = plain_name(name.as_ref())?;
-        let tmp = self.write_temp(".seed-", bytes, mode, false)?;
+        let tmp = self.write_temp(".seed-", bytes, mode, false, None)?;
         let linked = rfs::linkat(&self.fd, &tmp, &self.fd, name, AtFlags::empty());
         let _ = self.unlink(&tmp);
         match linked {
@@ -593,6 +585,38 @@ impl Dir {
     }
 }
 
+impl Dir {
+    /// `name` made holding `bytes()` unless a regular file is there already
+    /// (kept: a Buddy may have edited it); anything else at the name (a
+    /// link, a FIFO) is moved aside first. Whole or not at all, the first
+    /// of several writers winning ([`Dir::create_whole`]); `bytes` is read
+    /// only when the file is made.
+    pub fn seed_file(
+        &self,
+        name: impl AsRef<OsStr>,
+        bytes: impl FnOnce() -> io::Result<Vec<u8>>,
+        mode: u32,
+        out: &mut Seeded,
+    ) -> io::Result<()> {
+        let name = plain_name(name.as_ref())?;
+        let shown = self.shown(name);
+        match self.stat(name)? {
+            Some(m) if m.kind == Kind::File => return Ok(()),
+            Some(m) => match self.quarantine(name) {
+                Ok(to) => out.moved_aside.push((shown.clone(), m.kind, to)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
+            None => {}
+        }
+        if self.create_whole(name, &bytes()?, mode)? {
+            out.created.push(shown);
+            out.files += 1;
+        }
+        Ok(())
+    }
+}
+
 /// Copies every file of `src` (a trusted tree: the image's) that `dest`
 /// lacks, directories made with `dir_mode` and files with `file_mode`.
 /// What exists is kept (a Buddy's edits always win over the image's
@@ -629,20 +653,7 @@ fn seed_into(
             seed_into(&from, &sub.dir, dir_mode, file_mode, out)?;
             continue;
         }
-        match dest.stat(&name)? {
-            Some(m) if m.kind == Kind::File => continue,
-            Some(m) => match dest.quarantine(&name) {
-                Ok(to) => out.moved_aside.push((shown.clone(), m.kind, to)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            },
-            None => {}
-        }
-        let bytes = std::fs::read(&from)?;
-        if dest.create_whole(&name, &bytes, file_mode)? {
-            out.created.push(shown);
-            out.files += 1;
-        }
+        dest.seed_file(&name, || std::fs::read(&from), file_mode, out)?;
     }
     Ok(())
 }

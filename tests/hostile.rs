@@ -42,6 +42,19 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// `sh -c script` as root in private mount and PID namespaces: mounts it
+/// makes stay there, and whatever it leaves running (a mount process)
+/// ends with it.
+fn in_private_ns(script: &str, env: &[(&str, &str)]) -> Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .args(["--pid", "--fork", "--kill-child"])
+        .args(["sh", "-c", script])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 /// A root-only directory outside the share holding `n` files a gateway
 /// must never be given: root:root, 0600, in a 0700 directory.
 fn root_only(dir: &Path, n: usize) {
@@ -129,20 +142,7 @@ echo FAILS=$fails
         log = quote(&f.path("check")),
         stop = quote(&stop),
     );
-    // The namespace (and a mount process in it) ends with the script.
-    let o = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--pid",
-            "--fork",
-            "--kill-child",
-        ])
-        .args(["sh", "-c", &script])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let o = in_private_ns(&script, env);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     out
@@ -224,19 +224,7 @@ fn a_spell_reads_the_template_through_handles_on_the_juicefs_share_too() {
         emrys = quote(&f.buddy("roelbuddy-emrys")),
         spell = quote(&spell),
     );
-    let o = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--pid",
-            "--fork",
-            "--kill-child",
-        ])
-        .args(["sh", "-c", &script])
-        .env("BOOK_PASSWORD", &password)
-        .output()
-        .unwrap();
+    let o = in_private_ns(&script, &[("BOOK_PASSWORD", &password)]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
@@ -260,10 +248,7 @@ fn planted(f: &Fixture, setup: &str, attack: &str) -> (bool, String) {
         "set -e\nmount -t tmpfs -o mode=0755 tmpfs {swarm}\n{check} >/dev/null 2>&1\n{setup}\n{attack}\nset +e\n{check} 2>&1\necho EXIT=$?\nfind {swarm} -printf '%y %p\\n' | sort\n",
         attack = as_gateway(attack),
     );
-    let o = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    let o = in_private_ns(&script, &[]);
     let out = text(&o);
     (out.contains("EXIT=0"), out)
 }

@@ -90,64 +90,32 @@ impl Made {
     /// Every field against the shape its use allows (an app name, a volume
     /// or Machine id, a plain file name): a journal is read from disk.
     pub fn check(&self) -> Result<(), String> {
-        let bad = |what: &str, v: &str| Err(format!("{what} {v:?} has not the shape of one"));
+        let shaped = |what: &str, re: &Regex, v: &str| {
+            if re.is_match(v) {
+                Ok(())
+            } else {
+                Err(format!("{what} {v:?} has not the shape of one"))
+            }
+        };
+        let machine_id = &*crate::swarm::registry::MACHINE_ID;
         match self {
             Made::App { app } => app_ok(app),
             Made::Secrets { app, names } => {
                 app_ok(app)?;
-                match names.iter().find(|n| !SECRET.is_match(n)) {
-                    Some(n) => bad("secret name", n),
-                    None => Ok(()),
-                }
+                names
+                    .iter()
+                    .try_for_each(|n| shaped("secret name", &SECRET, n))
             }
-            Made::Volume { app, id } => {
-                app_ok(app)?;
-                if VOLUME_ID.is_match(id) {
-                    Ok(())
-                } else {
-                    bad("volume id", id)
-                }
-            }
-            Made::MachineTag { app, tag } => {
-                app_ok(app)?;
-                if TAG.is_match(tag) {
-                    Ok(())
-                } else {
-                    bad("cast tag", tag)
-                }
-            }
-            Made::Machine { app, id } => {
-                app_ok(app)?;
-                if crate::swarm::registry::MACHINE_ID.is_match(id) {
-                    Ok(())
-                } else {
-                    bad("Machine id", id)
-                }
-            }
-            Made::Record { dir, name } => {
-                if !dir.is_absolute() {
-                    return bad("record directory", &dir.display().to_string());
-                }
-                if SLUG.is_match(name) {
-                    Ok(())
-                } else {
-                    bad("record", name)
-                }
-            }
-            Made::Registered { slug, .. } => {
-                if SLUG.is_match(slug) {
-                    Ok(())
-                } else {
-                    bad("registry key", slug)
-                }
-            }
-            Made::Announced { name, .. } => {
-                if FILE_NAME.is_match(name) {
-                    Ok(())
-                } else {
-                    bad("announcement", name)
-                }
-            }
+            Made::Volume { app, id } => app_ok(app).and(shaped("volume id", &VOLUME_ID, id)),
+            Made::MachineTag { app, tag } => app_ok(app).and(shaped("cast tag", &TAG, tag)),
+            Made::Machine { app, id } => app_ok(app).and(shaped("Machine id", machine_id, id)),
+            Made::Record { dir, name } if dir.is_absolute() => shaped("record", &SLUG, name),
+            Made::Record { dir, .. } => Err(format!(
+                "record directory {:?} is not absolute",
+                dir.display().to_string()
+            )),
+            Made::Registered { slug, .. } => shaped("registry key", &SLUG, slug),
+            Made::Announced { name, .. } => shaped("announcement", &FILE_NAME, name),
         }
     }
 

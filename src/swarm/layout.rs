@@ -76,27 +76,6 @@ impl Laid {
     }
 }
 
-/// Moves whatever is at `name` aside, logged and recorded.
-fn quarantine(parent: &Dir, name: &str, laid: &mut Laid) -> Result<(), SwarmError> {
-    let shown = parent.shown(name);
-    let what = parent
-        .stat(name)
-        .ok()
-        .flatten()
-        .map_or("something", |m| m.kind.describe());
-    match parent.quarantine(name) {
-        Ok(to) => {
-            let to = to.to_string_lossy().into_owned();
-            warn!(path = %shown.display(), found = what, moved_to = %to, "swarm: a name the swarm owns held something else; moved aside");
-            laid.quarantined.push((shown, what, to));
-            Ok(())
-        }
-        // Gone by itself meanwhile.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_at(shown, "cannot move aside")(e)),
-    }
-}
-
 /// Step 2: creates what is missing, touching nothing that exists, and
 /// returns the share's handles. Without `spellbook` (a Buddy-role Machine
 /// that does not mount it) the SpellBook is only an empty directory.
@@ -130,7 +109,11 @@ pub fn ensure_layout(
     }
     if spellbook {
         let header = b"# SpellBook changelog\n\nOne line per spell cast: date, caster, spell, what changed.\n\n";
-        seed_file(&spell, CHANGELOG, header, &mut laid)?;
+        let mut s = untrusted::Seeded::default();
+        spell
+            .seed_file(CHANGELOG, || Ok(header.to_vec()), 0o660, &mut s)
+            .map_err(io_at(spell.shown(CHANGELOG), "cannot seed"))?;
+        laid.seeded(s);
     }
     match registry::ensure(&book) {
         Ok(true) => laid.created.push(book.shown(registry::REGISTRY_FILE)),
@@ -149,30 +132,6 @@ pub fn ensure_layout(
         },
         laid,
     ))
-}
-
-/// `name` in `dest` holding `bytes`, unless a regular file is there
-/// already (a Buddy may have edited it). Every Machine seeds the same
-/// share, often at the same moment (a swarm-wide deploy), so the file
-/// appears whole or not at all and the first Machine's copy wins: written
-/// to a temporary name and hard-linked into place, which fails if the name
-/// exists (JuiceFS and every local filesystem do this atomically).
-fn seed_file(dest: &Dir, name: &str, bytes: &[u8], laid: &mut Laid) -> Result<(), SwarmError> {
-    let shown = dest.shown(name);
-    match dest
-        .stat(name)
-        .map_err(io_at(shown.clone(), "cannot stat"))?
-    {
-        Some(m) if m.kind == Kind::File => return Ok(()),
-        Some(_) => quarantine(dest, name, laid)?,
-        None => {}
-    }
-    match dest.create_whole(name, bytes, 0o660) {
-        Ok(true) => laid.created.push(shown),
-        Ok(false) => {}
-        Err(e) => return Err(io_at(shown, "cannot seed")(e)),
-    }
-    Ok(())
 }
 
 /// Copies every file of `src` (the image's, a trusted path) that `dest`

@@ -144,9 +144,9 @@ pub fn cast(
     };
     step!("register", c.register(status));
     let announcement = step!("resonate", c.resonate(status));
-    if let Err(why) = c.unmark() {
-        return Err(fail(c.journal, c.client.as_ref(), "resonate", why));
-    }
+    // As before handles: a marker left behind only makes the next cast of
+    // this Buddy start over; it never undoes a cast that is done.
+    let _ = c.unmark();
     c.journal.done();
     Ok(Outcome {
         slug: c.slug,
