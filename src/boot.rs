@@ -1,7 +1,7 @@
 //! `supervisor run`: the boot sequence, then the supervision loop.
 //!
 //! Boot is a list of named steps, each logged with its duration:
-//! signals → privileges → render → state → share → swarm → spells →
+//! signals → privileges → restore → render → state → share → swarm → spells →
 //! supervise (start) →
 //! register. Registering runs while the gateway starts: the gateway does not
 //! need it, and a failure still stops the gateway and fails the boot.
@@ -144,6 +144,10 @@ struct Boot {
     spells: Option<crate::fleet::socket::Server>,
     /// This supervisor's registry writes, off the loop.
     reporter: Option<swarm::reporter::Reporter>,
+    /// The backup's settings (None: backups off, said at boot).
+    backup_settings: Option<crate::backup::Settings>,
+    /// The backup cycles, started with the gateway.
+    backups: Option<crate::backup::schedule::Scheduler>,
 }
 
 /// How long the exit waits for the registry writer's last changes.
@@ -232,6 +236,69 @@ impl Boot {
             warn!(workspace = %self.layout.workspace().display(), "both {old} and {new} hold text: kept both; the gateway reads only {new}, merge {old} into it by hand");
         }
         info!(state = %self.cfg.state_dir.display(), seeded_files = p.seeded_files, warm_cache_files = p.warm_files, chowned = p.chowned, token = ?rendered.token_source, "state ready");
+        Ok(())
+    }
+
+    /// Step restore: before anything is written to the state dir, a volume
+    /// with no state (new, or lost with its host) gets the Buddy's newest
+    /// backup. Never fails the boot: a Buddy that cannot be restored still
+    /// answers its Human (as a stranger, said loudly), and the operator can
+    /// restore at the next boot (`supervisor backup restore --next-boot`).
+    fn restore(&mut self) -> Result<(), String> {
+        use crate::backup::{self, restore::Restored};
+        let settings = match backup::from_env(&crate::config::render::process_env) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                warn!(
+                    "backups off: no MYBUDDY_BACKUP_* settings; this Buddy's state lives on its volume alone"
+                );
+                return Ok(());
+            }
+            Err(p) => {
+                error!("backups off:\n{p}");
+                return Ok(());
+            }
+        };
+        if !nix::unistd::geteuid().is_root() {
+            warn!(
+                "backups off: they need root (the backup reads the state dir through a private mount)"
+            );
+            return Ok(());
+        }
+        let state = self.cfg.state_dir.clone();
+        if let Err(e) = std::fs::create_dir_all(&state)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                backup::cycle::prepare_cache(&settings, &state).map_err(|e| e.to_string())
+            })
+        {
+            error!("backups off: {e}");
+            return Ok(());
+        }
+        let t = Instant::now();
+        match backup::restore::at_boot(&settings, &state, &sys::stop_waiting) {
+            Ok(Restored::StatePresent) => info!("restore: the volume has state; nothing restored"),
+            Ok(Restored::NoBackup) => {
+                info!(repository = %settings.repository, "restore: the volume is empty and there is no backup yet (a new Buddy)")
+            }
+            Ok(Restored::Done {
+                snapshot,
+                time,
+                files,
+                refused,
+            }) => info!(
+                snapshot,
+                backup_time = %time,
+                entries = files,
+                refused = refused.len(),
+                ms = round_ms(t.elapsed()),
+                "restore: the volume was empty; restored the Buddy's state from its backup"
+            ),
+            Err(e) => error!(
+                "restore: the volume is empty and no backup could be restored; this Buddy starts without its memories (restore later: supervisor backup restore --next-boot, then restart the Machine):\n{e}"
+            ),
+        }
+        self.backup_settings = Some(settings);
         Ok(())
     }
 
@@ -438,6 +505,16 @@ impl Hooks for Boot {
 
     fn after_first_start(&mut self) -> Option<i32> {
         let identity = self.to_register.take()?;
+        if let Some(s) = self.backup_settings.take() {
+            info!(interval_s = s.interval.as_secs(), repository = %s.repository, "backups: every interval while the gateway runs");
+            let host = s.host();
+            self.backups = Some(crate::backup::schedule::Scheduler::new(
+                s,
+                self.cfg.state_dir.clone(),
+                host,
+                self.mask,
+            ));
+        }
         let book = swarm::Paths::new(&self.cfg.swarm_dir).book();
         match swarm::reporter::Reporter::start(book) {
             Ok(r) => {
@@ -469,20 +546,40 @@ impl Hooks for Boot {
         if let Some(s) = &mut self.spells {
             s.stop();
         }
+        if let Some(b) = &mut self.backups {
+            b.stop();
+        }
     }
 
     fn busy(&self) -> bool {
         self.spells.as_ref().is_some_and(|s| s.busy())
+            || self.backups.as_ref().is_some_and(|b| b.busy())
     }
 
     fn kill_busy(&mut self) {
         if let Some(s) = &mut self.spells {
             s.kill();
         }
+        if let Some(b) = &mut self.backups {
+            b.kill();
+        }
+    }
+
+    fn next_tick(&self) -> Option<Instant> {
+        self.backups.as_ref().and_then(|b| b.next_wake())
+    }
+
+    fn tick(&mut self) {
+        if let Some(b) = &mut self.backups {
+            b.tick();
+        }
     }
 
     fn child_ended(&mut self, pid: nix::unistd::Pid, exit: sys::Exit) -> bool {
         if self.spells.as_mut().is_some_and(|s| s.ended(pid, exit)) {
+            return false;
+        }
+        if self.backups.as_mut().is_some_and(|b| b.ended(pid, exit)) {
             return false;
         }
         let Some(volume) = self.mounts.as_mut().and_then(|m| m.ended(pid)) else {
@@ -714,7 +811,11 @@ fn boot(
         remount_backoff: REMOUNT_BACKOFF,
         spells: None,
         reporter: None,
+        backup_settings: None,
+        backups: None,
     };
+    step("restore", || boot.restore())?;
+    stop_pending(sfd, deferred)?;
     let rendered = step("render", || boot.render())?;
     if let Some(o) = &boot.cfg.config_overlay {
         warn!(overlay = %o.display(), "config overlay applied (tests and offline runs only)");

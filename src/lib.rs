@@ -10,9 +10,11 @@
 //! - [`fleet`]: what grows the swarm: spells and deployment;
 //! - [`buddy`] and [`state`]: a Buddy's identity and its persistent state;
 //!   [`boot`]: the boot steps; [`check`]: `check-config`; [`cli`]: commands;
+//! - [`backup`]: the state backed up off the Machine, restored by the boot;
 //! - [`untrusted`]: root's only way into what a gateway can write (the
 //!   share, the state dir): directory handles, no link ever followed.
 
+pub mod backup;
 pub mod boot;
 pub mod buddy;
 pub mod check;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::render;
 
+mod backup;
 mod config;
 mod fleet;
 mod run;
@@ -65,6 +66,9 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Print a Buddy's Fly Machine config (JSON): the pinned base image, fly.toml's facts and the Buddy's own files
     MachineConfig(MachineConfigArgs),
+    /// This Buddy's backups: back up now, list, restore (the supervisor backs up every interval)
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Broadcast a message to the swarm (mybuddybook/announcements/)
     Resonate(ResonateArgs),
     #[command(about = RUN_ABOUT)]
@@ -162,6 +166,7 @@ pub fn main() -> i32 {
         Command::Upgrade(a) => fleet::cmd_upgrade(a),
         Command::Deploy(a) => fleet::cmd_deploy(a),
         Command::Resonate(a) => swarm::cmd_resonate(a),
+        Command::Backup(c) => backup::cmd_backup(c),
         Command::Swarm(SwarmCommand::Check(a)) => swarm::cmd_swarm_check(a),
         Command::Share(c) => swarm::cmd_share(c),
         Command::Registry(a) => swarm::cmd_registry(a),

@@ -57,6 +57,13 @@ pub trait Hooks {
     }
     /// The stop timeout is over: kill what [`Hooks::busy`] waits for.
     fn kill_busy(&mut self) {}
+    /// When the hooks next want [`Hooks::tick`] (their periodic work: the
+    /// backups).
+    fn next_tick(&self) -> Option<Instant> {
+        None
+    }
+    /// [`Hooks::next_tick`] is due (never blocking the loop).
+    fn tick(&mut self) {}
     /// One step of bringing back what [`Hooks::child_ended`] reported gone,
     /// called from the loop (never blocking it for long).
     fn repair(&mut self) -> Repair {
@@ -234,6 +241,7 @@ impl<'a> Supervisor<'a> {
             self.release_at,
             self.healthy_at,
             cycle,
+            self.hooks.next_tick(),
         ]
         .into_iter()
         .flatten()
@@ -619,6 +627,9 @@ impl<'a> Supervisor<'a> {
                 kib = released / 1024,
                 "released the boot code's resident pages"
             );
+        }
+        if self.hooks.next_tick().is_some_and(|t| now >= t) {
+            self.hooks.tick();
         }
         if self.draining.is_some() {
             return self.drain_timer(now);

@@ -70,6 +70,23 @@ pub fn take_signals() -> io::Result<(SignalFd, SigSet)> {
     Ok((fd, old))
 }
 
+/// Whether a stop signal waits in our queue, without taking it: the
+/// signals are blocked and go to the signalfd, so `sigpending` sees them
+/// until the loop reads them (a long boot step checks this to end early).
+pub fn stop_waiting() -> bool {
+    let mut set = std::mem::MaybeUninit::<nix::libc::sigset_t>::uninit();
+    // SAFETY: sigpending fills the set it is given.
+    if unsafe { nix::libc::sigpending(set.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: filled by the successful call above.
+    let set = unsafe { set.assume_init() };
+    STOP_SIGNALS
+        .iter()
+        // SAFETY: a valid set and signal number.
+        .any(|s| unsafe { nix::libc::sigismember(&set, *s as i32) } == 1)
+}
+
 /// Reads every queued signal (the fd is non-blocking).
 pub fn read_signals(fd: &SignalFd) -> Vec<Signal> {
     let mut out = Vec::new();
