@@ -507,11 +507,9 @@ impl Hooks for Boot {
         let identity = self.to_register.take()?;
         if let Some(s) = self.backup_settings.take() {
             info!(interval_s = s.interval.as_secs(), repository = %s.repository, "backups: every interval while the gateway runs");
-            let host = s.host();
             self.backups = Some(crate::backup::schedule::Scheduler::new(
                 s,
                 self.cfg.state_dir.clone(),
-                host,
                 self.mask,
             ));
         }

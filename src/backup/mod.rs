@@ -210,7 +210,8 @@ fn redact_userinfo(r: &str) -> String {
 pub fn excluded(name: &str) -> bool {
     name == crate::config::render::CONFIG_FILE_NAME
         || name == crate::state::JOURNALS
-        || matches!(name, "tmp" | "logs" | "lost+found")
+        // The gateway's caches (its control UI's assets, npm's logs).
+        || matches!(name, "tmp" | "logs" | "lost+found" | "cache" | ".npm" | ".cache")
         || name.starts_with(restore::WORK_PREFIX)
         || name == restore::REQUEST
 }

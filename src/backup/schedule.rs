@@ -25,7 +25,6 @@ const LAG_WARN: Duration = Duration::from_secs(600);
 pub struct Scheduler {
     s: Settings,
     state: PathBuf,
-    host: String,
     mask: SigSet,
     running: Option<(Pid, Instant)>,
     /// When the running cycle began (its outcome must be newer).
@@ -40,12 +39,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(s: Settings, state: PathBuf, host: String, mask: SigSet) -> Self {
+    pub fn new(s: Settings, state: PathBuf, mask: SigSet) -> Self {
         let next_at = Instant::now() + s.interval;
         Scheduler {
             s,
             state,
-            host,
             mask,
             running: None,
             spawned: SystemTime::UNIX_EPOCH,
@@ -105,8 +103,6 @@ impl Scheduler {
                 "cycle".into(),
                 "--state".into(),
                 self.state.display().to_string(),
-                "--host".into(),
-                self.host.clone(),
             ],
             env,
             cwd: PathBuf::from("/"),

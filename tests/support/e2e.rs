@@ -28,6 +28,8 @@ pub struct Live {
     pub sup: Sup,
     /// The supervisor's environment (the Buddy's marker secrets among it).
     pub env: Vec<(String, String)>,
+    /// Its `supervisor run` arguments (for [`Live::reboot`]).
+    pub args: Vec<String>,
 }
 
 impl Live {
@@ -97,14 +99,7 @@ impl Live {
         ];
         args.extend_from_slice(extra);
         let args = real_gateway_args(&f, &b, &args);
-        let mut sup = Sup::start_in_netns(f.tmp.path(), &ns, &args, &env);
-        let booted = wait_for(Duration::from_secs(60), || {
-            if sup.child.try_wait().ok().flatten().is_some() {
-                return Some(false);
-            }
-            sup.log().contains("gateway started").then_some(true)
-        });
-        assert_eq!(booted, Some(true), "the Buddy did not boot:\n{}", sup.log());
+        let sup = Self::boot(&f, &ns, &args, &env);
         let live = Live {
             f,
             b,
@@ -112,9 +107,47 @@ impl Live {
             st,
             sup,
             env,
+            args,
         };
         live.wait_ready(Duration::from_secs(240));
         live
+    }
+
+    fn boot(f: &Fixture, ns: &NetNs, args: &[String], env: &[(String, String)]) -> Sup {
+        let mut sup = Sup::start_in_netns(f.tmp.path(), ns, args, env);
+        let booted = wait_for(Duration::from_secs(120), || {
+            if sup.child.try_wait().ok().flatten().is_some() {
+                return Some(false);
+            }
+            sup.log().contains("gateway started").then_some(true)
+        });
+        assert_eq!(booted, Some(true), "the Buddy did not boot:\n{}", sup.log());
+        sup
+    }
+
+    /// Stops the Buddy (SIGTERM, exit 0) and returns that run's log.
+    pub fn stop(&mut self) -> String {
+        self.sup.signal("TERM");
+        let code = self.sup.wait_exit(Duration::from_secs(40));
+        assert_eq!(code, Some(0), "{}", self.sup.log());
+        self.sup.log()
+    }
+
+    /// Boots the stopped Buddy again on the same state dir, with the same
+    /// arguments and environment, and waits until it is ready.
+    pub fn reboot(&mut self) {
+        self.sup = Self::boot(&self.f, &self.ns, &self.args, &self.env);
+        let pid = self.sup.pid();
+        let ready = wait_for(Duration::from_secs(240), || {
+            http_get_in(pid, LIVE_PORT, "/readyz")
+                .is_some_and(|(c, _)| c == 200)
+                .then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "not ready after the reboot\n{}",
+            self.diagnostics()
+        );
     }
 
     /// Until /readyz is 200 and the bot has called getMe through the proxy.
@@ -212,6 +245,9 @@ impl Live {
                             | "MYBUDDY_FLY_TOML"
                             | "MYBUDDY_SPELL_SOCKET"
                             | "MYBUDDY_BOOK_META_URL"
+                            | "MYBUDDY_BACKUP_REPOSITORY"
+                            | "MYBUDDY_BACKUP_INTERVAL"
+                            | "MYBUDDY_BACKUP_CACHE"
                     )
             })
             .map(|(_, v)| v.clone())

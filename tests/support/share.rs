@@ -53,6 +53,52 @@ impl Share {
     }
 }
 
+impl Share {
+    /// The same servers, inside network namespace `ns` (for a Buddy that
+    /// runs there: its backups reach them on that namespace's 127.0.0.1).
+    pub fn up_in(ns: &NetNs) -> Share {
+        let dir = tempfile::Builder::new()
+            .prefix("mybuddy-share-")
+            .tempdir()
+            .unwrap();
+        let o = ns
+            .command(repo().join("scripts/swarm-local").to_str().unwrap())
+            .arg("up")
+            .arg(dir.path())
+            .env("MYBUDDY_SUPERVISOR", supervisor())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        Share { dir }
+    }
+
+    /// `swarm-local env ROLE DIR BUDDY` (run in `ns` where the servers
+    /// are): the share's settings and BUDDY's backup settings.
+    pub fn env_in(&self, ns: Option<&NetNs>, role: &str, buddy: &str) -> BTreeMap<String, String> {
+        let script = repo().join("scripts/swarm-local");
+        let mut cmd = match ns {
+            Some(ns) => ns.command(script.to_str().unwrap()),
+            None => Command::new(script),
+        };
+        let out = sh(cmd.args(["env", role]).arg(self.dir.path()).arg(buddy));
+        out.lines()
+            .map(|l| {
+                let (k, v) = l.strip_prefix("export ").unwrap().split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    /// Only BUDDY's backup settings (`MYBUDDY_BACKUP_*`).
+    pub fn backup_env(&self, ns: Option<&NetNs>, buddy: &str) -> Vec<(String, String)> {
+        self.env_in(ns, "buddy", buddy)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("MYBUDDY_BACKUP_"))
+            .collect()
+    }
+}
+
 impl Drop for Share {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("scripts/swarm-local"))
