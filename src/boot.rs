@@ -741,6 +741,10 @@ pub fn gateway_env_problems(names: &[String]) -> Vec<String> {
             out.push(format!(
                 "--gateway-env {n}: the swarm share's setting goes to its mount processes only, never to a gateway"
             ));
+        } else if crate::backup::is_backup_setting(n) {
+            out.push(format!(
+                "--gateway-env {n}: the backup's setting goes to the backup alone, never to a gateway (its agent could read or delete every backup)"
+            ));
         } else if n == "FLY_API_TOKEN" {
             out.push(
                 "--gateway-env FLY_API_TOKEN: the Fly org token never reaches a gateway"

@@ -651,6 +651,16 @@ fn check_fly_share(path: &Path, doc: &toml::Table) -> Vec<Problem> {
                 "the share's settings are per-app secrets (`fly secrets`), never fly.toml: remove it",
             ));
         }
+        for name in t
+            .keys()
+            .filter(|k| crate::backup::SECRETS.contains(&k.as_str()))
+        {
+            out.push(Problem::new(
+                path,
+                format!("env.{name}"),
+                "the backup's settings are each Buddy's own secrets (`fly secrets`; its own bucket, key and password), never fly.toml: remove it",
+            ));
+        }
         // Every Buddy's Machine is made from fly.toml: the org token there
         // would reach every Buddy-role Machine.
         if t.contains_key("FLY_API_TOKEN") {

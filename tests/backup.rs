@@ -263,3 +263,159 @@ fn a_buddy_whose_volume_is_lost_comes_back_with_its_memory_history_credentials_a
     live.finish();
     drop(share);
 }
+
+/// `supervisor backup ARGS` with `env` (and nothing else of ours).
+fn backup_cmd(env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(supervisor())
+        .arg("backup")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
+}
+
+/// As the gateway's user would (uid/gid 10001).
+fn as_gateway(cmd: &str) {
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=10001",
+            "--regid=10001",
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn backups_follow_no_planted_link_block_on_no_fifo_and_one_buddy_cannot_reach_another_s() {
+    let share = Share::up();
+    let scratch = tempfile::tempdir().unwrap();
+    let state = scratch.path().join("state");
+    fs::create_dir_all(state.join("workspace/memory")).unwrap();
+    fs::create_dir_all(state.join("state")).unwrap();
+    // The gateway's database, as it writes it (WAL).
+    let db = rusqlite::Connection::open(state.join("state/openclaw.sqlite")).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES ('remembered');",
+    )
+    .unwrap();
+    drop(db);
+    sh(std::process::Command::new("chown")
+        .args(["-R", "10001:10001"])
+        .arg(&state));
+    // Root's own secret, which the gateway cannot read.
+    let secret = scratch.path().join("root-only");
+    fs::write(&secret, "ROOT-ONLY-a5f3c9").unwrap();
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let s = state.display();
+    as_gateway(&format!(
+        "echo teal > {s}/workspace/memory/a.md && ln -s {} {s}/workspace/secret && ln -s {} {s}/state/evil.sqlite && ln -s /proc/1/environ {s}/workspace/environ && mkfifo {s}/workspace/pipe",
+        secret.display(),
+        secret.display()
+    ));
+
+    let cache = scratch.path().join("cache");
+    let mut alice = share.backup_env(None, "alice");
+    alice.push(("MYBUDDY_BACKUP_CACHE".into(), cache.display().to_string()));
+    let t = Instant::now();
+    let o = backup_cmd(&alice, &["now", "--state", &s.to_string()]);
+    let said =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("backed-up") && said.contains("1 databases copied"),
+        "{said}"
+    );
+    eprintln!("backup of the planted state: {:?}", t.elapsed());
+
+    // Restored: the links are links, the FIFO a FIFO, nothing of root's.
+    let target = scratch.path().join("restored");
+    let o = backup_cmd(
+        &alice,
+        &["restore", "--target", &target.display().to_string()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        fs::symlink_metadata(target.join("workspace/secret"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(
+        fs::symlink_metadata(target.join("workspace/environ"))
+            .unwrap()
+            .is_symlink()
+    );
+    for (p, bytes) in files(&target) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("ROOT-ONLY"),
+            "{} holds root's secret",
+            p.display()
+        );
+        assert!(
+            !text.contains("MYBUDDY_BACKUP"),
+            "{} holds an environment",
+            p.display()
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(target.join("workspace/memory/a.md")).unwrap(),
+        "teal\n"
+    );
+    let c = rusqlite::Connection::open(target.join("state/openclaw.sqlite")).unwrap();
+    let x: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(x, "remembered");
+
+    // Bob's key and password reach Bob's backups alone.
+    let bob = share.backup_env(None, "bob");
+    let get =
+        |env: &[(String, String)], k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let o = backup_cmd(&bob, &["list"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 backup(s)"));
+    // Bob's key on Alice's bucket: refused by the storage.
+    let mut crossed = bob.clone();
+    for (k, v) in crossed.iter_mut() {
+        if k == "MYBUDDY_BACKUP_REPOSITORY" {
+            *v = get(&alice, k);
+        }
+    }
+    let o = backup_cmd(&crossed, &["list"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("Access Denied"),
+        "{err}"
+    );
+    // Alice's key with Bob's password: the data is not readable.
+    let mut wrong_key = alice.clone();
+    for (k, v) in wrong_key.iter_mut() {
+        if k == "MYBUDDY_BACKUP_PASSWORD" {
+            *v = get(&bob, k);
+        }
+    }
+    let o = backup_cmd(&wrong_key, &["list"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("wrong password"),
+        "{err}"
+    );
+    // No secret value in anything said.
+    for v in [&alice, &bob]
+        .iter()
+        .flat_map(|e| e.iter())
+        .filter(|(k, _)| k != "MYBUDDY_BACKUP_REPOSITORY")
+        .map(|(_, v)| v)
+    {
+        assert!(!said.contains(v.as_str()) && !err.contains(v.as_str()));
+    }
+}

@@ -232,9 +232,13 @@ impl<'a> Restic<'a> {
         }
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot, oldest first (none where no repository was made
+    /// yet: a Buddy that never backed up).
     pub fn snapshots(&self, limit: Duration) -> Result<Vec<Snapshot>, ResticError> {
-        let out = self.run(&["snapshots", "--json", "--no-lock"], None, limit)?;
+        let out = match self.run(&["snapshots", "--json", "--no-lock"], None, limit) {
+            Err(e) if e.no_repository() => return Ok(Vec::new()),
+            r => r?,
+        };
         let mut v: Vec<Snapshot> =
             serde_json::from_slice(&out).map_err(|e| ResticError::Output {
                 what: "snapshots".into(),

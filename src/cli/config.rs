@@ -31,8 +31,11 @@ pub struct SecretsArgs {
     #[command(flatten)]
     pub buddy: BuddyArgs,
     /// Instead: the swarm share's secrets this Buddy's Machine holds (by its role)
-    #[arg(long, conflicts_with = "forbidden")]
+    #[arg(long, conflicts_with_all = ["forbidden", "backup"])]
     pub share: bool,
+    /// Instead: the backup's secrets this Buddy's Machine holds (its own bucket, key and password)
+    #[arg(long, conflicts_with = "forbidden")]
+    pub backup: bool,
     /// Instead: the secrets this Buddy's Fly app must never hold (the share's
     /// settings its role may not have, the Fly org token for a Buddy)
     #[arg(long)]
@@ -100,7 +103,12 @@ pub(super) fn cmd_secrets(a: SecretsArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let role = prepared.buddy.identity.role;
-    let names = if a.share {
+    let names = if a.backup {
+        crate::backup::SECRETS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else if a.share {
         crate::swarm::share::machine_secrets(role)
     } else if a.forbidden {
         let mut n = crate::swarm::share::forbidden_secrets(role);

@@ -470,6 +470,13 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
             format!("the share's secrets for a {role}"),
             crate::swarm::share::machine_secrets(role),
         ),
+        (
+            "this Buddy's backup secrets".to_string(),
+            crate::backup::SECRETS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
     ] {
         let (have, missing): (Vec<&String>, Vec<&String>) =
             names.iter().partition(|n| env(n).is_some());
@@ -483,7 +490,15 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
                     .join(" ")
             ));
         } else if have.is_empty() {
-            secrets.on_app.extend(names.iter().cloned());
+            // The backup is not yet every app's (SpawnBuddy makes no
+            // bucket): none given leaves the app's as they are, required
+            // of nobody; the boot says when a Buddy runs without backups.
+            if !names
+                .iter()
+                .any(|n| crate::backup::SECRETS.contains(&n.as_str()))
+            {
+                secrets.on_app.extend(names.iter().cloned());
+            }
         } else {
             secrets.set.extend(
                 names
