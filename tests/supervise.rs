@@ -705,6 +705,7 @@ fn json_logs_one_object_per_line() {
         [
             "signals",
             "privileges",
+            "restore",
             "render",
             "state",
             "share",
