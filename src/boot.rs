@@ -563,6 +563,12 @@ impl Hooks for Boot {
         }
     }
 
+    fn gateway_stopped(&mut self) {
+        if let Some(b) = &mut self.backups {
+            b.gateway_stopped();
+        }
+    }
+
     fn next_tick(&self) -> Option<Instant> {
         self.backups.as_ref().and_then(|b| b.next_wake())
     }

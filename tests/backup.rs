@@ -419,3 +419,273 @@ fn backups_follow_no_planted_link_block_on_no_fifo_and_one_buddy_cannot_reach_an
         assert!(!said.contains(v.as_str()) && !err.contains(v.as_str()));
     }
 }
+
+#[test]
+fn with_its_storage_down_a_buddy_keeps_answering_and_its_backup_catches_up_after() {
+    let mut share: Option<Share> = None;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_path = cache.path().to_path_buf();
+    let live = Live::start_full(
+        "roelbuddy-galahad",
+        &[],
+        |_, _| {},
+        |_, ns| {
+            let s = Share::up_in(ns);
+            let mut env = s.backup_env(Some(ns), "roelbuddy-galahad");
+            share = Some(s);
+            env.push(("MYBUDDY_BACKUP_INTERVAL".into(), "3".into()));
+            env.push((
+                "MYBUDDY_BACKUP_CACHE".into(),
+                cache_path.display().to_string(),
+            ));
+            env
+        },
+    );
+    let share = share.unwrap();
+    let since = now_secs();
+    assert!(
+        wait_backed_up(&cache_path, since, Duration::from_secs(60)).is_some(),
+        "{}",
+        live.sup.log()
+    );
+
+    // The storage goes away for a while; the Buddy learns and answers.
+    share.stop_s3();
+    let down_at = now_secs();
+    let note = live.state().join("workspace/memory/outage.md");
+    live.st.gemini.script([
+        Step::call(
+            "write",
+            json!({"path": note, "content": "Roel's kite is red.\n"}),
+        ),
+        Step::text("Noted, even now."),
+    ]);
+    assert_eq!(
+        live.say("Remember: my kite is red.").text(),
+        Some("Noted, even now.")
+    );
+    let failing = "backup failed; the Buddy goes on";
+    assert!(
+        live.sup.wait_log(failing, Duration::from_secs(30)),
+        "{}",
+        live.sup.log()
+    );
+    // Several more failing cycles, said once.
+    std::thread::sleep(Duration::from_secs(10));
+    let log = live.sup.log();
+    assert_eq!(log.matches(failing).count(), 1, "{log}");
+    assert!(
+        last_cycle(&cache_path).is_some_and(
+            |o| o["result"] == "failed" && o["started"].as_u64().unwrap() >= down_at + 3
+        ),
+        "{:?}",
+        last_cycle(&cache_path)
+    );
+
+    // Back: the backup catches up (the outage's note in it), said once.
+    share.up_again_in(&live.ns);
+    let back = now_secs();
+    assert!(
+        live.sup
+            .wait_log("backup: caught up", Duration::from_secs(60)),
+        "{}",
+        live.sup.log()
+    );
+    let o = wait_backed_up(&cache_path, back, Duration::from_secs(60)).unwrap();
+    eprintln!(
+        "caught up {} s after the storage came back: {o}",
+        now_secs() - back
+    );
+    live.st.gemini.script([Step::text("Still here.")]);
+    assert_eq!(live.say("Still there?").text(), Some("Still here."));
+    live.finish();
+}
+
+/// The backup settings plus a cache dir, and restic's own environment for
+/// looking into the repository as a test.
+fn restic_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    vec![
+        ("RESTIC_REPOSITORY".into(), get("MYBUDDY_BACKUP_REPOSITORY")),
+        ("RESTIC_PASSWORD".into(), get("MYBUDDY_BACKUP_PASSWORD")),
+        ("AWS_ACCESS_KEY_ID".into(), get("MYBUDDY_BACKUP_ACCESS_KEY")),
+        (
+            "AWS_SECRET_ACCESS_KEY".into(),
+            get("MYBUDDY_BACKUP_SECRET_KEY"),
+        ),
+    ]
+}
+
+fn restic(env: &[(String, String)], args: &[&str]) -> String {
+    sh(std::process::Command::new("restic")
+        .args(args)
+        .envs(restic_env(env).into_iter()))
+}
+
+/// A state dir with `mb` megabytes of incompressible files and a database.
+fn big_state(dir: &Path, mb: usize, seed: u32) {
+    fs::create_dir_all(dir.join("workspace/files")).unwrap();
+    fs::create_dir_all(dir.join("state")).unwrap();
+    let mut r = seed;
+    for i in 0..mb {
+        let bytes: Vec<u8> = (0..1 << 20).map(|_| next_random(&mut r) as u8).collect();
+        fs::write(dir.join(format!("workspace/files/{i}.bin")), bytes).unwrap();
+    }
+    let db = rusqlite::Connection::open(dir.join("state/openclaw.sqlite")).unwrap();
+    db.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES ('kept');")
+        .unwrap();
+}
+
+#[test]
+fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_backup_and_restore_are_whole() {
+    let share = Share::up();
+    let scratch = tempfile::tempdir().unwrap();
+    let state = scratch.path().join("state");
+    big_state(&state, 120, 7);
+    let mut env = share.backup_env(None, "killed");
+    env.push((
+        "MYBUDDY_BACKUP_CACHE".into(),
+        scratch.path().join("cache").display().to_string(),
+    ));
+    let s = state.display().to_string();
+    // A first backup makes the repository; then more data, and a backup
+    // killed (SIGKILL, its whole group, restic with it) while it sends.
+    let o = backup_cmd(&env, &["now", "--state", &s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    big_state(&scratch.path().join("more"), 60, 99);
+    fs::rename(
+        scratch.path().join("more/workspace/files"),
+        state.join("workspace/more"),
+    )
+    .unwrap();
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(supervisor())
+            .args(["backup", "now", "--state", &s])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // Until restic is sending (a restic in the group), then kill.
+    let sending = wait_for(Duration::from_secs(30), || {
+        let o = std::process::Command::new("pgrep")
+            .args(["-g", &pgid.to_string(), "restic"])
+            .output()
+            .unwrap();
+        (!o.stdout.is_empty()).then_some(())
+    });
+    assert!(sending.is_some(), "restic never ran");
+    std::thread::sleep(Duration::from_millis(700));
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let snaps = restic(&env, &["snapshots", "--json", "--no-lock"]);
+    let n = serde_json::from_str::<Vec<serde_json::Value>>(&snaps)
+        .unwrap()
+        .len();
+    assert_eq!(n, 1, "the killed backup left a snapshot: {snaps}");
+
+    // The next backup and a restore: every file, byte for byte.
+    let o = backup_cmd(&env, &["now", "--state", &s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    restic(&env, &["check", "--no-lock"]);
+    let target = scratch.path().join("restored");
+    let o = backup_cmd(
+        &env,
+        &["restore", "--target", &target.display().to_string()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (
+        files(&state.join("workspace")),
+        files(&target.join("workspace")),
+    );
+    assert_eq!(a.len(), 180);
+    assert!(a == b, "the restored workspace differs");
+    let c = rusqlite::Connection::open(target.join("state/openclaw.sqlite")).unwrap();
+    let x: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(x, "kept");
+}
+
+#[test]
+fn a_corrupt_newest_backup_is_refused_with_its_reason_and_the_next_older_one_restored() {
+    let share = Share::up();
+    let scratch = tempfile::tempdir().unwrap();
+    let state = scratch.path().join("state");
+    big_state(&state, 2, 3);
+    fs::write(state.join("workspace/fact.md"), "one\n").unwrap();
+    let mut env = share.backup_env(None, "corrupt");
+    env.push((
+        "MYBUDDY_BACKUP_CACHE".into(),
+        scratch.path().join("cache").display().to_string(),
+    ));
+    let s = state.display().to_string();
+    assert!(backup_cmd(&env, &["now", "--state", &s]).status.success());
+    let packs_before = restic(&env, &["list", "packs", "--no-lock"]);
+    fs::write(state.join("workspace/fact.md"), "two\n").unwrap();
+    big_state(&scratch.path().join("more"), 3, 11);
+    fs::rename(
+        scratch.path().join("more/workspace/files"),
+        state.join("workspace/more"),
+    )
+    .unwrap();
+    assert!(backup_cmd(&env, &["now", "--state", &s]).status.success());
+    let new_packs: Vec<String> = restic(&env, &["list", "packs", "--no-lock"])
+        .lines()
+        .filter(|p| !packs_before.contains(*p))
+        .map(str::to_string)
+        .collect();
+    assert!(!new_packs.is_empty());
+    // The newest backup's data damaged in the bucket: every pack it added
+    // overwritten with garbage (as a storage fault would).
+    let port = share.setting("S3_PORT");
+    let (ak, sk) = (
+        share.setting("S3_ADMIN_ACCESS_KEY"),
+        share.setting("S3_ADMIN_SECRET_KEY"),
+    );
+    for p in &new_packs {
+        let garbage = scratch.path().join("garbage");
+        fs::write(&garbage, vec![0x5a; 4096]).unwrap();
+        sh(std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                &format!("{ak}:{sk}"),
+                "-T",
+            ])
+            .arg(&garbage)
+            .arg(format!(
+                "http://127.0.0.1:{port}/mybuddy-backup-corrupt/data/{}/{p}",
+                &p[..2]
+            )));
+    }
+    let target = scratch.path().join("restored");
+    let o = backup_cmd(
+        &env,
+        &["restore", "--target", &target.display().to_string()],
+    );
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert_eq!(
+        fs::read_to_string(target.join("workspace/fact.md")).unwrap(),
+        "one\n"
+    );
+    assert!(!target.join("workspace/more").exists());
+    // Nothing of the refused attempt is left in the target.
+    let leftovers: Vec<_> = fs::read_dir(&target)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".restore-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

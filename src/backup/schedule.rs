@@ -36,6 +36,10 @@ pub struct Scheduler {
     failing_since: Option<Instant>,
     lag_warned: bool,
     stopping: bool,
+    /// A final backup is owed once the gateway has stopped.
+    final_wanted: bool,
+    final_running: bool,
+    gateway_gone: bool,
 }
 
 impl Scheduler {
@@ -52,6 +56,9 @@ impl Scheduler {
             failing_since: None,
             lag_warned: false,
             stopping: false,
+            final_wanted: false,
+            final_running: false,
+            gateway_gone: false,
         }
     }
 
@@ -87,6 +94,10 @@ impl Scheduler {
             return;
         }
         self.next_at = now + self.s.interval;
+        self.spawn(now);
+    }
+
+    fn spawn(&mut self, now: Instant) {
         let Ok(exe) = std::env::current_exe() else {
             return;
         };
@@ -126,6 +137,7 @@ impl Scheduler {
             return false;
         }
         self.running = None;
+        let last_of_run = std::mem::take(&mut self.final_running);
         let since = self
             .spawned
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -145,7 +157,12 @@ impl Scheduler {
                     );
                 }
                 if o.result == "backed-up" {
-                    info!(snapshot = %o.snapshot, files = o.files, bytes_added = o.bytes_added, databases = o.databases.len(), ms = o.ms, "backup done");
+                    info!(snapshot = %o.snapshot, files = o.files, bytes_added = o.bytes_added, databases = o.databases.len(), ms = o.ms, last_of_run, "backup done");
+                } else if last_of_run {
+                    info!(
+                        ms = o.ms,
+                        "backup: nothing changed since the last backup; the final state is in it"
+                    );
                 } else {
                     debug!(ms = o.ms, "backup: nothing changed");
                 }
@@ -155,6 +172,10 @@ impl Scheduler {
             }
             Some(o) if o.result == "failed" => self.failed(&o.error),
             _ => self.failed(&format!("the cycle ended with {exit}")),
+        }
+        // A cycle that was running at the stop: the final one follows.
+        if self.gateway_gone && self.final_wanted {
+            self.gateway_stopped();
         }
         true
     }
@@ -177,16 +198,28 @@ impl Scheduler {
         }
     }
 
-    /// The supervisor stops: no new cycle; the running one is asked to end.
+    /// The supervisor stops: no new scheduled cycle; a running one goes on
+    /// (the stop timeout bounds it) and one more, the final backup, follows
+    /// once the gateway has stopped writing.
     pub fn stop(&mut self) {
         self.stopping = true;
-        if let Some((pid, _)) = self.running {
-            let _ = killpg(pid, Signal::SIGTERM);
+        self.final_wanted = true;
+    }
+
+    /// The gateway has stopped: the final backup now (or after the running
+    /// cycle).
+    pub fn gateway_stopped(&mut self) {
+        self.gateway_gone = true;
+        if self.final_wanted && self.running.is_none() {
+            self.final_wanted = false;
+            self.final_running = true;
+            info!("backup: the final backup of this run, after the gateway stopped");
+            self.spawn(Instant::now());
         }
     }
 
     pub fn busy(&self) -> bool {
-        self.running.is_some()
+        self.running.is_some() || (self.final_wanted && self.gateway_gone)
     }
 
     pub fn kill(&mut self) {

@@ -55,6 +55,10 @@ pub trait Hooks {
     fn busy(&self) -> bool {
         false
     }
+    /// The gateway has ended during a stop (or for good): work that must
+    /// follow it (the final backup) may begin; [`Hooks::busy`] holds the
+    /// exit for it until the stop timeout.
+    fn gateway_stopped(&mut self) {}
     /// The stop timeout is over: kill what [`Hooks::busy`] waits for.
     fn kill_busy(&mut self) {}
     /// When the hooks next want [`Hooks::tick`] (their periodic work: the
@@ -506,6 +510,7 @@ impl<'a> Supervisor<'a> {
         if let Some(d) = &mut self.draining {
             info!(pid = pid.as_raw(), status = %exit, ran_ms, "gateway stopped");
             d.code = Some(exit.code());
+            self.hooks.gateway_stopped();
             return None;
         }
         if let Some(Cycle::Stopping { pgid, then, .. }) = self.cycle
@@ -584,6 +589,7 @@ impl<'a> Supervisor<'a> {
     fn begin_final_drain(&mut self, pgid: Pid, code: i32) -> Option<i32> {
         // We exit after this: spells get the same time to finish.
         self.hooks.stopping();
+        self.hooks.gateway_stopped();
         self.draining = Some(Draining {
             pgid: Some(pgid),
             deadline: Instant::now() + self.policy.stop_timeout,

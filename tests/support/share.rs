@@ -212,3 +212,46 @@ impl Share {
         m.run(&["cat", point.join(rel).to_str().unwrap()])
     }
 }
+
+impl Share {
+    /// `swarm-local up` again inside `ns` (servers stopped by a fault test
+    /// come back on their own ports).
+    pub fn up_again_in(&self, ns: &NetNs) -> String {
+        let o = ns
+            .command(repo().join("scripts/swarm-local").to_str().unwrap())
+            .arg("up")
+            .arg(self.dir.path())
+            .env("MYBUDDY_SUPERVISOR", supervisor())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    }
+
+    /// Stops the S3 server (the backups' storage) and waits until it is gone.
+    pub fn stop_s3(&self) {
+        let pid_file = self.dir.path().join("s3/weed.pid");
+        let pid: i32 = fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Gone, or a zombie its adopter has not reaped yet: it serves no more.
+        let gone = wait_for(Duration::from_secs(20), || {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .chars()
+                .next();
+            matches!(state, None | Some('Z')).then_some(())
+        });
+        assert!(gone.is_some(), "the S3 server did not stop");
+        let _ = fs::remove_file(pid_file);
+    }
+}
