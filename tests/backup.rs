@@ -519,7 +519,7 @@ fn restic_env(env: &[(String, String)]) -> Vec<(String, String)> {
 fn restic(env: &[(String, String)], args: &[&str]) -> String {
     sh(std::process::Command::new("restic")
         .args(args)
-        .envs(restic_env(env).into_iter()))
+        .envs(restic_env(env)))
 }
 
 /// A state dir with `mb` megabytes of incompressible files and a database.
