@@ -81,7 +81,8 @@ impl World {
                 .map(|n| (n.clone(), Some(&marker)))
                 .collect();
             c.set_secrets(&app, &set).unwrap();
-            c.create_volume(&app, "buddy_state", "ams", 3).unwrap();
+            c.create_volume(&app, "buddy_state", "ams", 3, None)
+                .unwrap();
             c.create_machine(
                 &app,
                 &json!({"name": slug, "region": "ams", "config": config}),
@@ -147,6 +148,9 @@ fn a_first_deploy_makes_the_app_its_secrets_volume_and_machine_the_spells_way() 
         }
     }
     assert!(!a.secrets.keys().any(|k| k.contains("SPELLBOOK")));
+    // Its volume keeps Fly's daily snapshots as long as fly.toml says.
+    assert_eq!(a.volumes.len(), 1);
+    assert_eq!(a.volumes[0].snapshot_retention, Some(14));
     // The Machine is exactly `supervisor machine-config` of this Buddy on the
     // pinned base image (the definition a spell's Machine has too), tagged.
     let m = &a.machines[0];

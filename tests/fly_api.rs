@@ -54,7 +54,9 @@ fn a_spawn_s_calls_reach_the_api_as_flyctl_sends_them() {
             c.secret_names(app).unwrap(),
             ["ESTHERBUDDY_LYRA_TELEGRAM_TOKEN"]
         );
-        let vol = c.create_volume(app, "buddy_state", "ams", 3).unwrap();
+        let vol = c
+            .create_volume(app, "buddy_state", "ams", 3, Some(14))
+            .unwrap();
         assert_eq!(c.volumes(app).unwrap().len(), 1);
         let body = json!({
             "name": "estherbuddy-lyra", "region": "ams", "min_secrets_version": version,

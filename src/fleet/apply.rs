@@ -289,7 +289,13 @@ pub fn deploy(
         None => {
             check_stop()?;
             let v = c
-                .create_volume(&app, &vname, &api.region, api.facts.volume_size_gb)
+                .create_volume(
+                    &app,
+                    &vname,
+                    &api.region,
+                    api.facts.volume_size_gb,
+                    api.facts.snapshot_retention,
+                )
                 .map_err(e)?;
             journal.push(Made::Volume {
                 app: app.clone(),

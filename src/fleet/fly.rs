@@ -485,9 +485,13 @@ impl Client {
         name: &str,
         region: &str,
         size_gb: u32,
+        snapshot_retention: Option<u32>,
     ) -> Result<Volume, FlyError> {
         let path = format!("/v1/apps/{}/volumes", seg(app));
-        let body = json!({"name": name, "region": region, "size_gb": size_gb});
+        let mut body = json!({"name": name, "region": region, "size_gb": size_gb});
+        if let Some(days) = snapshot_retention {
+            body["snapshot_retention"] = json!(days);
+        }
         let a = self.call("POST", &path, Some(&body), &[], Retry::Not408)?;
         Ok(Volume {
             id: a.body["id"]

@@ -44,6 +44,9 @@ pub struct FlyFacts {
     pub mount_source: String,
     pub mount_destination: String,
     pub volume_size_gb: u32,
+    /// Days Fly keeps the volume's daily snapshots (`mounts.snapshot_retention`):
+    /// the second way back, beside the Buddy's own backups.
+    pub snapshot_retention: Option<u32>,
     pub guest: Value,
     pub services: Value,
     pub checks: Value,
@@ -115,6 +118,18 @@ pub fn fly_facts(fly_toml: &Path) -> Result<FlyFacts, Vec<Problem>> {
         })
         .map(Value::from);
     let volume_size_gb = need("mounts.initial_size", volume_size);
+    let (snapshot_retention, retention_problem) =
+        match mounts.as_ref().and_then(|m| m.get("snapshot_retention")) {
+            None => (None, None),
+            Some(toml::Value::Integer(d)) if (1..=60).contains(d) => (Some(*d as u32), None),
+            Some(other) => (
+                None,
+                Some(p(
+                    "mounts.snapshot_retention",
+                    format!("{other} is not a number of days from 1 to 60 (Fly's limits)"),
+                )),
+            ),
+        };
 
     let vm = doc.get("vm").and_then(|v| match v {
         toml::Value::Array(a) => a.first().cloned(),
@@ -204,6 +219,7 @@ pub fn fly_facts(fly_toml: &Path) -> Result<FlyFacts, Vec<Problem>> {
         _ => None,
     };
     let stop_config = need("kill_signal and kill_timeout", stop);
+    problems.extend(retention_problem);
 
     if !problems.is_empty() {
         return Err(problems);
@@ -215,6 +231,7 @@ pub fn fly_facts(fly_toml: &Path) -> Result<FlyFacts, Vec<Problem>> {
         mount_source: mount_source.as_str().unwrap_or_default().to_string(),
         mount_destination: mount_destination.as_str().unwrap_or_default().to_string(),
         volume_size_gb: volume_size_gb.as_u64().unwrap_or(1) as u32,
+        snapshot_retention,
         guest,
         services,
         checks,

@@ -65,6 +65,7 @@ pub struct Volume {
     pub name: String,
     pub region: String,
     pub size_gb: u64,
+    pub snapshot_retention: Option<u64>,
     pub attached_machine_id: Option<String>,
 }
 
@@ -488,6 +489,7 @@ fn app_route(
                 name: call.body["name"].as_str().unwrap_or_default().into(),
                 region: call.body["region"].as_str().unwrap_or_default().into(),
                 size_gb: call.body["size_gb"].as_u64().unwrap_or(1),
+                snapshot_retention: call.body["snapshot_retention"].as_u64(),
                 attached_machine_id: None,
             };
             a.volumes.push(v.clone());
