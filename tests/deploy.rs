@@ -225,8 +225,23 @@ fn a_second_deploy_replaces_the_machine_keeps_the_secrets_and_unsets_what_the_ro
             .iter()
             .any(|c| c.method == "DELETE" && c.path.ends_with("/lease"))
     );
-    // The public addresses went; the Flycast one stayed.
+    // The running Buddy was backed up on its own Machine first.
     let fly_calls = w.fly.calls();
+    let backup_call: Vec<String> = [
+        "ssh",
+        "console",
+        "--app",
+        app,
+        "--machine",
+        &machine,
+        "--command",
+        "supervisor backup now",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert!(fly_calls.contains(&backup_call), "{fly_calls:?}");
+    assert!(out.contains("backed up before the change"), "{out}");
+    // The public addresses went; the Flycast one stayed.
     assert!(
         fly_calls.contains(
             &["ips", "release", "2a09:8280:1::1", "--app", app, "--yes"]
@@ -359,4 +374,41 @@ fn dry_run_prints_the_plan_and_calls_nothing() {
     assert!(w.lines().is_empty() && w.fly.calls().is_empty());
     let o = w.deploy(&[], &["--base", "--dry-run"]);
     assert!(text(&o).contains("+ fly deploy --app mybuddytalk-base --config fly.toml --dockerfile Dockerfile --build-only --push --image-label latest"));
+}
+
+#[test]
+fn a_running_buddy_whose_backup_fails_is_not_replaced() {
+    let w = World::new();
+    let slug = "roelbuddy-galahad";
+    let app = "mybuddytalk-roelbuddy-galahad";
+    let mut names = secret_names(&repo().join("buddies").join(slug));
+    names.extend(secret_names_of(
+        &repo().join("buddies").join(slug),
+        &["--share"],
+    ));
+    let machine = w.deployed_before(slug, &names);
+    w.fly.fail_on("ssh console");
+    let o = w.deploy(&[], &[slug]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the backup of Machine {machine} before the change failed"
+        )) && out.contains("--no-backup"),
+        "{out}"
+    );
+    // Nothing of the Machine changed: no lease, no update.
+    let a = w.api.api.app(app).unwrap();
+    assert_eq!(a.machines[0].history.len(), 1);
+    assert!(!w.api.api.calls().iter().any(|c| c.path.ends_with("/lease")));
+
+    // With --no-backup (the backup itself broken) it goes on, said.
+    let o = w.deploy(&[], &[slug, "--no-backup"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("replaced without a backup first (--no-backup)"),
+        "{out}"
+    );
+    assert_eq!(w.api.api.app(app).unwrap().machines[0].history.len(), 2);
 }

@@ -60,6 +60,10 @@ pub fn is_backup_setting(name: &str) -> bool {
     SECRETS.contains(&name) || TUNABLES.contains(&name)
 }
 
+/// `supervisor backup` on a Buddy whose backups are off (no settings): a
+/// deploy of it goes on without a backup first.
+pub const OFF_EXIT: i32 = 3;
+
 pub const DEFAULT_CACHE: &str = "/var/cache/mybuddy-backup";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_RESTORE_TIMEOUT: Duration = Duration::from_secs(600);

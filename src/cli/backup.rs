@@ -49,21 +49,17 @@ pub struct RestoreArgs {
     pub state: StateArg,
 }
 
-fn settings() -> Result<backup::Settings, String> {
-    match backup::from_env(&crate::config::render::process_env) {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(format!(
-            "no backup settings: export {} (the Buddy's backup secrets)",
-            backup::SECRETS.join(", ")
-        )),
-        Err(p) => Err(p.to_string()),
-    }
-}
-
 pub(super) fn cmd_backup(c: BackupCommand) -> i32 {
-    let s = match settings() {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let s = match backup::from_env(&crate::config::render::process_env) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!(
+                "backups are off: no {} (the Buddy's backup secrets)",
+                backup::SECRETS.join(", ")
+            );
+            return backup::OFF_EXIT;
+        }
+        Err(p) => return fail(p),
     };
     match c {
         BackupCommand::Cycle(a) => run_cycle(&s, a, false, true),

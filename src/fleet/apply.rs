@@ -141,13 +141,21 @@ pub enum Existing {
     Replace,
 }
 
+/// What runs before a running Machine's config is replaced (the Buddy's
+/// backup): `Ok(what it did)` lets the replacement go on, `Err` stops the
+/// deploy before anything of the Machine changed.
+pub type BeforeReplace<'a> =
+    &'a dyn Fn(&str, &crate::fleet::fly::Machine) -> Result<String, String>;
+
 /// Deploys the Buddy at `dir`; pushes an undo for each thing it makes.
+#[allow(clippy::too_many_arguments)]
 pub fn deploy(
     api: &ApiDeploy,
     identity: &Identity,
     dir: &Path,
     secrets: &Secrets,
     existing: Existing,
+    before_replace: BeforeReplace<'_>,
     journal: &mut Journal,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, String> {
@@ -326,6 +334,9 @@ pub fn deploy(
                 m.id
             ));
         }
+        check_stop()?;
+        let did = before_replace(&app, &m)?;
+        progress(&format!("    Machine {}: {did}", m.id));
         let health = crate::fleet::upgrade::Health {
             timeout: api.checks_timeout,
             version: None,

@@ -419,6 +419,8 @@ impl Cast<'_> {
                     &self.dir,
                     &secrets,
                     crate::fleet::apply::Existing::Refuse,
+                    // A spell never replaces a running Machine.
+                    &|_, _| Ok(String::new()),
                     &mut self.journal,
                     self.progress,
                 )?;
