@@ -295,7 +295,7 @@ impl Boot {
                 "restore: the volume was empty; restored the Buddy's state from its backup"
             ),
             Err(e) => error!(
-                "restore: the volume is empty and no backup could be restored; this Buddy starts without its memories (restore later: supervisor backup restore --next-boot, then restart the Machine):\n{e}"
+                "restore: the volume is empty and no backup could be restored; this Buddy starts without its memories:\n{e}"
             ),
         }
         self.backup_settings = Some(settings);

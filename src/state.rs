@@ -241,7 +241,13 @@ pub fn chown_tree(root: &Dir, uid: Uid, gid: Gid) -> Result<u64, StateError> {
     let mut stack: Vec<(std::rc::Rc<Dir>, OsString)> = Vec::new();
     let first = std::rc::Rc::new(root.try_clone().map_err(ctx(root.path(), "cannot open"))?);
     for e in first.entries().map_err(ctx(root.path(), "cannot list"))? {
-        if e.name != JOURNALS {
+        // Root's own corners: spell journals, the restore's request and
+        // what a restore kept aside.
+        let roots = e.name == JOURNALS
+            || e.name
+                .to_string_lossy()
+                .starts_with(crate::backup::restore::WORK_PREFIX);
+        if !roots {
             stack.push((first.clone(), e.name));
         }
     }

@@ -178,14 +178,7 @@ fn a_buddy_whose_volume_is_lost_comes_back_with_its_memory_history_credentials_a
     eprintln!("the conversation is in {with_history:?} {files_with_history:?}");
 
     // The volume is lost: a new, empty one.
-    for e in fs::read_dir(live.state()).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() && !p.is_symlink() {
-            fs::remove_dir_all(&p).unwrap();
-        } else {
-            fs::remove_file(&p).unwrap();
-        }
-    }
+    wipe(live.state());
     live.reboot();
     let log = live.sup.log();
     assert!(
@@ -498,7 +491,55 @@ fn with_its_storage_down_a_buddy_keeps_answering_and_its_backup_catches_up_after
     );
     live.st.gemini.script([Step::text("Still here.")]);
     assert_eq!(live.say("Still there?").text(), Some("Still here."));
+
+    // The volume is lost while the storage is down: the boot goes on with
+    // a fresh state, said, and asks the next boot to restore.
+    let mut live = live;
+    live.stop();
+    share.stop_s3();
+    wipe(live.state());
+    live.reboot();
+    let log = live.sup.log();
+    assert!(
+        log.contains("no backup could be restored") && log.contains("the next boot restores"),
+        "{log}"
+    );
+    let request = fs::symlink_metadata(live.state().join(".restore-request")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&request), 0);
+    // The storage back, the next boot restores (the fresh state kept aside).
+    share.up_again_in(&live.ns);
+    live.stop();
+    live.reboot();
+    let log = live.sup.log();
+    assert!(
+        log.contains("restored the Buddy's state from its backup"),
+        "{log}"
+    );
+    assert_eq!(
+        fs::read_to_string(live.state().join("workspace/memory/outage.md")).unwrap(),
+        "Roel's kite is red.\n"
+    );
+    assert!(!live.state().join(".restore-request").exists());
+    assert!(
+        fs::read_dir(live.state()).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".restore-replaced-")),
+        "the fresh state was not kept aside"
+    );
     live.finish();
+}
+
+/// Empties a state dir (a lost volume).
+fn wipe(state: &Path) {
+    for e in fs::read_dir(state).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+    }
 }
 
 /// The backup settings plus a cache dir, and restic's own environment for
@@ -625,6 +666,8 @@ fn a_corrupt_newest_backup_is_refused_with_its_reason_and_the_next_older_one_res
     ));
     let s = state.display().to_string();
     assert!(backup_cmd(&env, &["now", "--state", &s]).status.success());
+    let between = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(1100));
     let packs_before = restic(&env, &["list", "packs", "--no-lock"]);
     fs::write(state.join("workspace/fact.md"), "two\n").unwrap();
     big_state(&scratch.path().join("more"), 3, 11);
@@ -640,6 +683,24 @@ fn a_corrupt_newest_backup_is_refused_with_its_reason_and_the_next_older_one_res
         .map(str::to_string)
         .collect();
     assert!(!new_packs.is_empty());
+    // As of a time between the two: the older one (the operator's --at).
+    let at = humantime::format_rfc3339_seconds(between).to_string();
+    let asof = scratch.path().join("as-of");
+    let o = backup_cmd(
+        &env,
+        &[
+            "restore",
+            "--at",
+            &at,
+            "--target",
+            &asof.display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fs::read_to_string(asof.join("workspace/fact.md")).unwrap(),
+        "one\n"
+    );
     // The newest backup's data damaged in the bucket: every pack it added
     // overwritten with garbage (as a storage fault would).
     let port = share.setting("S3_PORT");
@@ -688,4 +749,44 @@ fn a_corrupt_newest_backup_is_refused_with_its_reason_and_the_next_older_one_res
         .filter(|e| e.file_name().to_string_lossy().starts_with(".restore-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_with_a_clear_reason_and_touches_nothing() {
+    let share = Share::up();
+    let scratch = tempfile::tempdir().unwrap();
+    let state = scratch.path().join("state");
+    big_state(&state, 1, 5);
+    let before = files(&state);
+    let env = share.backup_env(None, "fulldisk");
+    // The backup's working dir on a 64 KiB filesystem, in a mount
+    // namespace of the test's own.
+    let cache = scratch.path().join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {c} && exec {sup} backup now --state {s}",
+        c = cache.display(),
+        sup = supervisor().display(),
+        s = state.display()
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("MYBUDDY_BACKUP_CACHE", &cache)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("full") || err.contains("No space left"),
+        "no clear reason: {err}"
+    );
+    assert!(before == files(&state), "the state changed");
+    // With room again, the same backup works.
+    let mut env = env;
+    env.push(("MYBUDDY_BACKUP_CACHE".into(), cache.display().to_string()));
+    let o = backup_cmd(&env, &["now", "--state", &state.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -115,9 +115,22 @@ pub fn at_boot(s: &Settings, state: &Path, stop: &dyn Fn() -> bool) -> Result<Re
     }
     let at = request.flatten();
     let restic = Restic::new(s, stop);
-    let all = restic
-        .snapshots(s.restore_timeout)
-        .map_err(|e| format!("cannot list this Buddy's backups: {e}"))?;
+    let all = match restic.snapshots(s.restore_timeout) {
+        Ok(all) => all,
+        Err(e) => {
+            // The next boot tries again, as of now: what this run's fresh
+            // state writes to the backups meanwhile never replaces the
+            // Buddy's memories.
+            let asked = request_next_boot(state, at.or_else(|| Some(SystemTime::now())));
+            return Err(format!(
+                "cannot list this Buddy's backups: {e}\n{}",
+                match asked {
+                    Ok(()) => "the next boot restores the newest backup made before this one (restart the Machine once the storage answers)".to_string(),
+                    Err(e) => format!("and the request for the next boot could not be written: {e}"),
+                }
+            ));
+        }
+    };
     if all.is_empty() {
         let _ = dir.unlink(REQUEST);
         return Ok(Restored::NoBackup);
