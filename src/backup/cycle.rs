@@ -95,6 +95,15 @@ pub fn prepare_cache(s: &Settings, state: &Path) -> Result<(), CycleError> {
         path: s.cache.clone(),
         source,
     };
+    if let Ok(m) = std::fs::symlink_metadata(&s.cache) {
+        // Made 0700 below: never a shared directory (/tmp) or someone else's.
+        let shared = m.mode() & 0o1002 != 0;
+        if !m.is_dir() || shared || m.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(err(io::Error::other(
+                "is not a directory of the backup's own (a shared or someone else's directory, or not a directory): give MYBUDDY_BACKUP_CACHE a dir of its own",
+            )));
+        }
+    }
     std::fs::create_dir_all(&s.cache).map_err(err)?;
     std::fs::set_permissions(&s.cache, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     let (c, st) = (
@@ -123,6 +132,11 @@ pub fn run(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CycleError::View(io::Error::other(
+            "a backup needs root: it reads the state dir through a private bind mount",
+        )));
+    }
     prepare_cache(s, state)?;
     let cache_err = |source| CycleError::Cache {
         path: s.cache.clone(),

@@ -105,7 +105,10 @@ impl Scheduler {
         // among them) and PATH; nothing of the gateway's, the share's or
         // the Fly token.
         let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| super::is_backup_setting(k) || k == "PATH")
+            .filter(|(k, _)| {
+                super::is_backup_setting(k)
+                    || matches!(k.as_str(), "PATH" | "MYBUDDY_LOG_FORMAT" | "NO_COLOR")
+            })
             .collect();
         let spec = SpawnSpec {
             program: exe,

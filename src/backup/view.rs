@@ -27,12 +27,9 @@ use crate::untrusted::Dir;
 pub const MOUNT_POINT: &str = "view/state";
 
 /// Makes the state dir (a trusted path: `/data`) readable at
-/// `<cache>/view/state` for this process alone; returns that path. Not root
-/// (a developer's own run, the state its own): the state dir as it is.
+/// `<cache>/view/state` for this process alone; returns that path. Root
+/// only (the caller checks).
 pub fn enter(state: &Path, cache: &Path) -> io::Result<PathBuf> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(state.to_path_buf());
-    }
     let point = cache.join(MOUNT_POINT);
     std::fs::create_dir_all(&point)?;
     // A mount namespace of our own: the view exists for this process and

@@ -575,11 +575,12 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
     let mut journal = crate::fleet::journal::Journal::memory(&format!("deploy of {}", id.id()));
     let mut say = |m: &str| eprintln!("{m}");
     let no_backup = a.no_backup;
+    let client = &api.client;
     let backup_first = move |app: &str, m: &crate::fleet::fly::Machine| {
         if no_backup {
             return Ok("replaced without a backup first (--no-backup)".to_string());
         }
-        backup_before_replace(app, m)
+        apply::backup_before_replace(client, app, m)
     };
     match apply::deploy(
         &api,
@@ -607,47 +608,6 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
             }
             1
         }
-    }
-}
-
-/// A running Buddy is backed up on its own Machine before its config is
-/// replaced: `fly ssh console … supervisor backup now` (the one thing of a
-/// deploy that needs flyctl: the Machine's backup keys never leave it). A
-/// Buddy whose backups are off says so and the deploy goes on; a backup
-/// that fails stops it, nothing changed.
-fn backup_before_replace(app: &str, m: &crate::fleet::fly::Machine) -> Result<String, String> {
-    if m.state != "started" {
-        return Ok(format!(
-            "{}: not running, nothing to back up first",
-            m.state
-        ));
-    }
-    let out = std::process::Command::new("fly")
-        .args([
-            "ssh",
-            "console",
-            "--app",
-            app,
-            "--machine",
-            &m.id,
-            "--command",
-        ])
-        .arg("supervisor backup now")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run fly (flyctl) for the backup before the change: {e}"))?;
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let said = said.trim();
-    match out.status.code() {
-        Some(0) => Ok(format!("backed up before the change: {said}")),
-        Some(crate::backup::OFF_EXIT) => Ok(format!(
-            "its backups are off, nothing backed up first: {said}"
-        )),
-        _ => Err(format!(
-            "the backup of Machine {} before the change failed ({}): {said}\nnothing of the Machine was changed; fix the backup, or deploy with --no-backup",
-            m.id, out.status
-        )),
     }
 }
 

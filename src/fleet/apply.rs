@@ -141,6 +141,41 @@ pub enum Existing {
     Replace,
 }
 
+/// A running Buddy is backed up on its own Machine before its config is
+/// replaced (a deploy, an upgrade): `supervisor backup now` run there over
+/// the Machines API (its backup keys never leave it). A Buddy whose
+/// backups are off says so and the replacement goes on; a backup that
+/// fails stops it, nothing of the Machine changed.
+pub fn backup_before_replace(
+    c: &crate::fleet::fly::Client,
+    app: &str,
+    m: &crate::fleet::fly::Machine,
+) -> Result<String, String> {
+    if m.state != "started" {
+        return Ok(format!(
+            "{}: not running, nothing to back up first",
+            m.state
+        ));
+    }
+    let fail = |why: String| {
+        format!(
+            "the backup of Machine {} before the change failed: {why}\nnothing of the Machine was changed; fix the backup (supervisor backup now on it says why), or go on without it (--no-backup)",
+            m.id
+        )
+    };
+    let x = c
+        .exec(app, &m.id, &["supervisor", "backup", "now"], 120)
+        .map_err(|e| fail(e.to_string()))?;
+    let said = format!("{}{}", x.stdout, x.stderr).trim().to_string();
+    match x.exit_code {
+        0 => Ok(format!("backed up before the change: {said}")),
+        c if c == i64::from(crate::backup::OFF_EXIT) => Ok(format!(
+            "its backups are off, nothing backed up first: {said}"
+        )),
+        c => Err(fail(format!("exit code {c}: {said}"))),
+    }
+}
+
 /// What runs before a running Machine's config is replaced (the Buddy's
 /// backup): `Ok(what it did)` lets the replacement go on, `Err` stops the
 /// deploy before anything of the Machine changed.

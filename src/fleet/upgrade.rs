@@ -178,7 +178,7 @@ pub fn rollout(
         ));
         for (i, t) in targets.iter().enumerate() {
             say(&format!(
-                "  [{}/{n}] {}{}: lease {} in {}, update to the new image{}, wait until started, checks passing and registered at {version}; on failure put the old config back and stop",
+                "  [{}/{n}] {}{}: back it up on its Machine, lease {} in {}, update to the new image{}, wait until started, checks passing and registered at {version}; on failure put the old config back and stop",
                 i + 1,
                 t.id,
                 if i == 0 { " (canary)" } else { "" },
@@ -275,6 +275,11 @@ fn upgrade_one(
     };
     // Again, right before: the registry may have changed since the plan.
     owned_machine(c, t).map_err(|why| format!("{why}: left alone"))?;
+    // What it remembers, backed up on its own Machine before anything of it
+    // changes; a backup that fails leaves it as it is.
+    let m = c.machine(&t.app, &t.machine).map_err(|e| e.to_string())?;
+    let did = crate::fleet::apply::backup_before_replace(c, &t.app, &m)?;
+    say(&format!("{tag}: {did}"));
     replace(
         c,
         &t.app,

@@ -57,6 +57,11 @@ pub struct Machine {
     /// (nonce, holder)
     #[serde(skip)]
     lease: Option<(String, String)>,
+    /// What `exec` answers: (exit code, stdout); None: exit 0, a backup's line.
+    #[serde(skip)]
+    exec_answer: Option<(i64, String)>,
+    /// Every command `exec` ran in it.
+    pub execs: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +191,18 @@ impl FlyApi {
             .and_then(|a| a.machines.iter_mut().find(|m| m.id == machine))
         {
             m.lease = Some(("someone-elses-nonce".into(), "someone else".into()));
+        }
+    }
+
+    /// What `exec` in the Machine answers from now on.
+    pub fn exec_answers(&self, app: &str, machine: &str, exit_code: i64, stdout: &str) {
+        if let Some(m) = self
+            .st()
+            .apps
+            .get_mut(app)
+            .and_then(|a| a.machines.iter_mut().find(|m| m.id == machine))
+        {
+            m.exec_answer = Some((exit_code, stdout.to_string()));
         }
     }
 
@@ -544,6 +561,8 @@ fn app_route(
                 config,
                 min_secrets_version: call.body["min_secrets_version"].as_u64(),
                 lease: None,
+                exec_answer: None,
+                execs: Vec::new(),
             };
             attach(a, &m);
             a.machines.push(m.clone());
@@ -610,6 +629,18 @@ fn app_route(
                     Some(_) => none(409, err("not your lease", "conflict")),
                     None => none(404, err("no lease", "not_found")),
                 },
+                // fly-go's MachineExecRequest: {"command": [...], "timeout": s}.
+                ("POST", ["exec"]) => {
+                    if m.state != "started" {
+                        return none(412, err("machine is not started", "failed_precondition"));
+                    }
+                    m.execs.push(call.body.clone());
+                    let (code, out) = m.exec_answer.clone().unwrap_or((
+                        0,
+                        "backed-up: snapshot 1a2b3c4d (9 files, 1234 bytes new, 2 databases copied) in 900 ms\n".into(),
+                    ));
+                    none(200, json!({"exit_code": code, "stdout": out, "stderr": ""}))
+                }
                 ("POST", ["stop"]) => {
                     m.state = "stopped".into();
                     none(200, json!({"ok": true}))
