@@ -78,6 +78,26 @@ pub enum CycleError {
     View(io::Error),
     #[error(transparent)]
     Restic(#[from] ResticError),
+    /// restic 0.14 fails on a full disk with a bare nil-pointer panic: the
+    /// reason is ours to say.
+    #[error(
+        "{source}\n(the backup's working dir {path} is full: {free_kib} KiB free; give MYBUDDY_BACKUP_CACHE room)"
+    )]
+    Full {
+        path: PathBuf,
+        free_kib: u64,
+        source: ResticError,
+    },
+}
+
+/// Below this much free space the working dir is called full.
+const FULL_BELOW: u64 = 64 << 20;
+
+/// The free space of the filesystem `path` is on, when it is nearly none.
+fn nearly_full(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    (free < FULL_BELOW).then_some(free / 1024)
 }
 
 pub fn last_path(cache: &Path) -> PathBuf {
@@ -208,13 +228,22 @@ pub fn run(
         restic.ensure_repository(left(t))?;
         let _ = std::fs::write(&marker, &s.repository);
     }
-    let summary: Summary = restic.backup(
-        &s.cache.join("view"),
-        &["state", "sqlite"],
-        &exclude_file,
-        host,
-        left(t),
-    )?;
+    let summary: Summary = restic
+        .backup(
+            &s.cache.join("view"),
+            &["state", "sqlite"],
+            &exclude_file,
+            host,
+            left(t),
+        )
+        .map_err(|source| match nearly_full(&s.cache) {
+            Some(free_kib) => CycleError::Full {
+                path: s.cache.clone(),
+                free_kib,
+                source,
+            },
+            None => CycleError::Restic(source),
+        })?;
     let _ = std::fs::write(&fp_path, &fp);
     out.result = "backed-up".into();
     out.snapshot = summary.snapshot_id.chars().take(8).collect();

@@ -331,14 +331,49 @@ impl<'a> Restic<'a> {
     }
 }
 
+/// What restic said about why: its `Fatal:`/`panic:`/error lines (a Go
+/// panic ends with a stack trace that says nothing to an operator), else
+/// its last `n` lines.
 fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let why: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            let l = l.trim_start();
+            [
+                "Fatal",
+                "panic:",
+                "error",
+                "Error",
+                "Is there a repository",
+                "s3:",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .take(n)
+        .collect();
+    if why.is_empty() {
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    } else {
+        why.join("\n")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_go_panic_is_said_by_its_reason_not_its_stack() {
+        let said = "panic: write /var/cache/mybuddy-backup/tmp/restic-temp-pack-1: no space left on device\n\ngoroutine 52 [running]:\ngithub.com/restic/restic/internal/archiver.NewTreeSaver.func1()\n\tgithub.com/restic/restic/internal/archiver/tree_saver.go:32 +0x29\n";
+        assert_eq!(
+            last_lines(said, 6),
+            "panic: write /var/cache/mybuddy-backup/tmp/restic-temp-pack-1: no space left on device"
+        );
+        assert_eq!(last_lines("a\nb\nc", 2), "b\nc");
+    }
 
     #[test]
     fn snapshot_times_with_nanoseconds_and_offsets() {
