@@ -86,9 +86,38 @@ fn wait_backed_up(cache: &Path, since: u64, timeout: Duration) -> Option<serde_j
     })
 }
 
+/// Galahad live, backing up every `interval_s` into `cache` and its own
+/// bucket on the share's S3 server (in the Buddy's network namespace).
+fn live_with_backups(
+    interval_s: u32,
+    cache: &Path,
+    prep: impl FnOnce(&Fixture, &Path),
+) -> (Live, Share) {
+    let mut share = None;
+    let live = Live::start_full("roelbuddy-galahad", &[], prep, |_, ns| {
+        let s = Share::up_in(ns);
+        let mut env = s.backup_env(Some(ns), "roelbuddy-galahad");
+        share = Some(s);
+        env.push(("MYBUDDY_BACKUP_INTERVAL".into(), interval_s.to_string()));
+        env.push(("MYBUDDY_BACKUP_CACHE".into(), cache.display().to_string()));
+        env
+    });
+    (live, share.unwrap())
+}
+
+/// The Human tells a fact; the Buddy writes it to `workspace/<rel>` and
+/// answers `reply`.
+fn learn(live: &Live, rel: &str, content: &str, told: &str, reply: &str) {
+    let note = live.state().join("workspace").join(rel);
+    live.st.gemini.script([
+        Step::call("write", json!({"path": note, "content": content})),
+        Step::text(reply),
+    ]);
+    assert_eq!(live.say(told).text(), Some(reply));
+}
+
 #[test]
 fn a_buddy_whose_volume_is_lost_comes_back_with_its_memory_history_credentials_and_token() {
-    let mut share = None;
     let cache = tempfile::tempdir().unwrap();
     let cache_path = cache.path().to_path_buf();
     // A WhatsApp Buddy's link lives in credentials/: losing it means
@@ -97,26 +126,11 @@ fn a_buddy_whose_volume_is_lost_comes_back_with_its_memory_history_credentials_a
         .map(|i| (i * 2_654_435_761 % 251) as u8)
         .collect();
     let creds_rel = Path::new("credentials/whatsapp/default/creds.json");
-    let mut live = Live::start_full(
-        "roelbuddy-galahad",
-        &[],
-        |f, _| {
-            let p = f.state.join(creds_rel);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, &creds).unwrap();
-        },
-        |_, ns| {
-            let s = Share::up_in(ns);
-            let mut env = s.backup_env(Some(ns), "roelbuddy-galahad");
-            share = Some(s);
-            env.push(("MYBUDDY_BACKUP_INTERVAL".into(), "5".into()));
-            env.push((
-                "MYBUDDY_BACKUP_CACHE".into(),
-                cache_path.display().to_string(),
-            ));
-            env
-        },
-    );
+    let (mut live, share) = live_with_backups(5, &cache_path, |f, _| {
+        let p = f.state.join(creds_rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, &creds).unwrap();
+    });
     let first_log = live.sup.log();
     assert!(
         first_log.contains("restore: the volume has state; nothing restored"),
@@ -124,17 +138,12 @@ fn a_buddy_whose_volume_is_lost_comes_back_with_its_memory_history_credentials_a
     );
 
     // The Buddy learns a fact and talks with its Human.
-    let note = live.state().join("workspace/memory/2026-12-06.md");
-    live.st.gemini.script([
-        Step::call(
-            "write",
-            json!({"path": note, "content": "# 2026-12-06\n\nRoel's boat is called Wavecrest.\n"}),
-        ),
-        Step::text("Noted."),
-    ]);
-    assert_eq!(
-        live.say("Remember: my boat is called Wavecrest.").text(),
-        Some("Noted.")
+    learn(
+        &live,
+        "memory/2026-12-06.md",
+        "# 2026-12-06\n\nRoel's boat is called Wavecrest.\n",
+        "Remember: my boat is called Wavecrest.",
+        "Noted.",
     );
     let written = Instant::now();
     let since = now_secs();
@@ -415,26 +424,9 @@ fn backups_follow_no_planted_link_block_on_no_fifo_and_one_buddy_cannot_reach_an
 
 #[test]
 fn with_its_storage_down_a_buddy_keeps_answering_and_its_backup_catches_up_after() {
-    let mut share: Option<Share> = None;
     let cache = tempfile::tempdir().unwrap();
     let cache_path = cache.path().to_path_buf();
-    let live = Live::start_full(
-        "roelbuddy-galahad",
-        &[],
-        |_, _| {},
-        |_, ns| {
-            let s = Share::up_in(ns);
-            let mut env = s.backup_env(Some(ns), "roelbuddy-galahad");
-            share = Some(s);
-            env.push(("MYBUDDY_BACKUP_INTERVAL".into(), "3".into()));
-            env.push((
-                "MYBUDDY_BACKUP_CACHE".into(),
-                cache_path.display().to_string(),
-            ));
-            env
-        },
-    );
-    let share = share.unwrap();
+    let (live, share) = live_with_backups(3, &cache_path, |_, _| {});
     let since = now_secs();
     assert!(
         wait_backed_up(&cache_path, since, Duration::from_secs(60)).is_some(),
@@ -445,17 +437,12 @@ fn with_its_storage_down_a_buddy_keeps_answering_and_its_backup_catches_up_after
     // The storage goes away for a while; the Buddy learns and answers.
     share.stop_s3();
     let down_at = now_secs();
-    let note = live.state().join("workspace/memory/outage.md");
-    live.st.gemini.script([
-        Step::call(
-            "write",
-            json!({"path": note, "content": "Roel's kite is red.\n"}),
-        ),
-        Step::text("Noted, even now."),
-    ]);
-    assert_eq!(
-        live.say("Remember: my kite is red.").text(),
-        Some("Noted, even now.")
+    learn(
+        &live,
+        "memory/outage.md",
+        "Roel's kite is red.\n",
+        "Remember: my kite is red.",
+        "Noted, even now.",
     );
     let failing = "backup failed; the Buddy goes on";
     assert!(

@@ -29,7 +29,17 @@ impl Share {
 
     /// `swarm-local up` (formatting through the supervisor under test): its stderr.
     pub fn up_again(&self) -> String {
-        let o = Command::new(repo().join("scripts/swarm-local"))
+        self.up_with(Command::new(repo().join("scripts/swarm-local")))
+    }
+
+    /// `swarm-local up` again inside `ns` (servers stopped by a fault test
+    /// come back on their own ports).
+    pub fn up_again_in(&self, ns: &NetNs) -> String {
+        self.up_with(ns.command(repo().join("scripts/swarm-local").to_str().unwrap()))
+    }
+
+    fn up_with(&self, mut cmd: Command) -> String {
+        let o = cmd
             .arg("up")
             .arg(self.dir.path())
             .env("MYBUDDY_SUPERVISOR", supervisor())
@@ -61,16 +71,9 @@ impl Share {
             .prefix("mybuddy-share-")
             .tempdir()
             .unwrap();
-        let o = ns
-            .command(repo().join("scripts/swarm-local").to_str().unwrap())
-            .arg("up")
-            .arg(dir.path())
-            .env("MYBUDDY_SUPERVISOR", supervisor())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{err}");
-        Share { dir }
+        let s = Share { dir };
+        s.up_again_in(ns);
+        s
     }
 
     /// `swarm-local env ROLE DIR BUDDY` (run in `ns` where the servers
@@ -214,21 +217,6 @@ impl Share {
 }
 
 impl Share {
-    /// `swarm-local up` again inside `ns` (servers stopped by a fault test
-    /// come back on their own ports).
-    pub fn up_again_in(&self, ns: &NetNs) -> String {
-        let o = ns
-            .command(repo().join("scripts/swarm-local").to_str().unwrap())
-            .arg("up")
-            .arg(self.dir.path())
-            .env("MYBUDDY_SUPERVISOR", supervisor())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{err}");
-        err
-    }
-
     /// Stops the S3 server (the backups' storage) and waits until it is gone.
     pub fn stop_s3(&self) {
         let pid_file = self.dir.path().join("s3/weed.pid");
