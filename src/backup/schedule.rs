@@ -110,21 +110,13 @@ impl Scheduler {
                     || matches!(k.as_str(), "PATH" | "MYBUDDY_LOG_FORMAT" | "NO_COLOR")
             })
             .collect();
-        let spec = SpawnSpec {
-            program: exe,
-            args: vec![
-                "backup".into(),
-                "cycle".into(),
-                "--state".into(),
-                self.state.display().to_string(),
-            ],
-            env,
-            cwd: PathBuf::from("/"),
-            credentials: None,
-            mask_dir: None,
-            harden: false,
-            stdio: None,
-        };
+        let args = vec![
+            "backup".into(),
+            "cycle".into(),
+            "--state".into(),
+            self.state.display().to_string(),
+        ];
+        let spec = SpawnSpec::helper(exe, args, env);
         match sys::spawn(&spec, &self.mask) {
             Ok(pid) => {
                 self.running = Some((pid, now));

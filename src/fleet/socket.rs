@@ -304,17 +304,11 @@ impl Server {
         let conn = r.conn.try_clone().map_err(|e| e.to_string())?;
         // The spell writes its progress to whoever asked, as it comes.
         let _ = conn.set_nonblocking(false);
+        // Ours: the token, the shared keys and the share's settings go to
+        // the spell run, which is root's like us.
         let spec = SpawnSpec {
-            program: exe,
-            args,
-            // Ours: the token, the shared keys and the share's settings go to
-            // the spell run, which is root's like us.
-            env: std::env::vars().collect(),
-            cwd: PathBuf::from("/"),
-            credentials: None,
-            mask_dir: None,
-            harden: false,
             stdio: Some(conn.as_raw_fd()),
+            ..SpawnSpec::helper(exe, args, std::env::vars().collect())
         };
         let pid = sys::spawn(&spec, &self.mask).map_err(|e| {
             if let Some(f) = &spell_file {
@@ -358,20 +352,12 @@ impl Server {
         let Ok(exe) = std::env::current_exe() else {
             return;
         };
-        let spec = SpawnSpec {
-            program: exe,
-            args: vec![
-                "rollback".into(),
-                "--journals".into(),
-                dir.display().to_string(),
-            ],
-            env: std::env::vars().collect(),
-            cwd: PathBuf::from("/"),
-            credentials: None,
-            mask_dir: None,
-            harden: false,
-            stdio: None,
-        };
+        let args = vec![
+            "rollback".into(),
+            "--journals".into(),
+            dir.display().to_string(),
+        ];
+        let spec = SpawnSpec::helper(exe, args, std::env::vars().collect());
         match sys::spawn(&spec, &self.mask) {
             Ok(pid) => {
                 self.runs.insert(

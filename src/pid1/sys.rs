@@ -295,6 +295,24 @@ pub struct SpawnSpec {
     pub stdio: Option<std::os::fd::RawFd>,
 }
 
+impl SpawnSpec {
+    /// One of the supervisor's own helpers (a share mount, a spell, a
+    /// backup cycle): root's like us, in `/`, not hardened like the gateway,
+    /// its output ours.
+    pub fn helper(program: PathBuf, args: Vec<String>, env: Vec<(String, String)>) -> SpawnSpec {
+        SpawnSpec {
+            program,
+            args,
+            env,
+            cwd: PathBuf::from("/"),
+            credentials: None,
+            mask_dir: None,
+            harden: false,
+            stdio: None,
+        }
+    }
+}
+
 /// Starts the child in its own session and process group, with the original
 /// signal mask, the given groups, gid and uid, and (for the gateway)
 /// no_new_privs and umask 007.

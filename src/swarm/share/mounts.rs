@@ -333,16 +333,7 @@ fn spec(v: &Volume, point: &Path, cache: &Path) -> SpawnSpec {
     args.push(cache.display().to_string());
     args.push(v.meta_url.clone());
     args.push(point.display().to_string());
-    SpawnSpec {
-        program: juicefs(),
-        args,
-        env,
-        cwd: PathBuf::from("/"),
-        credentials: None,
-        mask_dir: None,
-        harden: false,
-        stdio: None,
-    }
+    SpawnSpec::helper(juicefs(), args, env)
 }
 
 #[cfg(test)]
