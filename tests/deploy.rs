@@ -93,6 +93,14 @@ impl World {
     }
 }
 
+/// The secret names a Buddy's app holds: its own and the share's for its role.
+fn own_and_share_secrets(slug: &str) -> Vec<String> {
+    let dir = repo().join("buddies").join(slug);
+    let mut names = secret_names(&dir);
+    names.extend(secret_names_of(&dir, &["--share"]));
+    names
+}
+
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
@@ -179,11 +187,7 @@ fn a_second_deploy_replaces_the_machine_keeps_the_secrets_and_unsets_what_the_ro
     let w = World::new();
     let slug = "roelbuddy-galahad";
     let app = "mybuddytalk-roelbuddy-galahad";
-    let mut names = secret_names(&repo().join("buddies").join(slug));
-    names.extend(secret_names_of(
-        &repo().join("buddies").join(slug),
-        &["--share"],
-    ));
+    let mut names = own_and_share_secrets(slug);
     // Left over from when Galahad was a Magician.
     names.extend([
         "MYBUDDY_SPELLBOOK_META_PASSWORD".into(),
@@ -380,11 +384,7 @@ fn a_running_buddy_whose_backup_fails_is_not_replaced() {
     let w = World::new();
     let slug = "roelbuddy-galahad";
     let app = "mybuddytalk-roelbuddy-galahad";
-    let mut names = secret_names(&repo().join("buddies").join(slug));
-    names.extend(secret_names_of(
-        &repo().join("buddies").join(slug),
-        &["--share"],
-    ));
+    let names = own_and_share_secrets(slug);
     let machine = w.deployed_before(slug, &names);
     let fails = "error: restic backup failed: disk full";
     w.api.api.exec_answers(app, &machine, 1, fails);

@@ -96,6 +96,12 @@ impl World {
             .unwrap()
     }
 
+    /// The id of Buddy `slug`'s Machine.
+    fn machine_id(&self, slug: &str) -> String {
+        let app = format!("mybuddytalk-{slug}");
+        self.fly.api.app(&app).unwrap().machines[0].id.clone()
+    }
+
     /// Each Buddy's Machine: (its image now, how many configs it has run).
     fn machines(&self) -> Vec<(String, usize)> {
         SLUGS
@@ -235,14 +241,7 @@ fn a_failing_canary_is_put_back_and_the_others_are_untouched() {
 
     // The canary's backup fails: nothing is updated, the rollout stops.
     let w = World::new();
-    let kazeh = w
-        .fly
-        .api
-        .app("mybuddytalk-estherbuddy-kazeh")
-        .unwrap()
-        .machines[0]
-        .id
-        .clone();
+    let kazeh = w.machine_id("estherbuddy-kazeh");
     w.fly.api.exec_answers(
         "mybuddytalk-estherbuddy-kazeh",
         &kazeh,
@@ -262,14 +261,7 @@ fn a_failing_canary_is_put_back_and_the_others_are_untouched() {
 
     // Someone else holds the canary's lease: nothing is updated.
     let w = World::new();
-    let kazeh = w
-        .fly
-        .api
-        .app("mybuddytalk-estherbuddy-kazeh")
-        .unwrap()
-        .machines[0]
-        .id
-        .clone();
+    let kazeh = w.machine_id("estherbuddy-kazeh");
     w.fly
         .api
         .hold_lease("mybuddytalk-estherbuddy-kazeh", &kazeh);

@@ -131,18 +131,30 @@ pub fn at_boot(s: &Settings, state: &Path, stop: &dyn Fn() -> bool) -> Result<Re
             ));
         }
     };
+    let restored = newest_whole(&restic, s, &dir, all, at)?;
+    let _ = dir.unlink(REQUEST);
+    Ok(restored)
+}
+
+/// The newest snapshot (none newer than `at`) that restores whole into
+/// `dir`; each one refused before it is said and kept in `refused`.
+fn newest_whole(
+    restic: &Restic,
+    s: &Settings,
+    dir: &Dir,
+    all: Vec<Snapshot>,
+    at: Option<SystemTime>,
+) -> Result<Restored, String> {
     if all.is_empty() {
-        let _ = dir.unlink(REQUEST);
         return Ok(Restored::NoBackup);
     }
     let mut refused = Vec::new();
     for snap in candidates(all, at) {
-        match restore_snapshot(&restic, s, &dir, &snap) {
+        match restore_snapshot(restic, s, dir, &snap) {
             Ok(files) => {
-                let _ = dir.unlink(REQUEST);
                 return Ok(Restored::Done {
-                    snapshot: snap.short_id.clone(),
-                    time: snap.time.clone(),
+                    snapshot: snap.short_id,
+                    time: snap.time,
                     files,
                     refused,
                 });
@@ -304,28 +316,5 @@ pub fn into_dir(s: &Settings, target: &Path, at: Option<SystemTime>) -> Result<R
     let all = restic
         .snapshots(s.restore_timeout)
         .map_err(|e| e.to_string())?;
-    if all.is_empty() {
-        return Ok(Restored::NoBackup);
-    }
-    let mut refused = Vec::new();
-    for snap in candidates(all, at) {
-        match restore_snapshot(&restic, s, &dir, &snap) {
-            Ok(files) => {
-                return Ok(Restored::Done {
-                    snapshot: snap.short_id,
-                    time: snap.time,
-                    files,
-                    refused,
-                });
-            }
-            Err(e) => {
-                eprintln!(
-                    "backup restore: snapshot {} ({}) refused: {e}",
-                    snap.short_id, snap.time
-                );
-                refused.push(format!("{}: {e}", snap.short_id));
-            }
-        }
-    }
-    Err(format!("every backup was refused:\n{}", refused.join("\n")))
+    newest_whole(&restic, s, &dir, all, at)
 }
