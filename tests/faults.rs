@@ -243,10 +243,7 @@ fn signal_storms_are_absorbed() {
         1,
         "the storm restarted the gateway"
     );
-    let zombies = children_of(s.pid())
-        .into_iter()
-        .filter(|(_, st)| *st == 'Z')
-        .count();
+    let zombies = lasting_zombies(s.pid(), Duration::from_secs(2)).len();
     s.signal("TERM");
     assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
     assert_eq!(zombies, 0);

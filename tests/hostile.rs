@@ -583,10 +583,7 @@ fn a_gateway_holding_the_registry_lock_never_freezes_the_loop() {
         "{}",
         s.log()
     );
-    let zombies: Vec<_> = children_of(s.pid())
-        .into_iter()
-        .filter(|(_, st)| *st == 'Z')
-        .collect();
+    let zombies = lasting_zombies(s.pid(), Duration::from_secs(2));
     assert!(zombies.is_empty(), "{zombies:?}");
     let restarts = s.log().matches("gateway started").count();
     // Once the gateway lets go, the registration lands.

@@ -100,10 +100,7 @@ sleep 1000 & wait"#,
         s.log().matches("reaped orphan").count(),
         s.log().lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
-    let zombies: Vec<_> = children_of(s.pid())
-        .into_iter()
-        .filter(|(_, st)| *st == 'Z')
-        .collect();
+    let zombies = lasting_zombies(s.pid(), Duration::from_secs(2));
     assert!(zombies.is_empty(), "zombies left: {zombies:?}");
     assert_eq!(s.log().matches("reaped orphan").count(), 1000);
     s.signal("TERM");

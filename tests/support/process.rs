@@ -229,6 +229,20 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     out
 }
 
+/// The zombies among `ppid`'s children that outlive `grace`. A child that
+/// has just exited is a zombie until the reaper's next `waitpid`, so one
+/// look at /proc can catch a zombie the reaper is about to take; a reaper
+/// that misses children leaves them there for good.
+pub fn lasting_zombies(ppid: i32, grace: Duration) -> Vec<(i32, char)> {
+    let zombies = || -> Vec<(i32, char)> {
+        children_of(ppid)
+            .into_iter()
+            .filter(|(_, st)| *st == 'Z')
+            .collect()
+    };
+    wait_for(grace, || zombies().is_empty().then_some(())).map_or_else(zombies, |()| Vec::new())
+}
+
 /// A status field of /proc/<pid>/status (Uid, Groups, SigBlk, NoNewPrivs...).
 pub fn proc_status(pid: i32, field: &str) -> Option<String> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
