@@ -11,6 +11,7 @@
 //! - [`buddy`] and [`state`]: a Buddy's identity and its persistent state;
 //!   [`boot`]: the boot steps; [`check`]: `check-config`; [`cli`]: commands;
 //! - [`backup`]: the state backed up off the Machine, restored by the boot;
+//! - [`health`]: the metrics Fly scrapes;
 //! - [`untrusted`]: root's only way into what a gateway can write (the
 //!   share, the state dir): directory handles, no link ever followed.
 
@@ -21,6 +22,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod health;
 pub mod logging;
 pub mod pid1;
 pub mod state;

@@ -22,6 +22,19 @@ const COMPILE_CACHE: &str = "node-compile-cache";
 /// Root's own corner of the volume: the journals of spells cut short
 /// (mode 0700, never given to the gateway).
 pub const JOURNALS: &str = ".spell-journals";
+/// Root's count of boots refused in a row (see `boot::refusal`).
+pub const REFUSALS: &str = ".supervisor-refusals";
+
+/// Root's own corners of the state dir: spell journals, the refusal count,
+/// the restore's request and what a restore kept aside. Never handed to the
+/// gateway, never backed up.
+pub fn is_roots_corner(name: &std::ffi::OsStr) -> bool {
+    name == JOURNALS
+        || name == REFUSALS
+        || name
+            .to_string_lossy()
+            .starts_with(crate::backup::restore::WORK_PREFIX)
+}
 
 pub struct Layout {
     pub root: PathBuf,
@@ -241,13 +254,7 @@ pub fn chown_tree(root: &Dir, uid: Uid, gid: Gid) -> Result<u64, StateError> {
     let mut stack: Vec<(std::rc::Rc<Dir>, OsString)> = Vec::new();
     let first = std::rc::Rc::new(root.try_clone().map_err(ctx(root.path(), "cannot open"))?);
     for e in first.entries().map_err(ctx(root.path(), "cannot list"))? {
-        // Root's own corners: spell journals, the restore's request and
-        // what a restore kept aside.
-        let roots = e.name == JOURNALS
-            || e.name
-                .to_string_lossy()
-                .starts_with(crate::backup::restore::WORK_PREFIX);
-        if !roots {
+        if !is_roots_corner(&e.name) {
             stack.push((first.clone(), e.name));
         }
     }

@@ -327,3 +327,78 @@ fn a_supervisor_killed_outright_takes_its_gateway_with_it() {
         t.elapsed().as_millis()
     ));
 }
+
+/// The memory guard: in a cgroup of 96 MiB, a gateway that allocates past
+/// it is what the kernel's OOM killer takes (the supervisor is its last
+/// choice), the death is logged, counted and recorded as an OOM, the
+/// gateway restarted, the supervisor unharmed. The gateway's heap cap comes
+/// from the VM's size.
+#[test]
+fn a_gateway_killed_for_memory_is_told_apart_and_restarted() {
+    let f = Fixture::new();
+    let cg = MemoryCgroup::new(96 << 20);
+    let count = f.path("runs");
+    fs::write(&count, "0").unwrap();
+    fs::set_permissions(&count, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let child = script(
+        f.tmp.path(),
+        "hog.sh",
+        &format!(
+            "n=$(cat {count}); n=$((n+1)); echo $n > {count}\n\
+             [ $n = 1 ] && exec python3 -c 'x = b\"x\" * (400 << 20); print(len(x))'\n\
+             echo \"heap=$NODE_OPTIONS adj=$(cat /proc/self/oom_score_adj)\"\n\
+             trap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done",
+            count = count.display()
+        ),
+    );
+    let mut env = env_for(&f, "roelbuddy-galahad");
+    env.push(("FLY_VM_MEMORY_MB".into(), "2048".into()));
+    let args = buddy_args(
+        &f,
+        "roelbuddy-galahad",
+        &["--backoff-initial-ms", "100"],
+        &[child.to_str().unwrap()],
+    );
+    let mut s = Sup::start_in_cgroup(f.tmp.path(), &cg, &args, &env);
+    assert!(s.wait_out("heap=", T), "{}\n{}", s.log(), s.out());
+    let log = s.log();
+    assert!(
+        log.contains("gateway killed for memory (the kernel's OOM killer)"),
+        "{log}"
+    );
+    assert!(log.contains("oom_kills=1"), "{log}");
+    assert_eq!(log.matches("gateway started").count(), 2, "{log}");
+    // The gateway's V8 heap: 3/4 of the VM; its OOM score raised.
+    assert!(
+        s.out().contains("heap=--max-old-space-size=1536 adj=500"),
+        "{}",
+        s.out()
+    );
+    // The supervisor survived: -900 where the kernel lets it lower its
+    // own (this machine's answers EIO to any negative value: then said).
+    let own = fs::read_to_string(format!("/proc/{}/oom_score_adj", s.pid())).unwrap();
+    assert!(
+        own.trim() == "-900" || log.contains("cannot lower our own oom_score_adj"),
+        "{own}\n{log}"
+    );
+    let last_exit = wait_for(T, || {
+        let r: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(f.swarm.join("mybuddybook/registry.json")).ok()?,
+        )
+        .ok()?;
+        r["buddies"]["roelbuddy-galahad"]["gateway"]["last_exit"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert_eq!(
+        last_exit.as_deref(),
+        Some("killed for memory (OOM, signal SIGKILL)"),
+        "{}",
+        s.log()
+    );
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    figure(
+        "OOM: a gateway allocating 400 MB in a 96 MiB cgroup was the OOM killer's choice, logged and recorded as such, restarted; the supervisor (oom_score_adj -900) survived",
+    );
+}

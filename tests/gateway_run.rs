@@ -87,6 +87,13 @@ impl Live {
             self.sup.out()
         );
     }
+    /// Its entry in the swarm's registry, as the supervisor wrote it.
+    fn registry_entry(&self) -> Option<serde_json::Value> {
+        let path = self.f.swarm.join("mybuddybook/registry.json");
+        let r: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
+        let e = r["buddies"]["estherbuddy-kazeh"].clone();
+        (!e.is_null()).then_some(e)
+    }
     fn gateway_pid(&self) -> i32 {
         let line = self
             .sup
@@ -247,12 +254,58 @@ fn a_killed_gateway_is_restarted_and_answers_again() {
         "the restarted gateway does not answer:\n{}",
         g.sup.log()
     );
+    // The registry followed: running only once the port answered, the
+    // kill as a restart, running again once the new gateway listened.
+    let running = wait_for(BOOT, || {
+        let e = g.registry_entry()?;
+        (e["gateway"]["state"] == "running" && e["gateway"]["last_exit"] == "signal SIGKILL")
+            .then_some(e)
+    });
+    assert!(
+        running.is_some(),
+        "{:?}\n{}",
+        g.registry_entry(),
+        g.sup.log()
+    );
+    let log = g.sup.log();
+    let states: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            if l.contains("registered in the swarm") {
+                Some("booting")
+            } else if l.contains("gateway listening") {
+                Some("listening")
+            } else {
+                l.split("state recorded in the registry state=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+            }
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "booting",
+            "listening",
+            "running",
+            "restarting",
+            "listening",
+            "running"
+        ],
+        "{log}"
+    );
     g.sup.signal("INT");
     assert_eq!(
         g.sup.wait_exit(Duration::from_secs(30)),
         Some(0),
         "{}",
         g.sup.log()
+    );
+    let e = g.registry_entry().unwrap();
+    assert_eq!(e["gateway"]["state"], "stopped", "{e}");
+    assert_eq!(
+        e["gateway"]["reason"], "stopped by SIGINT (supervisor exit 0)",
+        "{e}"
     );
 }
 

@@ -258,7 +258,7 @@ fn a_magician_spawns_a_buddy_step_by_step() {
         .unwrap();
     assert!(
         String::from_utf8_lossy(&table.stdout)
-            .contains("EstherBuddy-Lyra  Esther  buddy  TG        planned  -"),
+            .contains("EstherBuddy-Lyra  Esther  buddy  TG        planned  never booted  -"),
         "{}",
         text(&table)
     );

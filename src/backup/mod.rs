@@ -213,11 +213,9 @@ fn redact_userinfo(r: &str) -> String {
 /// own corners, and the restore's working dirs.
 pub fn excluded(name: &str) -> bool {
     name == crate::config::render::CONFIG_FILE_NAME
-        || name == crate::state::JOURNALS
+        || crate::state::is_roots_corner(std::ffi::OsStr::new(name))
         // The gateway's caches (its control UI's assets, npm's logs).
         || matches!(name, "tmp" | "logs" | "lost+found" | "cache" | ".npm" | ".cache")
-        || name.starts_with(restore::WORK_PREFIX)
-        || name == restore::REQUEST
 }
 
 #[cfg(test)]

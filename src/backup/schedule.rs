@@ -67,6 +67,11 @@ impl Scheduler {
         self.backed_up_at.elapsed().unwrap_or_default()
     }
 
+    /// When the state was last known backed up whole.
+    pub fn backed_up_at(&self) -> SystemTime {
+        self.backed_up_at
+    }
+
     pub fn next_wake(&self) -> Option<Instant> {
         match self.running {
             Some((_, started)) => Some(started + DEADLINE),

@@ -132,6 +132,15 @@ pub struct RunArgs {
     /// Tests and offline runs only: pass this variable of ours to the gateway too (repeatable; env: comma-separated), e.g. NODE_EXTRA_CA_CERTS
     #[arg(long, env = "MYBUDDY_GATEWAY_ENV", value_delimiter = ',')]
     pub gateway_env: Vec<String>,
+    /// Seconds between heartbeats in the Buddy's registry entry (a reader calls an entry silent for three of them `unknown`)
+    #[arg(long, env = "MYBUDDY_HEARTBEAT", default_value_t = 60.0)]
+    pub heartbeat: f64,
+    /// A boot refused again (exit 78) waits this many seconds before it exits, doubling per refusal in a row, so a restart policy does not spin it (the first refusal exits at once)
+    #[arg(long, env = "MYBUDDY_REFUSAL_BACKOFF", default_value_t = 10.0)]
+    pub refusal_backoff: f64,
+    /// The longest wait of a refused boot, in seconds
+    #[arg(long, env = "MYBUDDY_REFUSAL_BACKOFF_MAX", default_value_t = 300.0)]
+    pub refusal_backoff_max: f64,
     /// The child to supervise instead of `openclaw gateway --bind lan --port <port>`
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -169,6 +178,8 @@ fn run_config(a: RunArgs) -> RunConfig {
         gateway_env: a.gateway_env,
         policy: a.supervise.policy(RestartPolicy::Always),
         command: a.command,
+        heartbeat: secs(a.heartbeat.max(1.0)),
+        refusal_backoff: (secs(a.refusal_backoff), secs(a.refusal_backoff_max)),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct FlyFacts {
     pub checks: Value,
     pub restart: Value,
     pub stop_config: Value,
+    /// `[metrics]`: where Fly scrapes the supervisor's metrics.
+    pub metrics: Value,
 }
 
 /// Reads the facts; every missing or malformed one is a problem (no
@@ -221,6 +223,43 @@ pub fn fly_facts(fly_toml: &Path) -> Result<FlyFacts, Vec<Problem>> {
     let stop_config = need("kill_signal and kill_timeout", stop);
     problems.extend(retention_problem);
 
+    // The supervisor serves its metrics at one port and path: fly.toml must
+    // scrape exactly those, and no service may publish that port.
+    use crate::health::metrics::{PATH as METRICS_PATH, PORT as METRICS_PORT};
+    let metrics = doc.get("metrics").map(|m| {
+        (
+            m.get("port").and_then(|v| v.as_integer()),
+            m.get("path").and_then(|v| v.as_str()),
+        )
+    });
+    let metrics = match metrics {
+        Some((Some(port), Some(path))) if port == METRICS_PORT as i64 && path == METRICS_PATH => {
+            json!({"port": port, "path": path})
+        }
+        found => {
+            problems.push(p(
+                "metrics",
+                format!(
+                    "{}: the supervisor serves its metrics at port {METRICS_PORT}, path {METRICS_PATH} (set [metrics] port = {METRICS_PORT}, path = \"{METRICS_PATH}\")",
+                    match found {
+                        None => "missing".to_string(),
+                        Some((port, path)) => format!("port {port:?}, path {path:?}"),
+                    }
+                ),
+            ));
+            Value::Null
+        }
+    };
+    if services.as_array().is_some_and(|list| {
+        list.iter()
+            .any(|s| s["internal_port"] == json!(METRICS_PORT))
+    }) {
+        problems.push(p(
+            "services",
+            format!("a service publishes port {METRICS_PORT}, the supervisor's metrics: they are for Fly's scraper on the private network only"),
+        ));
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -237,6 +276,7 @@ pub fn fly_facts(fly_toml: &Path) -> Result<FlyFacts, Vec<Problem>> {
         checks,
         restart,
         stop_config,
+        metrics,
     })
 }
 
@@ -390,6 +430,7 @@ pub fn config(
         "checks": facts.checks,
         "restart": facts.restart,
         "stop_config": facts.stop_config,
+        "metrics": facts.metrics,
         "metadata": {META_BUDDY: slug, META_ROLE: b.identity.role.to_string()},
         "files": files,
     }))
@@ -423,6 +464,7 @@ mod tests {
             json!({"port": 80, "handlers": ["http"]})
         );
         assert_eq!(f.env["MYBUDDY_SHARE"], "juicefs");
+        assert_eq!(f.metrics, json!({"port": 9091, "path": "/metrics"}));
     }
 
     #[test]

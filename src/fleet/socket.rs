@@ -112,6 +112,8 @@ struct Run {
     /// The caller's connection (None: the boot's own rollback).
     conn: Option<UnixStream>,
     spell_file: Option<PathBuf>,
+    /// SpawnBuddy, UpgradeBuddy, rollback (the metrics' label).
+    spell: &'static str,
 }
 
 impl Server {
@@ -327,6 +329,7 @@ impl Server {
             Run {
                 conn: Some(conn),
                 spell_file,
+                spell: what,
             },
         );
         Ok(())
@@ -365,6 +368,7 @@ impl Server {
                     Run {
                         conn: None,
                         spell_file: None,
+                        spell: "rollback",
                     },
                 );
             }
@@ -379,6 +383,7 @@ impl Server {
             return false;
         };
         info!(pid = pid.as_raw(), status = %exit, "spell socket: the spell ended");
+        crate::health::metrics::metrics().spell(run.spell, exit.success());
         // Never blocking the loop on a caller that stopped reading.
         let line = format!("{EXIT_PREFIX}{}\n", exit.code());
         if let Some(conn) = &run.conn {

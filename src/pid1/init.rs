@@ -38,6 +38,7 @@ pub fn run(command: Vec<String>, policy: Policy, sfd: &SignalFd, mask: SigSet) -
         mask_dir: None,
         harden: false,
         stdio: None,
+        oom_score_adj: None,
     };
     Supervisor::new(sfd, mask, spec, policy, &mut Plain).run()
 }

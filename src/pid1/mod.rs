@@ -2,11 +2,13 @@
 //! init) for the gateway: [`sys`] is the kernel boundary (every syscall of
 //! the PID-1 path, each with why); [`supervise`] the loop (signals, the one
 //! reaper, stop, reload) and [`restart`] its restart policy; [`privileges`]
-//! the identity the gateway runs as; [`init`] the loop without a Buddy.
+//! the identity the gateway runs as; [`memory`] the heap cap, OOM scores and
+//! OOM kills; [`init`] the loop without a Buddy.
 //! (OpenClaw reclaims its own stale locks in `$STATE/tmp/openclaw-<uid>/`;
 //! the state step removes what Clawdbot left there once.)
 
 pub mod init;
+pub mod memory;
 pub mod privileges;
 pub mod restart;
 pub mod supervise;

@@ -32,8 +32,8 @@ pub trait Hooks {
     fn after_first_start(&mut self) -> Option<i32> {
         None
     }
-    /// The gateway's health changed (crash loop began or ended).
-    fn health_changed(&mut self, _health: Health) {}
+    /// Something happened in the gateway's life (see [`Life`]).
+    fn life(&mut self, _event: Life) {}
     /// The reaper collected a child that is not the gateway. True: it was
     /// one the gateway depends on (a share mount): the loop stops the
     /// gateway and calls [`Hooks::repair`] until the dependency is back.
@@ -108,13 +108,54 @@ enum AfterStop {
     Start,
 }
 
-/// What the loop reports about the gateway beyond single exits.
+/// What the loop tells the hooks about the gateway's life (the registry's
+/// states come from these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
+pub enum Life {
+    /// It was started (`start`: how many times so far).
+    Started { pid: Pid, start: u32 },
+    /// It ended, whatever follows (the events below say what does).
+    Exited { end: End },
+    /// It ended and is started again after a backoff.
+    Restarting { end: End },
     /// `exits` in a row without a healthy run; still restarting.
-    CrashLooping { exits: u32 },
+    CrashLooping { exits: u32, end: End },
     /// Ran for the healthy interval after a crash loop of `exits`.
     Recovered { exits: u32 },
+    /// A stop was asked for with `signal`.
+    Stopping { signal: Signal },
+    /// It ended for good; the supervisor exits once its group is gone.
+    Ended { end: End, why: Ending },
+}
+
+/// How one run of the gateway ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    pub exit: Exit,
+    /// The kernel's OOM killer took it (see [`super::memory::OomWatch`]).
+    pub oom: bool,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oom {
+            write!(f, "killed for memory (OOM, {})", self.exit)
+        } else {
+            self.exit.fmt(f)
+        }
+    }
+}
+
+/// Why the gateway will not be started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A stop was asked for with this signal.
+    Asked(Signal),
+    /// The restart policy says not to (`never`, or `on-failure` after a
+    /// clean exit).
+    Policy,
+    /// `--max-restarts` crashes in the window: given up.
+    GaveUp { crashes: usize },
 }
 
 struct Running {
@@ -152,6 +193,12 @@ pub struct Supervisor<'a> {
     healthy_at: Option<Instant>,
     /// A repair of the gateway's dependencies in progress.
     cycle: Option<Cycle>,
+    /// The signal of the stop that was asked for.
+    stop_signal: Option<Signal>,
+    /// Tells the gateway's OOM kills from other deaths.
+    oom: super::memory::OomWatch,
+    /// Gateways the kernel killed for memory, since the supervisor started.
+    pub oom_kills: u32,
 }
 
 /// After SIGKILL, how long to wait for the kernel to finish the group off
@@ -188,6 +235,9 @@ impl<'a> Supervisor<'a> {
             release_at: None,
             healthy_at: None,
             cycle: None,
+            stop_signal: None,
+            oom: super::memory::OomWatch::new(),
+            oom_kills: 0,
         }
     }
 
@@ -257,7 +307,13 @@ impl<'a> Supervisor<'a> {
         match sys::spawn(&self.spec, &self.mask) {
             Ok(pid) => {
                 self.starts += 1;
+                // Kills of anything else before now are not this run's.
+                self.oom.new_kills();
                 info!(pid = pid.as_raw(), program = %self.spec.program.display(), start = self.starts, "gateway started");
+                self.hooks.life(Life::Started {
+                    pid,
+                    start: self.starts,
+                });
                 self.gateway = Some(Running {
                     pid,
                     started: Instant::now(),
@@ -319,12 +375,14 @@ impl<'a> Supervisor<'a> {
             return None;
         }
         self.stop_requested = true;
+        self.stop_signal = Some(sig);
         self.restart_at = None;
         // A repair in progress is abandoned: the stop takes the gateway down.
         self.cycle = None;
         // Spells running get the same stop timeout to finish or take back
         // what they made.
         self.hooks.stopping();
+        self.hooks.life(Life::Stopping { signal: sig });
         match &self.gateway {
             Some(g) => {
                 info!(
@@ -505,11 +563,31 @@ impl<'a> Supervisor<'a> {
         None
     }
 
+    /// How the gateway's run ended: an OOM kill is told apart (logged and
+    /// counted) from any other SIGKILL.
+    fn end_of(&mut self, pid: Pid, exit: Exit) -> End {
+        let oom = exit == Exit::Signal(Signal::SIGKILL) && self.oom.new_kills() > 0;
+        if oom {
+            self.oom_kills += 1;
+            warn!(
+                pid = pid.as_raw(),
+                oom_kills = self.oom_kills,
+                counter = %self.oom.source(),
+                "gateway killed for memory (the kernel's OOM killer)"
+            );
+        }
+        End { exit, oom }
+    }
+
     fn on_gateway_exit(&mut self, pid: Pid, exit: Exit, ran: Duration) -> Option<i32> {
         let ran_ms = ran.as_millis() as u64;
+        let end = self.end_of(pid, exit);
+        self.hooks.life(Life::Exited { end });
         if let Some(d) = &mut self.draining {
             info!(pid = pid.as_raw(), status = %exit, ran_ms, "gateway stopped");
             d.code = Some(exit.code());
+            let why = Ending::Asked(self.stop_signal.unwrap_or(Signal::SIGTERM));
+            self.hooks.life(Life::Ended { end, why });
             self.hooks.gateway_stopped();
             return None;
         }
@@ -540,6 +618,10 @@ impl<'a> Supervisor<'a> {
         match self.restarts.after_exit(&self.policy, exit, ran, now) {
             Verdict::Exit(code) => {
                 info!(pid = pid.as_raw(), status = %exit, ran_ms, policy = ?self.policy.restart, "gateway exited; not restarting");
+                self.hooks.life(Life::Ended {
+                    end,
+                    why: Ending::Policy,
+                });
                 self.begin_final_drain(pid, code)
             }
             Verdict::GiveUp { code, crashes } => {
@@ -548,6 +630,10 @@ impl<'a> Supervisor<'a> {
                     window_s = self.policy.restart_window.as_secs(), exit = code,
                     "gateway is crash-looping; giving up so the platform can replace the machine"
                 );
+                self.hooks.life(Life::Ended {
+                    end,
+                    why: Ending::GaveUp { crashes },
+                });
                 self.begin_final_drain(pid, code)
             }
             Verdict::Restart {
@@ -576,8 +662,19 @@ impl<'a> Supervisor<'a> {
                         gives_up = self.policy.max_restarts.is_some(),
                         "gateway is crash-looping; restarting it with capped backoff until it runs again"
                     );
-                    self.hooks
-                        .health_changed(Health::CrashLooping { exits: attempt });
+                    self.hooks.life(Life::CrashLooping {
+                        exits: attempt,
+                        end,
+                    });
+                } else {
+                    self.hooks.life(if self.restarts.looping() {
+                        Life::CrashLooping {
+                            exits: attempt,
+                            end,
+                        }
+                    } else {
+                        Life::Restarting { end }
+                    });
                 }
                 None
             }
@@ -652,7 +749,7 @@ impl<'a> Supervisor<'a> {
                     up_s = g.started.elapsed().as_secs(),
                     "gateway recovered: running again after a crash loop"
                 );
-                self.hooks.health_changed(Health::Recovered { exits });
+                self.hooks.life(Life::Recovered { exits });
             }
         }
         if self.restart_at.is_some_and(|t| now >= t) {

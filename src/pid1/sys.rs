@@ -173,6 +173,13 @@ pub fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
+/// Sets our own `oom_score_adj` (inherited by every child, see
+/// [`SpawnSpec::oom_score_adj`]). Lowering it needs CAP_SYS_RESOURCE:
+/// Err when not root.
+pub fn set_own_oom_score_adj(value: i32) -> io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", value.to_string())
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -293,6 +300,9 @@ pub struct SpawnSpec {
     pub harden: bool,
     /// Its stdout and stderr (a spell run's: the caller's connection).
     pub stdio: Option<std::os::fd::RawFd>,
+    /// Its `oom_score_adj` (None: ours, inherited). The gateway's is the
+    /// default, so that it, not the supervisor, is what the OOM killer takes.
+    pub oom_score_adj: Option<i32>,
 }
 
 impl SpawnSpec {
@@ -309,6 +319,7 @@ impl SpawnSpec {
             mask_dir: None,
             harden: false,
             stdio: None,
+            oom_score_adj: None,
         }
     }
 }
@@ -374,6 +385,8 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
     });
     let harden = spec.harden;
     let stdio = spec.stdio;
+    // Formatted before the clone: the child allocates nothing.
+    let oom_adj: Option<Vec<u8>> = spec.oom_score_adj.map(|v| v.to_string().into_bytes());
     let mask = *original_mask;
     let failed = AtomicI32::new(0);
 
@@ -390,6 +403,13 @@ pub fn spawn(spec: &SpawnSpec, original_mask: &SigSet) -> io::Result<Pid> {
             // Own session and group: signals reach the whole tree, and a
             // terminal's Ctrl-C reaches only us (we forward it).
             nix::unistd::setsid()?;
+            if let Some(v) = &oom_adj {
+                // Before the credentials change (the file is root's once we
+                // are not). Best effort: a supervisor that is not root and was
+                // started with a higher value cannot lower it, and that must
+                // not keep the gateway from starting.
+                let _ = set_oom_score_adj_raw(v);
+            }
             if let Some(dir) = &mask_dir {
                 mask_in_own_namespace(dir)?;
             }
@@ -617,6 +637,24 @@ fn drop_own_credentials(
             && syscall(SYS_setresuid, uid, uid, uid) == 0
     };
     if ok { Ok(()) } else { Err(Errno::last()) }
+}
+
+/// Writes the calling process's `oom_score_adj` with raw syscalls.
+/// Allocates nothing: the spawned child calls it before its exec.
+fn set_oom_score_adj_raw(value: &[u8]) -> Result<(), Errno> {
+    use nix::libc::{O_CLOEXEC, O_WRONLY, close, open, write};
+    // SAFETY: a NUL-terminated literal path; `value` outlives the write;
+    // the descriptor is ours and closed here.
+    unsafe {
+        let fd = open(c"/proc/self/oom_score_adj".as_ptr(), O_WRONLY | O_CLOEXEC);
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let n = write(fd, value.as_ptr().cast(), value.len());
+        let e = Errno::last();
+        close(fd);
+        if n < 0 { Err(e) } else { Ok(()) }
+    }
 }
 
 /// Gives the calling task its own private mount namespace and hides `dir`

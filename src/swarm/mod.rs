@@ -33,6 +33,7 @@ pub mod access;
 pub mod layout;
 pub mod mount;
 pub mod permissions;
+pub mod presence;
 pub mod registry;
 pub mod reporter;
 pub mod resonate;

@@ -64,10 +64,22 @@ pub struct Entry {
     /// How its gateway is doing, as its supervisor last saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayHealth>,
+    /// RFC 3339, UTC: the supervisor's last write (a heartbeat at least
+    /// every `heartbeat_s`): an entry silent for [`STALE_BEATS`] of them
+    /// is `unknown`, whatever its state says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<String>,
+    /// The heartbeat interval its supervisor keeps, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_s: Option<u64>,
 }
 
-/// The gateway's state as its supervisor reports it: `running` since boot
-/// or recovery, `crash-looping` while it keeps exiting (and is restarted).
+/// Heartbeats missed before an entry's state is no longer believed.
+pub const STALE_BEATS: u32 = 3;
+/// The longest reason or exit an entry may carry: one line for a table.
+pub const MAX_REASON: usize = 400;
+
+/// The Buddy's state as its supervisor reports it (see [`GatewayState`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayHealth {
     pub state: GatewayState,
@@ -76,6 +88,13 @@ pub struct GatewayHealth {
     /// Exits in a row that made (or ended) the crash loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exits: Option<u32>,
+    /// How the gateway last ended (`exit code 1`, `killed by SIGKILL`,
+    /// `killed for memory (OOM)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// Why it stopped or was refused: one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl GatewayHealth {
@@ -85,15 +104,119 @@ impl GatewayHealth {
             state,
             since: now_rfc3339(),
             exits,
+            last_exit: None,
+            reason: None,
         }
     }
 }
 
+/// A Buddy's life as its supervisor writes it. `unknown` is never written:
+/// a reader says it of an entry whose heartbeat stopped (see [`seen`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GatewayState {
+    /// The gateway started and does not listen yet.
+    Booting,
+    /// It listens (or ran a healthy interval after a crash loop).
     Running,
+    /// It exited and is started again after a backoff.
+    Restarting,
+    /// It keeps exiting; restarted with capped backoff.
     CrashLooping,
+    /// The swarm share is gone and could not be brought back yet: the
+    /// gateway runs without it meanwhile.
+    ShareDegraded,
+    /// A stop was asked for; the gateway is being stopped.
+    Stopping,
+    /// The supervisor has exited (`reason` says why).
+    Stopped,
+    /// The boot refused to start the gateway (`reason`: the first line of
+    /// why); the supervisor waits before it exits, so a restart policy does
+    /// not spin.
+    Refused,
+}
+
+impl GatewayState {
+    /// States with no supervisor behind them: no heartbeat is expected.
+    pub fn is_final(self) -> bool {
+        matches!(self, GatewayState::Stopped | GatewayState::Refused)
+    }
+}
+
+impl std::fmt::Display for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        f.write_str(v.as_str().unwrap_or("?"))
+    }
+}
+
+/// What a reader may believe of an entry now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// The state its supervisor wrote, which is still heartbeating (or has
+    /// ended: stopped, refused).
+    State(GatewayState),
+    /// Its supervisor went silent: last heard of at `since` (or never
+    /// heartbeat at all: an entry older than heartbeats, `since` its boot).
+    Unknown { since: String },
+    /// Registered by a spell or an operator, never booted.
+    NeverBooted,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::State(s) => s.fmt(f),
+            Seen::Unknown { since } => write!(f, "unknown since {since}"),
+            Seen::NeverBooted => f.write_str("never booted"),
+        }
+    }
+}
+
+/// What `e` says of its Buddy at `now`: its state, or `unknown` once its
+/// supervisor has missed [`STALE_BEATS`] heartbeats.
+pub fn seen(e: &Entry, now: std::time::SystemTime) -> Seen {
+    let Some(g) = &e.gateway else {
+        return match &e.last_boot {
+            Some(t) => Seen::Unknown { since: t.clone() },
+            None => Seen::NeverBooted,
+        };
+    };
+    if g.state.is_final() {
+        return Seen::State(g.state);
+    }
+    let (Some(at), Some(beat)) = (&e.seen_at, e.heartbeat_s) else {
+        return Seen::Unknown {
+            since: e.last_boot.clone().unwrap_or_else(|| g.since.clone()),
+        };
+    };
+    let Ok(t) = humantime::parse_rfc3339(at) else {
+        return Seen::Unknown { since: at.clone() };
+    };
+    let silent = now.duration_since(t).unwrap_or_default();
+    if silent > Duration::from_secs(beat.max(1)) * STALE_BEATS {
+        Seen::Unknown { since: at.clone() }
+    } else {
+        Seen::State(g.state)
+    }
+}
+
+/// `text` on one line of at most [`MAX_REASON`] characters, with no
+/// control characters (what a supervisor writes; a table shows it as it
+/// is). Its lines are joined: a multi-line error's first line is often only
+/// its heading ("… does not render (1 problem):").
+pub fn one_line(text: &str) -> String {
+    let joined = text
+        .split_whitespace()
+        .map(|w| w.replace(|c: char| c.is_control(), " "))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if joined.chars().count() <= MAX_REASON {
+        return joined;
+    }
+    let mut out: String = joined.chars().take(MAX_REASON - 1).collect();
+    out.push('…');
+    out
 }
 
 impl Entry {
@@ -109,6 +232,8 @@ impl Entry {
             last_boot: None,
             machine: None,
             gateway: None,
+            seen_at: None,
+            heartbeat_s: None,
         }
     }
 }
@@ -157,9 +282,23 @@ pub fn check_entry(key: &str, v: &Value) -> Result<Entry, String> {
     let times = [
         e.last_boot.as_deref(),
         e.gateway.as_ref().map(|g| g.since.as_str()),
+        e.seen_at.as_deref(),
     ];
     for t in times.into_iter().flatten() {
         humantime::parse_rfc3339(t).map_err(|_| format!("{t:?} is not an RFC 3339 time"))?;
+    }
+    // Shown as they are in an operator's terminal: one short line, no
+    // escape sequences.
+    if let Some(g) = &e.gateway {
+        for (field, text) in [("last_exit", &g.last_exit), ("reason", &g.reason)] {
+            if let Some(t) = text
+                && (t.chars().count() > MAX_REASON || t.chars().any(char::is_control))
+            {
+                return Err(format!(
+                    "gateway.{field} is not one line of at most {MAX_REASON} characters"
+                ));
+            }
+        }
     }
     Ok(e)
 }
@@ -540,12 +679,14 @@ pub fn now_rfc3339() -> String {
 
 /// The registry as a table (for `supervisor registry`).
 pub fn table(r: &Registry) -> String {
+    let now = std::time::SystemTime::now();
     let mut rows = vec![[
         "ID".to_string(),
         "HUMAN".into(),
         "ROLE".into(),
         "CHANNELS".into(),
         "STATUS".into(),
+        "STATE".into(),
         "LAST BOOT".into(),
     ]];
     for e in r.buddies.values() {
@@ -555,10 +696,11 @@ pub fn table(r: &Registry) -> String {
             e.role.to_string(),
             e.channels.to_string(),
             e.status.to_string(),
+            seen(e, now).to_string(),
             e.last_boot.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
@@ -618,6 +760,45 @@ mod tests {
             whys.iter().any(|w| w.starts_with("not an entry")),
             "{whys:?}"
         );
+    }
+
+    #[test]
+    fn a_silent_entry_is_unknown_and_a_final_one_believed() {
+        let now = std::time::SystemTime::now();
+        let ago =
+            |s: u64| humantime::format_rfc3339_seconds(now - Duration::from_secs(s)).to_string();
+        let mut e: Entry =
+            serde_json::from_value(entry("RoelBuddy-Galahad", "Roel", "Galahad")).unwrap();
+        assert_eq!(seen(&e, now), Seen::NeverBooted);
+        e.last_boot = Some(ago(900));
+        assert!(matches!(seen(&e, now), Seen::Unknown { .. }));
+        e.gateway = Some(GatewayHealth::since_now(GatewayState::Running, None));
+        e.heartbeat_s = Some(60);
+        e.seen_at = Some(ago(170));
+        assert_eq!(seen(&e, now), Seen::State(GatewayState::Running));
+        e.seen_at = Some(ago(190));
+        assert_eq!(
+            seen(&e, now).to_string(),
+            format!("unknown since {}", ago(190))
+        );
+        e.gateway.as_mut().unwrap().state = GatewayState::Stopped;
+        assert_eq!(seen(&e, now), Seen::State(GatewayState::Stopped));
+    }
+
+    #[test]
+    fn reasons_are_one_short_line_without_escapes() {
+        assert_eq!(
+            one_line("does not render (1 problem):\n  - missing X\n"),
+            "does not render (1 problem): - missing X"
+        );
+        assert_eq!(one_line("a\x1b[31mb"), "a [31mb");
+        assert_eq!(one_line(&"x".repeat(500)).chars().count(), MAX_REASON);
+        // What a gateway writes into the file is checked the same way.
+        let mut v = entry("RoelBuddy-Galahad", "Roel", "Galahad");
+        v["gateway"] = json!({"state": "stopped", "since": "2026-12-06T00:00:00Z",
+                              "reason": "ok\u{1b}]0;pwned\u{7}"});
+        let e = check_entry("roelbuddy-galahad", &v).unwrap_err();
+        assert!(e.contains("gateway.reason"), "{e}");
     }
 
     #[test]

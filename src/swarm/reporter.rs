@@ -21,8 +21,9 @@ use tracing::{info, warn};
 
 use super::registry::{self, Registry};
 
-/// A change to the registry; Ok is what to log once it is committed.
-pub type Change = Box<dyn FnMut(&mut Registry) -> Result<Done, String> + Send>;
+/// A change to the registry; Ok is what to log once it is committed (None:
+/// nothing to say, or nothing changed).
+pub type Change = Box<dyn FnMut(&mut Registry) -> Result<Option<Done>, String> + Send>;
 
 /// What a committed change says in the log.
 pub struct Done {
@@ -35,7 +36,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 enum Msg {
-    Change(&'static str, Change, Instant),
+    /// The bool: replaces a pending change of the same name.
+    Change(&'static str, Change, Instant, bool),
     /// Try what is pending now, then say so.
     Flush(Sender<()>),
 }
@@ -58,7 +60,18 @@ impl Reporter {
 
     /// Queues `change` (named `what` in the log); never blocks.
     pub fn send(&self, what: &'static str, change: Change) {
-        let _ = self.tx.send(Msg::Change(what, change, Instant::now()));
+        let _ = self
+            .tx
+            .send(Msg::Change(what, change, Instant::now(), false));
+    }
+
+    /// Like [`Reporter::send`], for a change only whose latest matters (a
+    /// heartbeat): one still pending from before is dropped, so a share
+    /// that is away for hours does not pile them up.
+    pub fn send_latest(&self, what: &'static str, change: Change) {
+        let _ = self
+            .tx
+            .send(Msg::Change(what, change, Instant::now(), true));
     }
 
     /// Before the supervisor exits: what is still pending is tried once
@@ -86,7 +99,12 @@ fn run(book: PathBuf, rx: Receiver<Msg>) {
         let mut acks = Vec::new();
         for m in std::iter::once(next).chain(rx.try_iter().map(Ok)) {
             match m {
-                Ok(Msg::Change(w, c, t)) => pending.push((w, c, t)),
+                Ok(Msg::Change(w, c, t, latest)) => {
+                    if latest {
+                        pending.retain(|(p, _, _)| *p != w);
+                    }
+                    pending.push((w, c, t))
+                }
                 Ok(Msg::Flush(ack)) => acks.push(ack),
                 Err(RecvTimeoutError::Timeout) => {}
                 // The supervisor is exiting.
@@ -111,6 +129,9 @@ fn run(book: PathBuf, rx: Receiver<Msg>) {
                 backoff = RETRY_FIRST;
             }
             Err(e) => {
+                crate::health::metrics::metrics()
+                    .registry_write_failures
+                    .inc();
                 warn!(
                     error = %e,
                     changes = pending.len(),
@@ -127,6 +148,7 @@ fn run(book: PathBuf, rx: Receiver<Msg>) {
 /// Applies every pending change under one lock and commits them together.
 fn apply(book: &std::path::Path, pending: &mut [Pending]) -> Result<(), String> {
     let mut l = registry::lock(book).map_err(|e| e.to_string())?;
+    let before = l.registry.clone();
     let mut done = Vec::new();
     for (what, change, queued) in pending.iter_mut() {
         match change(&mut l.registry) {
@@ -135,12 +157,16 @@ fn apply(book: &std::path::Path, pending: &mut [Pending]) -> Result<(), String> 
             Err(why) => warn!(change = *what, "registry: {why}"),
         }
     }
-    l.commit().map_err(|e| e.to_string())?;
+    if l.registry != before {
+        l.commit().map_err(|e| e.to_string())?;
+    }
     drop(l);
     for (what, d, queued) in done {
         let ms = (queued.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
-        let fields: Vec<String> = d.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        info!(change = what, ms, "{} {}", d.message, fields.join(" "));
+        if let Some(d) = d {
+            let fields: Vec<String> = d.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            info!(change = what, ms, "{} {}", d.message, fields.join(" "));
+        }
         if what == "register" {
             // The boot's last step ends here, off the loop (see boot.rs).
             info!(step = what, ms, "boot step done");

@@ -100,6 +100,23 @@ impl Sup {
         Self::spawn(dir, true, cmd, env)
     }
 
+    /// Starts `supervisor run ARGS` (a subreaper) inside the memory cgroup
+    /// `cgroup`, with exactly `env`.
+    pub fn start_in_cgroup(
+        dir: &Path,
+        cgroup: &MemoryCgroup,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Sup {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+            .arg(cgroup.dir.join("cgroup.procs"))
+            .arg(supervisor())
+            .arg("run")
+            .args(args);
+        Self::spawn(dir, false, cmd, env)
+    }
+
     /// Starts `supervisor init ARGS` (the plain init) with exactly `env`.
     pub fn start_init(dir: &Path, pid1: bool, args: &[String], env: &[(String, String)]) -> Sup {
         Self::start_sub(dir, pid1, false, "init", args, env)
@@ -259,4 +276,50 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+/// A memory cgroup of its own with a limit: cgroup v2 where the memory
+/// controller is there, else v1's `memory` hierarchy. Removed on drop (its
+/// processes killed first).
+pub struct MemoryCgroup {
+    pub dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    pub fn new(limit_bytes: u64) -> MemoryCgroup {
+        let name = format!("mybuddy-test-{}", unique());
+        let v2 = Path::new("/sys/fs/cgroup");
+        let v2_memory = fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let (dir, limit_file) = if v2_memory {
+            (v2.join(&name), "memory.max")
+        } else {
+            (v2.join("memory").join(&name), "memory.limit_in_bytes")
+        };
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        fs::write(dir.join(limit_file), limit_bytes.to_string()).unwrap();
+        if !v2_memory {
+            // v1 counts swap apart: without this the limit only pushes to swap.
+            let _ = fs::write(
+                dir.join("memory.memsw.limit_in_bytes"),
+                limit_bytes.to_string(),
+            );
+        }
+        MemoryCgroup { dir }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            for p in procs.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", p]).status();
+            }
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -3,8 +3,10 @@
 //! Boot is a list of named steps, each logged with its duration:
 //! signals → privileges → restore → render → state → share → swarm → spells →
 //! supervise (start) →
-//! register. Registering runs while the gateway starts: the gateway does not
-//! need it, and a failure still stops the gateway and fails the boot.
+//! register. Registering runs while the gateway starts (the gateway does not
+//! need it), off the loop; from then on the entry follows the Buddy's life
+//! (`swarm::presence`). A step that fails refuses the boot: recorded and
+//! waited out ([`refusal`]).
 //! The first step takes the signals before anything else can happen (as PID 1
 //! an unhandled SIGTERM would otherwise be dropped); a stop that arrives during
 //! boot is honoured between steps.
@@ -20,12 +22,13 @@ use tracing::{error, info, warn};
 use crate::buddy::Role;
 use crate::config::render::{self, RenderOptions, Rendered};
 use crate::config::secrets;
+use crate::health::metrics::{self, metrics};
+use crate::pid1::memory;
 use crate::pid1::privileges::{self, Credentials};
-use crate::pid1::supervise::{Health, Hooks, Policy, Repair, Supervisor};
+use crate::pid1::supervise::{Hooks, Life, Policy, Repair, Supervisor};
 use crate::pid1::sys::{self, SpawnSpec};
 use crate::state::{self, Layout};
 use crate::swarm;
-use crate::swarm::registry;
 use crate::swarm::share::{self, mounts::Mounts};
 
 /// Everything `supervisor run` needs; the CLI fills it from flags and env.
@@ -66,17 +69,36 @@ pub struct RunConfig {
     pub policy: Policy,
     /// Empty: the real gateway.
     pub command: Vec<String>,
+    /// How often the registry entry is stamped while nothing changes.
+    pub heartbeat: Duration,
+    /// The wait after the second boot refused in a row, and the longest
+    /// (see [`refusal`]).
+    pub refusal_backoff: (Duration, Duration),
 }
+
+mod refusal;
 
 /// Exit code when the boot itself fails (bad config, swarm refused...).
 pub const BOOT_FAILED: i32 = 78; // EX_CONFIG
 
+/// Why the boot ended before the gateway started: the exit code, the step,
+/// and what it said.
+struct Failed {
+    code: i32,
+    step: &'static str,
+    why: String,
+}
+
 /// Runs a timed boot step and logs it.
-fn step<T, E: std::fmt::Display>(name: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, i32> {
+fn step<T, E: std::fmt::Display>(
+    name: &'static str,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, Failed> {
     let t = Instant::now();
     match f() {
         Ok(v) => {
             info!(step = name, ms = round_ms(t.elapsed()), "boot step done");
+            metrics().boot_step(name, t.elapsed().as_secs_f64());
             Ok(v)
         }
         Err(e) => {
@@ -85,18 +107,26 @@ fn step<T, E: std::fmt::Display>(name: &str, f: impl FnOnce() -> Result<T, E>) -
                 ms = round_ms(t.elapsed()),
                 "boot step failed:\n{e}"
             );
-            Err(BOOT_FAILED)
+            Err(Failed {
+                code: BOOT_FAILED,
+                step: name,
+                why: e.to_string(),
+            })
         }
     }
 }
 
 /// A stop signal that arrived during boot ends the boot between steps (Err
 /// carries exit code 0); other signals are kept for the loop.
-fn stop_pending(sfd: &SignalFd, deferred: &mut Vec<Signal>) -> Result<(), i32> {
+fn stop_pending(sfd: &SignalFd, deferred: &mut Vec<Signal>) -> Result<(), Failed> {
     for s in sys::read_signals(sfd) {
         if sys::STOP_SIGNALS.contains(&s) {
             info!(signal = s.as_str(), "stop requested during boot; exiting");
-            return Err(0);
+            return Err(Failed {
+                code: 0,
+                step: "",
+                why: format!("{} during boot", s.as_str()),
+            });
         }
         if s != Signal::SIGCHLD {
             deferred.push(s);
@@ -131,8 +161,14 @@ struct Boot {
     source: SecretSource,
     /// Set once the swarm is ready; taken by the register step.
     to_register: Option<crate::buddy::Identity>,
-    /// Registered: the gateway's health changes go to its registry entry.
-    registered: Option<crate::buddy::Identity>,
+    /// Registered: the gateway's life goes to its registry entry.
+    presence: Option<swarm::presence::Presence>,
+    /// The gateway's port, asked on loopback to tell booting from running
+    /// (None: a `-- CMD` child, running once started).
+    port: Option<u16>,
+    /// How the gateway's last run ended and why it is not started again:
+    /// the `stopped` entry's reason.
+    ending: Option<(crate::pid1::supervise::End, crate::pid1::supervise::Ending)>,
     /// JuiceFS mode: the share's mounts, children of ours.
     mounts: Option<Mounts>,
     role: Role,
@@ -142,12 +178,12 @@ struct Boot {
     remount_backoff: Duration,
     /// A Magician holding the Fly token: the spells its gateway asks for.
     spells: Option<crate::fleet::socket::Server>,
-    /// This supervisor's registry writes, off the loop.
-    reporter: Option<swarm::reporter::Reporter>,
     /// The backup's settings (None: backups off, said at boot).
     backup_settings: Option<crate::backup::Settings>,
     /// The backup cycles, started with the gateway.
     backups: Option<crate::backup::schedule::Scheduler>,
+    /// Share volumes whose mount ended, until the repair brings them back.
+    unmounted: Vec<&'static str>,
 }
 
 /// How long the exit waits for the registry writer's last changes.
@@ -352,6 +388,9 @@ impl Boot {
         );
         m.mount_all()?;
         info!(volumes = ?m.volumes(), pids = ?m.pids().iter().map(|p| p.as_raw()).collect::<Vec<_>>(), "share mounted");
+        for v in m.volumes() {
+            metrics().mount(v, true);
+        }
         self.mounts = Some(m);
         Ok(())
     }
@@ -473,6 +512,7 @@ impl Boot {
             mask_dir,
             harden: true,
             stdio: None,
+            oom_score_adj: Some(memory::GATEWAY_OOM_SCORE_ADJ),
         }
     }
 }
@@ -507,6 +547,7 @@ impl Hooks for Boot {
         let identity = self.to_register.take()?;
         if let Some(s) = self.backup_settings.take() {
             info!(interval_s = s.interval.as_secs(), repository = %s.repository, "backups: every interval while the gateway runs");
+            metrics().backups_enabled.set(1);
             self.backups = Some(crate::backup::schedule::Scheduler::new(
                 s,
                 self.cfg.state_dir.clone(),
@@ -514,16 +555,15 @@ impl Hooks for Boot {
             ));
         }
         let book = swarm::Paths::new(&self.cfg.swarm_dir).book();
-        match swarm::reporter::Reporter::start(book) {
-            Ok(r) => {
-                r.send("register", register(&identity));
-                self.reporter = Some(r);
-            }
+        match swarm::presence::Presence::start(book, &identity, self.port, self.cfg.heartbeat) {
+            Ok(p) => self.presence = Some(p),
             Err(e) => {
                 error!(error = %e, "cannot start the registry writer; this Buddy stays unregistered")
             }
         }
-        self.registered = Some(identity);
+        // A boot that got this far is not refused: the next refusal, if
+        // any, starts its backoff afresh.
+        refusal::clear(&self.cfg.state_dir);
         None
     }
 
@@ -570,12 +610,23 @@ impl Hooks for Boot {
     }
 
     fn next_tick(&self) -> Option<Instant> {
-        self.backups.as_ref().and_then(|b| b.next_wake())
+        let backups = self.backups.as_ref().and_then(|b| b.next_wake());
+        let presence = self.presence.as_ref().and_then(|p| p.next_tick());
+        [backups, presence].into_iter().flatten().min()
     }
 
     fn tick(&mut self) {
-        if let Some(b) = &mut self.backups {
+        let now = Instant::now();
+        if let Some(b) = &mut self.backups
+            && b.next_wake().is_some_and(|t| now >= t)
+        {
             b.tick();
+            metrics().backed_up(b.backed_up_at());
+        }
+        if let Some(p) = &mut self.presence
+            && p.next_tick().is_some_and(|t| now >= t)
+        {
+            p.tick();
         }
     }
 
@@ -583,7 +634,10 @@ impl Hooks for Boot {
         if self.spells.as_mut().is_some_and(|s| s.ended(pid, exit)) {
             return false;
         }
-        if self.backups.as_mut().is_some_and(|b| b.ended(pid, exit)) {
+        if let Some(b) = &mut self.backups
+            && b.ended(pid, exit)
+        {
+            metrics().backed_up(b.backed_up_at());
             return false;
         }
         let Some(volume) = self.mounts.as_mut().and_then(|m| m.ended(pid)) else {
@@ -592,6 +646,10 @@ impl Hooks for Boot {
         // Every lock taken through it is gone, and a Buddy-role gateway's
         // private view of the share died with it.
         error!(volume, pid = pid.as_raw(), status = %exit, "share: the mount process ended; remounting");
+        metrics().mount(volume, false);
+        if !self.unmounted.contains(&volume) {
+            self.unmounted.push(volume);
+        }
         true
     }
 
@@ -604,6 +662,9 @@ impl Hooks for Boot {
             Err(e) => share::mounts::Progress::Failed(e),
         };
         let failed = |boot: &mut Boot, e: &str| {
+            if let Some(p) = &mut boot.presence {
+                p.share_degraded(true);
+            }
             let retry_in = boot.remount_backoff;
             boot.remount_backoff = (retry_in * 2).min(REMOUNT_BACKOFF_MAX);
             error!(
@@ -622,6 +683,12 @@ impl Hooks for Boot {
                         self.swarm_ready(&r, self.role);
                         self.remount_backoff = REMOUNT_BACKOFF;
                         info!("share: remounted");
+                        for v in std::mem::take(&mut self.unmounted) {
+                            metrics().remounted(v);
+                        }
+                        if let Some(p) = &mut self.presence {
+                            p.share_degraded(false);
+                        }
                         Repair::Ready
                     }
                     Err(_) => failed(
@@ -633,18 +700,45 @@ impl Hooks for Boot {
         }
     }
 
-    fn health_changed(&mut self, health: Health) {
-        let Some(identity) = &self.registered else {
+    fn life(&mut self, event: Life) {
+        let m = metrics();
+        match event {
+            Life::Started { pid, .. } => {
+                m.gateway_running(Some(pid.as_raw()));
+                m.gateway_starts.inc();
+            }
+            Life::Exited { end } => {
+                m.gateway_running(None);
+                m.gateway_last_exit_code.set(end.exit.code() as i64);
+                if end.oom {
+                    m.gateway_oom_kills.inc();
+                }
+            }
+            Life::Restarting { .. } => {
+                m.gateway_restarts.inc();
+            }
+            Life::CrashLooping { .. } => {
+                m.gateway_restarts.inc();
+                m.gateway_crash_looping.set(1);
+            }
+            Life::Recovered { .. } => {
+                m.gateway_crash_looping.set(0);
+            }
+            Life::Ended { end, why } => self.ending = Some((end, why)),
+            Life::Stopping { .. } => {}
+        }
+        // The share may itself be what is failing: the writes happen off
+        // the loop, are retried, and never stop the supervision.
+        let Some(p) = &mut self.presence else {
             return;
         };
-        let (state, exits) = match health {
-            Health::CrashLooping { exits } => (registry::GatewayState::CrashLooping, exits),
-            Health::Recovered { exits } => (registry::GatewayState::Running, exits),
-        };
-        // The share may itself be what is failing: the write happens off the
-        // loop, is retried, and never stops the supervision.
-        if let Some(r) = &self.reporter {
-            r.send("health", set_gateway_health(identity, state, Some(exits)));
+        match event {
+            Life::Started { .. } => p.started(),
+            Life::Restarting { end } => p.restarting(end.to_string()),
+            Life::CrashLooping { exits, end } => p.crash_looping(exits, end.to_string()),
+            Life::Recovered { exits } => p.recovered(exits),
+            Life::Stopping { signal } => p.stopping(&format!("{} received", signal.as_str())),
+            Life::Exited { .. } | Life::Ended { .. } => {}
         }
     }
 }
@@ -708,6 +802,13 @@ fn child_env(
         if let Some(v) = look(&name) {
             env.insert(name, v);
         }
+    }
+    // V8's heap capped for the VM: a gateway that grows ends with Node's
+    // own out-of-memory error and is restarted, instead of starving the
+    // Machine (see pid1::memory).
+    if let Some(cap) = memory::heap_cap_mb(std::env::var("FLY_VM_MEMORY_MB").ok().as_deref()) {
+        let options = memory::with_heap_cap(env.get("NODE_OPTIONS").map(String::as_str), cap);
+        env.insert("NODE_OPTIONS".into(), options);
     }
     env.into_iter().collect()
 }
@@ -779,10 +880,12 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
         let _ = nix::sys::signal::raise(s);
     }
     let code = Supervisor::new(&sfd, original_mask, spec, policy, &mut boot).run();
-    // What the registry writer still holds goes out while the share is
-    // there (a run of seconds is registered too), never holding the exit.
-    if let Some(r) = &boot.reporter {
-        r.flush(REGISTRY_FLUSH);
+    // `stopped`, and what the registry writer still holds, go out while
+    // the share is there (a run of seconds is registered too), never
+    // holding the exit for long.
+    if let Some(p) = &mut boot.presence {
+        let (why, last) = stopped_reason(boot.ending, code);
+        p.stopped(&why, last, REGISTRY_FLUSH);
     }
     // The gateway is gone: now the share can go (a clean unmount each).
     if let Some(m) = &mut boot.mounts {
@@ -800,9 +903,20 @@ fn boot(
     mask: SigSet,
     deferred: &mut Vec<Signal>,
 ) -> Result<(Boot, SpawnSpec), i32> {
-    step("signals", take_orphans)?;
-    let creds = step("privileges", || gateway_identity(&cfg))?;
-    stop_pending(sfd, deferred)?;
+    step("signals", take_orphans).map_err(|f| f.code)?;
+    // Served from the start: a Buddy that refuses its boot, or is long in
+    // restoring, is seen too. Never a reason to fail the boot.
+    match metrics::address(&crate::config::render::process_env) {
+        Ok(Some(addr)) => {
+            if let Err(e) = metrics::serve(addr) {
+                warn!("metrics not served: {e}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!("metrics not served: {e}"),
+    }
+    let creds = step("privileges", || gateway_identity(&cfg)).map_err(|f| f.code)?;
+    stop_pending(sfd, deferred).map_err(|f| f.code)?;
 
     let mut boot = Boot {
         layout: Layout::new(&cfg.state_dir),
@@ -812,16 +926,35 @@ fn boot(
         },
         cfg,
         to_register: None,
-        registered: None,
+        presence: None,
+        port: None,
+        ending: None,
         mounts: None,
         role: Role::Buddy,
         mask,
         remount_backoff: REMOUNT_BACKOFF,
         spells: None,
-        reporter: None,
         backup_settings: None,
         backups: None,
+        unmounted: Vec::new(),
     };
+    match boot_steps(&mut boot, sfd, deferred) {
+        Ok(spec) => Ok((boot, spec)),
+        Err(f) => {
+            if f.code == BOOT_FAILED {
+                boot.refused(&f, sfd);
+            }
+            Err(f.code)
+        }
+    }
+}
+
+/// The boot steps from restore to spells (see [`boot`]).
+fn boot_steps(
+    boot: &mut Boot,
+    sfd: &SignalFd,
+    deferred: &mut Vec<Signal>,
+) -> Result<SpawnSpec, Failed> {
     step("restore", || boot.restore())?;
     stop_pending(sfd, deferred)?;
     let rendered = step("render", || boot.render())?;
@@ -856,9 +989,10 @@ fn boot(
     }
     boot.to_register = Some(identity);
 
+    boot.port = boot.cfg.command.is_empty().then(|| rendered.port());
     let spec = boot.gateway_spec(&rendered, mask_dir);
     info!(buddy = %rendered.prepared.buddy.identity.id(), port = rendered.port(), "boot complete");
-    Ok((boot, spec))
+    Ok(spec)
 }
 
 /// Step signals: the signalfd was taken before arguments were parsed; what
@@ -867,6 +1001,11 @@ fn take_orphans() -> Result<(), std::io::Error> {
     let pid1 = sys::is_pid1();
     if !pid1 {
         sys::become_subreaper()?;
+    }
+    // The OOM killer's last choice (the share's mounts and backups inherit
+    // it; the gateway's is raised at its spawn).
+    if let Err(e) = sys::set_own_oom_score_adj(memory::SUPERVISOR_OOM_SCORE_ADJ) {
+        warn!(error = %e, gateway = memory::GATEWAY_OOM_SCORE_ADJ, "cannot lower our own oom_score_adj; the gateway's is raised all the same, so it stays the OOM killer's first choice");
     }
     info!(pid1, subreaper = !pid1, "signals taken");
     Ok(())
@@ -899,62 +1038,32 @@ fn gateway_identity(cfg: &RunConfig) -> Result<Option<Credentials>, String> {
     Ok(if root { Some(c) } else { None })
 }
 
-/// This Buddy's registry entry, as the registry writer applies it. The
-/// registry's status is the live truth (spells and migrations move it), so
-/// an existing entry keeps its status; a new one starts with buddy.json's.
-fn register(identity: &crate::buddy::Identity) -> swarm::reporter::Change {
-    let identity = identity.clone();
-    let machine = std::env::var("FLY_MACHINE_ID").ok();
-    let version = std::env::var("MYBUDDY_IMAGE_VERSION")
-        .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string());
-    Box::new(move |reg| {
-        let mut entry = registry::Entry::from_identity(&identity);
-        if let Some(old) = reg.buddies.get(&identity.slug()) {
-            entry.status = old.status;
-        }
-        // Booting on a Fly Machine means it is deployed: a planned Buddy is
-        // now active. A migration stays one until the migration is verified.
-        entry.machine = machine.clone();
-        if entry.machine.is_some() && entry.status == crate::buddy::Status::Planned {
-            entry.status = crate::buddy::Status::Active;
-        }
-        entry.version = Some(version.clone());
-        entry.last_boot = Some(registry::now_rfc3339());
-        entry.gateway = Some(registry::GatewayHealth::since_now(
-            registry::GatewayState::Running,
-            None,
-        ));
-        let done = swarm::reporter::Done {
-            // Only once it is written: whoever reads the log may read the registry.
-            message: "registered in the swarm",
-            fields: vec![
-                ("id", entry.id.clone()),
-                ("status", entry.status.to_string()),
-            ],
-        };
-        reg.buddies.insert(identity.slug(), entry);
-        Ok(done)
-    })
-}
-
-/// Records the gateway's state in this Buddy's registry entry.
-fn set_gateway_health(
-    identity: &crate::buddy::Identity,
-    state: registry::GatewayState,
-    exits: Option<u32>,
-) -> swarm::reporter::Change {
-    let (slug, id) = (identity.slug(), identity.id());
-    let health = registry::GatewayHealth::since_now(state, exits);
-    Box::new(move |reg| {
-        let Some(entry) = reg.buddies.get_mut(&slug) else {
-            return Err(format!("{id} is not in the registry"));
-        };
-        entry.gateway = Some(health.clone());
-        Ok(swarm::reporter::Done {
-            message: "gateway state recorded in the registry",
-            fields: vec![("state", format!("{:?}", health.state))],
-        })
-    })
+/// What the `stopped` entry says: why the gateway is not running, and how
+/// its last run ended.
+fn stopped_reason(
+    ending: Option<(crate::pid1::supervise::End, crate::pid1::supervise::Ending)>,
+    code: i32,
+) -> (String, Option<String>) {
+    use crate::pid1::supervise::Ending;
+    match ending {
+        Some((end, Ending::Asked(sig))) => (
+            format!("stopped by {} (supervisor exit {code})", sig.as_str()),
+            Some(end.to_string()),
+        ),
+        Some((end, Ending::Policy)) => (
+            format!(
+                "the gateway exited and the restart policy does not restart it (supervisor exit {code})"
+            ),
+            Some(end.to_string()),
+        ),
+        Some((end, Ending::GaveUp { crashes })) => (
+            format!(
+                "gave up after {crashes} crashes in the restart window (supervisor exit {code})"
+            ),
+            Some(end.to_string()),
+        ),
+        None => (format!("the supervisor exited ({code})"), None),
+    }
 }
 
 fn round_ms(d: std::time::Duration) -> f64 {
