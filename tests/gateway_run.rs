@@ -228,9 +228,24 @@ fn the_real_gateway_boots_bound_to_lan_and_checks_its_token() {
 fn a_killed_gateway_is_restarted_and_answers_again() {
     let mut g = start(
         "estherbuddy-kazeh",
-        &["--channels", "off", "--backoff-initial-ms", "200"],
+        &[
+            "--channels",
+            "off",
+            "--backoff-initial-ms",
+            "200",
+            "--heartbeat",
+            "2",
+        ],
     );
     g.wait_listening();
+    // Its supervisor asks the gateway's own /readyz and records the answer
+    // (early on it says what is still starting: `startup-sidecars`).
+    let ready = wait_for(BOOT, || {
+        let r = g.registry_entry()?.get("ready").cloned()?;
+        (r["ready"] == true).then_some(r)
+    });
+    let ready = ready.unwrap_or_else(|| panic!("{:?}\n{}", g.registry_entry(), g.sup.log()));
+    assert_eq!(ready["failing"], serde_json::json!([]), "{ready}");
     let first = g.gateway_pid();
     let token = g.token();
     std::process::Command::new("kill")

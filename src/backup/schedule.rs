@@ -32,6 +32,8 @@ pub struct Scheduler {
     next_at: Instant,
     /// The state as of this moment is in the backup.
     backed_up_at: SystemTime,
+    /// The last cycle that succeeded, as of when (None: none yet).
+    last_backup: Option<SystemTime>,
     /// Since when cycles fail (None: the last one succeeded).
     failing_since: Option<Instant>,
     lag_warned: bool,
@@ -53,6 +55,7 @@ impl Scheduler {
             spawned: SystemTime::UNIX_EPOCH,
             next_at,
             backed_up_at: SystemTime::now(),
+            last_backup: None,
             failing_since: None,
             lag_warned: false,
             stopping: false,
@@ -67,9 +70,15 @@ impl Scheduler {
         self.backed_up_at.elapsed().unwrap_or_default()
     }
 
-    /// When the state was last known backed up whole.
+    /// When the state was last known backed up whole (the supervisor's
+    /// start until a cycle succeeds: the lag's baseline).
     pub fn backed_up_at(&self) -> SystemTime {
         self.backed_up_at
+    }
+
+    /// The state as of the last cycle that succeeded (None: none yet).
+    pub fn last_backup(&self) -> Option<SystemTime> {
+        self.last_backup
     }
 
     pub fn next_wake(&self) -> Option<Instant> {
@@ -149,6 +158,7 @@ impl Scheduler {
             Some(o) if exit.success() && o.result != "failed" => {
                 let was_failing = self.failing_since.take();
                 self.backed_up_at = SystemTime::UNIX_EPOCH + Duration::from_secs(o.started);
+                self.last_backup = Some(self.backed_up_at);
                 self.lag_warned = false;
                 if let Some(since) = was_failing {
                     info!(

@@ -622,6 +622,9 @@ impl Hooks for Boot {
         {
             b.tick();
             metrics().backed_up(b.backed_up_at());
+            if let Some(p) = &mut self.presence {
+                p.backed_up(b.last_backup());
+            }
         }
         if let Some(p) = &mut self.presence
             && p.next_tick().is_some_and(|t| now >= t)
@@ -638,6 +641,9 @@ impl Hooks for Boot {
             && b.ended(pid, exit)
         {
             metrics().backed_up(b.backed_up_at());
+            if let Some(p) = &mut self.presence {
+                p.backed_up(b.last_backup());
+            }
             return false;
         }
         let Some(volume) = self.mounts.as_mut().and_then(|m| m.ended(pid)) else {

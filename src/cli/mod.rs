@@ -2,7 +2,7 @@
 //! Every flag with a path also reads an environment variable; the defaults are
 //! the paths inside a Buddy image. One file per command group: [`run`] (`run`,
 //! `init`), [`config`] (`render`, `secrets`, `check-config`), [`swarm`]
-//! (`swarm`, `registry`, `resonate`), [`fleet`] (`spawn`).
+//! (`swarm`, `registry`, `resonate`), [`status`], [`fleet`] (`spawn`).
 
 use std::path::PathBuf;
 
@@ -14,6 +14,7 @@ mod backup;
 mod config;
 mod fleet;
 mod run;
+mod status;
 mod swarm;
 
 use config::{CheckConfigArgs, RenderArgs, SecretsArgs};
@@ -54,6 +55,8 @@ pub enum Command {
     Share(ShareCommand),
     /// List the swarm's Buddies from registry.json
     Registry(RegistryArgs),
+    /// Every Buddy judged: Machine and checks (Machines API, with FLY_API_TOKEN), image, registry state and heartbeat, restarts, backup, channels; exit 1 when any is not healthy
+    Status(status::StatusArgs),
     /// Cast the SpawnBuddy spell (Magicians only): create, deploy, register and announce a Buddy
     Spawn(SpawnArgs),
     /// Deploy one Buddy onto its Fly Machine over the Machines API (scripts/deploy runs it)
@@ -170,6 +173,7 @@ pub fn main() -> i32 {
         Command::Swarm(SwarmCommand::Check(a)) => swarm::cmd_swarm_check(a),
         Command::Share(c) => swarm::cmd_share(c),
         Command::Registry(a) => swarm::cmd_registry(a),
+        Command::Status(a) => status::cmd_status(a),
         Command::Run(a) => match early {
             Some(Ok((sfd, mask))) => run::cmd_run(*a, sfd, mask),
             Some(Err(e)) => fail(format!("cannot take signals: {e}")),

@@ -130,6 +130,7 @@ pub struct Machine {
     pub id: String,
     pub instance_id: String,
     pub state: String,
+    pub region: String,
     pub config: Value,
     /// Every check's status (`passing`, `warning`, `critical`).
     pub checks: Vec<(String, String)>,
@@ -146,6 +147,11 @@ impl Machine {
                 .to_string(),
             state: v
                 .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            region: v
+                .get("region")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),

@@ -16,15 +16,16 @@
 //! and says so once. Its truth is its own log; an entry that mixed two
 //! runs of one Buddy would tell the operator nothing.
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use super::registry::{self, Entry, GatewayHealth, GatewayState, Registry, Seen};
+use super::registry::{self, Entry, GatewayHealth, GatewayState, Readiness, Registry, Seen};
 use super::reporter::{Change, Done, Reporter};
 use crate::buddy::{Identity, Status};
 
@@ -43,7 +44,20 @@ struct Me {
     heartbeat: Duration,
     /// Whether the refusal to write the entry was said (it is, once).
     apart_said: AtomicBool,
+    /// What every write carries besides the state.
+    extras: Mutex<Extras>,
 }
+
+/// Besides the state: the restarts of the last day, the last backup, the
+/// gateway's own readiness. Held a moment at a time, never across I/O.
+#[derive(Default)]
+struct Extras {
+    restarts: VecDeque<SystemTime>,
+    backup_at: Option<SystemTime>,
+    ready: Option<Readiness>,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 impl Me {
     fn from_env(identity: &Identity, heartbeat: Duration) -> Me {
@@ -56,7 +70,12 @@ impl Me {
                 .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
             heartbeat,
             apart_said: AtomicBool::new(false),
+            extras: Mutex::new(Extras::default()),
         }
+    }
+
+    fn extras(&self) -> std::sync::MutexGuard<'_, Extras> {
+        self.extras.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A change to this Buddy's entry (made when missing), if this run may
@@ -94,6 +113,22 @@ impl Me {
             e.machine = me.machine.clone();
             e.seen_at = Some(registry::now_rfc3339());
             e.heartbeat_s = Some(me.heartbeat.as_secs().max(1));
+            {
+                let mut x = me.extras();
+                let now = SystemTime::now();
+                while x
+                    .restarts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t).unwrap_or_default() > DAY)
+                {
+                    x.restarts.pop_front();
+                }
+                e.restarts_24h = Some(x.restarts.len() as u32);
+                e.backup_at = x
+                    .backup_at
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+                e.ready = x.ready.clone();
+            }
             Ok(f(e))
         })
     }
@@ -168,6 +203,9 @@ impl Presence {
         let reporter = Reporter::start(book)?;
         let me = Arc::new(Me::from_env(identity, heartbeat));
         reporter.send("register", register(&me));
+        if let Some(port) = port {
+            watch_readiness(me.clone(), port, heartbeat.min(READY_EVERY));
+        }
         Ok(Presence {
             reporter,
             next_beat: Instant::now() + heartbeat,
@@ -240,6 +278,7 @@ impl Presence {
     /// It exited and is restarted after a backoff.
     pub fn restarting(&mut self, last_exit: String) {
         self.probe_at = None;
+        self.me.extras().restarts.push_back(SystemTime::now());
         if self.state == GatewayState::CrashLooping {
             return;
         }
@@ -249,10 +288,16 @@ impl Presence {
     /// It keeps exiting: `exits` in a row, the last one `last_exit`.
     pub fn crash_looping(&mut self, exits: u32, last_exit: String) {
         self.probe_at = None;
+        self.me.extras().restarts.push_back(SystemTime::now());
         self.state = GatewayState::CrashLooping;
         let mut health = GatewayHealth::since_now(GatewayState::CrashLooping, Some(exits));
         health.last_exit = Some(registry::one_line(&last_exit));
         self.send("state", health, true);
+    }
+
+    /// The state as of `at` is in the backup (said at the next write).
+    pub fn backed_up(&mut self, at: Option<SystemTime>) {
+        self.me.extras().backup_at = at;
     }
 
     /// It ran the healthy interval after a crash loop of `exits`.
@@ -340,6 +385,68 @@ impl Presence {
     }
 }
 
+/// How often the gateway's readiness is asked (at most: the heartbeat).
+const READY_EVERY: Duration = Duration::from_secs(30);
+
+/// Asks the gateway's `/readyz` every `every`, on a thread of its own (an
+/// HTTP call the loop must never wait on), for the next registry write:
+/// which channels it says are failing (Telegram not polling, WhatsApp not
+/// linked). No answer: not known (the gateway is down or still booting).
+fn watch_readiness(me: Arc<Me>, port: u16, every: Duration) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let spawned = std::thread::Builder::new()
+        .name("readiness".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let ready = agent
+                    .get(&url)
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                    .and_then(|v| readiness(&v));
+                me.extras().ready = ready;
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the readiness thread; the registry will not say how the channels are");
+    }
+}
+
+/// The registry's view of a `/readyz` answer (`{"ready": bool, "failing":
+/// ["telegram", …]}`); channel ids that are not ids are left out.
+fn readiness(v: &serde_json::Value) -> Option<Readiness> {
+    let ready = v.get("ready")?.as_bool()?;
+    let failing = v
+        .get("failing")
+        .and_then(|f| f.as_array())
+        .map(|l| {
+            l.iter()
+                .filter_map(|c| c.as_str())
+                .filter(|c| {
+                    c.len() <= 32
+                        && c.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                        })
+                })
+                .take(8)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Readiness {
+        ready,
+        failing,
+        at: registry::now_rfc3339(),
+    })
+}
+
 /// This Buddy's entry at boot. The registry's status is the live truth
 /// (spells and migrations move it), so an existing entry keeps its status;
 /// a new one starts with buddy.json's. Booting on a Fly Machine means it
@@ -416,6 +523,9 @@ mod tests {
                 humantime::format_rfc3339_seconds(now - Duration::from_secs(seen_ago)).to_string(),
             ),
             heartbeat_s: Some(60),
+            restarts_24h: None,
+            backup_at: None,
+            ready: None,
         }
     }
 

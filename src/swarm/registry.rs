@@ -72,7 +72,32 @@ pub struct Entry {
     /// The heartbeat interval its supervisor keeps, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_s: Option<u64>,
+    /// Gateway restarts in the last 24 hours of this supervisor's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts_24h: Option<u32>,
+    /// RFC 3339, UTC: the last whole backup (None: backups off, or none
+    /// yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_at: Option<String>,
+    /// The gateway's own readiness (its `/readyz`), as last asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<Readiness>,
 }
+
+/// What the gateway's `/readyz` said: ready, or the channels failing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Channel ids (`telegram`, `whatsapp`) the gateway reports unhealthy.
+    #[serde(default)]
+    pub failing: Vec<String>,
+    /// RFC 3339, UTC: when it was asked.
+    pub at: String,
+}
+
+/// A channel id as `/readyz` names it (and as a table may show it).
+static CHANNEL_ID: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9_-]{0,31}$").expect("regex"));
 
 /// Heartbeats missed before an entry's state is no longer believed.
 pub const STALE_BEATS: u32 = 3;
@@ -234,6 +259,9 @@ impl Entry {
             gateway: None,
             seen_at: None,
             heartbeat_s: None,
+            restarts_24h: None,
+            backup_at: None,
+            ready: None,
         }
     }
 }
@@ -283,9 +311,16 @@ pub fn check_entry(key: &str, v: &Value) -> Result<Entry, String> {
         e.last_boot.as_deref(),
         e.gateway.as_ref().map(|g| g.since.as_str()),
         e.seen_at.as_deref(),
+        e.backup_at.as_deref(),
+        e.ready.as_ref().map(|r| r.at.as_str()),
     ];
     for t in times.into_iter().flatten() {
         humantime::parse_rfc3339(t).map_err(|_| format!("{t:?} is not an RFC 3339 time"))?;
+    }
+    if let Some(r) = &e.ready
+        && (r.failing.len() > 8 || r.failing.iter().any(|c| !CHANNEL_ID.is_match(c)))
+    {
+        return Err("ready.failing is not a short list of channel ids".into());
     }
     // Shown as they are in an operator's terminal: one short line, no
     // escape sequences.

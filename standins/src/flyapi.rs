@@ -194,6 +194,18 @@ impl FlyApi {
         }
     }
 
+    /// The Machine's state from now on (`stopped`: Fly stopped it).
+    pub fn set_state(&self, app: &str, machine: &str, state: &str) {
+        if let Some(m) = self
+            .st()
+            .apps
+            .get_mut(app)
+            .and_then(|a| a.machines.iter_mut().find(|m| m.id == machine))
+        {
+            m.state = state.to_string();
+        }
+    }
+
     /// What `exec` in the Machine answers from now on.
     pub fn exec_answers(&self, app: &str, machine: &str, exit_code: i64, stdout: &str) {
         if let Some(m) = self
