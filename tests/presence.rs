@@ -319,18 +319,24 @@ fn deployed(f: &Fixture, machine: &str, ago: u64) -> Value {
     e
 }
 
+/// One short run (`true`, `--restart never`) with `env`, exited cleanly.
+fn run_once(f: &Fixture, env: &[(String, String)]) -> Sup {
+    let mut s = Sup::start(
+        f.tmp.path(),
+        false,
+        &args(f, &["--restart", "never"], &["true"]),
+        env,
+    );
+    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    s
+}
+
 #[test]
 fn a_run_that_is_not_the_deployed_machine_leaves_its_entry_alone() {
     let f = Fixture::new();
     let before = deployed(&f, "e784079b449483", 5);
     // run-local, offline, a test: no Machine id.
-    let mut s = Sup::start(
-        f.tmp.path(),
-        false,
-        &args(&f, &["--restart", "never"], &["true"]),
-        &env(&f),
-    );
-    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    let s = run_once(&f, &env(&f));
     assert_eq!(entry(&f).unwrap(), before, "{}", s.log());
     assert!(
         s.log().contains("this run leaves the entry alone")
@@ -349,13 +355,7 @@ fn a_run_that_is_not_the_deployed_machine_leaves_its_entry_alone() {
     // Another Machine while the entry's own still heartbeats.
     let mut with_id = env(&f);
     with_id.push(("FLY_MACHINE_ID".into(), "3d8d9015b23e89".into()));
-    let mut s = Sup::start(
-        f.tmp.path(),
-        false,
-        &args(&f, &["--restart", "never"], &["true"]),
-        &with_id,
-    );
-    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    let s = run_once(&f, &with_id);
     assert_eq!(entry(&f).unwrap(), before, "{}", s.log());
     assert!(
         s.log().contains("two Machines of one Buddy?"),
@@ -365,13 +365,7 @@ fn a_run_that_is_not_the_deployed_machine_leaves_its_entry_alone() {
 
     // Once the entry's Machine has gone silent, the new Machine takes over.
     deployed(&f, "e784079b449483", 3600);
-    let mut s = Sup::start(
-        f.tmp.path(),
-        false,
-        &args(&f, &["--restart", "never"], &["true"]),
-        &with_id,
-    );
-    assert_eq!(s.wait_exit(T), Some(0), "{}", s.log());
+    let s = run_once(&f, &with_id);
     let e = entry(&f).unwrap();
     assert_eq!(e["machine"], "3d8d9015b23e89", "{e}");
     assert_eq!(e["gateway"]["state"], "stopped", "{e}");

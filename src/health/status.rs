@@ -295,22 +295,7 @@ pub fn table(r: &Report) -> String {
             },
         ]);
     }
-    let mut widths = vec![0usize; head.len()];
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = registry::aligned(&rows);
     for u in &r.unseen {
         out.push_str(&format!("not seen: {u}\n"));
     }

@@ -735,15 +735,25 @@ pub fn table(r: &Registry) -> String {
             e.last_boot.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
+    aligned(&rows)
+}
+
+/// Rows as columns aligned on their widest cell, two spaces apart (the
+/// operator's tables: `registry`, `status`).
+pub fn aligned<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for r in rows {
+        for (i, c) in r.as_ref().iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
             widths[i] = widths[i].max(c.chars().count());
         }
     }
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r
+            .as_ref()
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
