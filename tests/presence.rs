@@ -228,6 +228,24 @@ fn a_buddys_life_is_in_the_registry_from_boot_to_stop() {
     assert_eq!(e["gateway"]["last_exit"], "exit code 0", "{e}");
     // A stopped entry is believed however old: nothing heartbeats for it.
     assert!(table(&f).contains("stopped"), "{}", table(&f));
+    // `status --json` reads the same life back, judged.
+    let o = std::process::Command::new(supervisor())
+        .args(["status", "--json", "--swarm"])
+        .arg(&f.swarm)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "a stopped Buddy is not healthy");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &r["buddies"][0];
+    assert_eq!(row["state"], "stopped", "{r:#}");
+    assert_eq!(row["restarts_24h"], 4, "{r:#}");
+    assert_eq!(
+        row["problems"],
+        json!(["stopped: stopped by SIGTERM (supervisor exit 0)"]),
+        "{r:#}"
+    );
 
     let states = recorded_states(&s.log());
     assert!(

@@ -235,6 +235,43 @@ fn a_magician_s_gateway_casts_through_its_supervisor_which_keeps_the_token() {
     );
     let calls = fly.api.calls().len();
 
+    // `supervisor status` from the gateway, without the token: its
+    // supervisor answers with the Machines API's view.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=10002",
+            "--regid=10002",
+            "--groups=10100,10101",
+            "--",
+        ])
+        .arg(supervisor())
+        .args(["status", "--json", "--swarm", f.swarm.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("MYBUDDY_SPELL_SOCKET", &m.socket)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&o), m.sup.log()));
+    let lyra = report["buddies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "NoraBuddy-Lyra")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(lyra["machine"]["id"], fm.id, "{report:#}");
+    assert_eq!(lyra["machine"]["state"], "started", "{report:#}");
+    assert!(
+        !report["unseen"].to_string().contains("was not asked"),
+        "{report:#}"
+    );
+    assert!(!text(&o).contains(FLY_TOKEN));
+    assert!(
+        fly.api.calls().len() > calls,
+        "the supervisor asked the Machines API"
+    );
+    let calls = fly.api.calls().len();
+
     // Another uid (a Buddy's gateway uid, with the Magicians' group even):
     // refused, nothing cast.
     let o = cast_as(&f, &m, "10001", "10100,10101");

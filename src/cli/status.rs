@@ -19,6 +19,24 @@ pub const UNHEALTHY: i32 = 1;
 pub const UNREADABLE: i32 = 2;
 
 pub(super) fn cmd_status(a: StatusArgs) -> i32 {
+    // A Magician's gateway holds no token: its supervisor does, and answers
+    // through the spell socket with the Machines API's view. (Root, an
+    // operator in `fly ssh console`, is not a caller the socket takes: it
+    // exports the token, or reads the share alone.)
+    let socket = crate::fleet::socket::path_from_env();
+    if std::env::var_os("FLY_API_TOKEN").is_none()
+        && !nix::unistd::geteuid().is_root()
+        && socket.exists()
+    {
+        let req = crate::fleet::socket::Request::Status { json: a.json };
+        return match crate::fleet::socket::cast_to(&socket, &req, &mut std::io::stdout().lock()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                UNREADABLE
+            }
+        };
+    }
     let book = crate::swarm::Paths::new(&a.swarm.swarm_dir).book();
     let reg = match crate::swarm::registry::read(&book) {
         Ok(r) => r,

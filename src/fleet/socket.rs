@@ -59,6 +59,12 @@ pub enum Request {
         ids: Vec<String>,
         dry_run: bool,
     },
+    /// `supervisor status` with this supervisor's token: the Machines API's
+    /// view for a gateway that may not hold the token.
+    Status {
+        #[serde(default)]
+        json: bool,
+    },
 }
 
 /// How long a caller has to send its whole request: a caller that trickles
@@ -295,6 +301,7 @@ impl Server {
                 (Some(f), j, "SpawnBuddy")
             }
             Request::Upgrade { .. } => (None, None, "UpgradeBuddy"),
+            Request::Status { .. } => (None, None, "status"),
         };
         let args = spell_args(
             &r.req,
@@ -503,6 +510,7 @@ impl Request {
                 }
                 Ok(())
             }
+            Request::Status { .. } => Ok(()),
         }
     }
 }
@@ -568,6 +576,13 @@ pub fn spell_args(
             }
             a.push("--".into());
             a.extend(ids.iter().cloned());
+        }
+        Request::Status { json } => {
+            a.push("status".to_string());
+            a.push(format!("--swarm={swarm}"));
+            if *json {
+                a.push("--json".into());
+            }
         }
     }
     a
@@ -662,6 +677,12 @@ pub fn path_from_env() -> PathBuf {
 /// The caller's side: sends `req`, copies the spell's progress to stderr as
 /// it comes, and returns the spell's exit code.
 pub fn cast(path: &Path, req: &Request) -> Result<i32, String> {
+    cast_to(path, req, &mut std::io::stderr().lock())
+}
+
+/// [`cast`], the spell's output copied to `out` (`status`: its report is
+/// the caller's stdout).
+pub fn cast_to(path: &Path, req: &Request, out: &mut dyn Write) -> Result<i32, String> {
     let mut conn = UnixStream::connect(path).map_err(|e| {
         format!(
             "cannot reach the spell socket at {}: {e} (only a Magician's supervisor holding FLY_API_TOKEN listens there)",
@@ -675,13 +696,12 @@ pub fn cast(path: &Path, req: &Request) -> Result<i32, String> {
     let _ = conn.write_all(line.as_bytes());
     let _ = conn.shutdown(std::net::Shutdown::Write);
     let mut code = None;
-    let mut err = std::io::stderr().lock();
     for l in BufReader::new(conn).lines() {
         let l = l.map_err(|e| format!("{}: {e}", path.display()))?;
         match l.strip_prefix(EXIT_PREFIX) {
             Some(c) => code = c.trim().parse().ok(),
             None => {
-                let _ = writeln!(err, "{l}");
+                let _ = writeln!(out, "{l}");
             }
         }
     }
