@@ -691,45 +691,63 @@ pub fn mask_probe(dir: &Path) -> io::Result<Probe<bool>> {
     })
 }
 
-/// Gives back the resident pages of our own program text once boot is over.
+/// Gives back the resident pages of our own program once boot is over.
 /// Boot runs a lot of code once (argument parsing, rendering, the swarm
 /// checks) that the supervision loop never touches again; those clean,
 /// file-backed pages would otherwise count in our RSS for the Buddy's whole
-/// life. Only the executable (r-xp) mapping is released: it is never written,
-/// so the kernel simply re-reads a page from the page cache if it is needed
-/// again. Read-only data is left alone (relocations were written into parts of
-/// it). Returns the bytes released.
+/// life. Released: the executable (r-xp) mapping, and the read-only data
+/// mappings no page of which was ever written (smaps says `Anonymous: 0`;
+/// one that relocations wrote into is left alone, its written pages would
+/// be lost): the kernel re-reads a page from the page cache if it is needed
+/// again. Each is then marked MADV_RANDOM, so that a page the loop touches
+/// later is read alone, not with the 15 around it the kernel would map by
+/// default ("fault-around"), which put most of the text back. Returns the
+/// bytes released.
 pub fn release_boot_text() -> usize {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return 0;
     };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
-    let mut released = 0;
-    for line in maps.lines() {
+    // (start, end, perms, path) of each mapping, with its Anonymous kB.
+    let mut maps: Vec<(usize, usize, String, bool, u64)> = Vec::new();
+    for line in smaps.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || f[1] != "r-xp" || Path::new(f[5]) != exe {
+        if let Some((a, b)) = f.first().and_then(|r| r.split_once('-'))
+            && f.len() >= 5
+            && let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            let ours = f.len() >= 6 && Path::new(f[5]) == exe;
+            maps.push((start, end, f[1].to_string(), ours, 0));
+        } else if let (Some(&"Anonymous:"), Some(kb), Some(last)) =
+            (f.first(), f.get(1), maps.last_mut())
+        {
+            last.4 = kb.parse().unwrap_or(u64::MAX);
+        }
+    }
+    let mut released = 0;
+    for (start, end, perms, ours, anon_kb) in maps {
+        let clean = perms == "r-xp" || (perms == "r--p" && anon_kb == 0);
+        if !ours || !clean {
             continue;
         }
-        let Some((a, b)) = f[0].split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-        else {
-            continue;
-        };
         let Some(ptr) = std::ptr::NonNull::new(start as *mut std::ffi::c_void) else {
             continue;
         };
-        // SAFETY: a private, read-only, executable file mapping of our own
-        // binary: dropping its pages loses nothing, they fault back in.
-        if unsafe {
+        // SAFETY: a private, read-only file mapping of our own binary with
+        // no written page: dropping its pages loses nothing, they fault
+        // back in from the page cache.
+        let dropped = unsafe {
             nix::sys::mman::madvise(ptr, end - start, nix::sys::mman::MmapAdvise::MADV_DONTNEED)
-        }
-        .is_ok()
-        {
+        };
+        if dropped.is_ok() {
             released += end - start;
+            // SAFETY: advice only; the mapping is unchanged.
+            let _ = unsafe {
+                nix::sys::mman::madvise(ptr, end - start, nix::sys::mman::MmapAdvise::MADV_RANDOM)
+            };
         }
     }
     released
