@@ -180,6 +180,15 @@ pub fn set_own_oom_score_adj(value: i32) -> io::Result<()> {
     std::fs::write("/proc/self/oom_score_adj", value.to_string())
 }
 
+/// Whether something listens on `port` on loopback: a TCP connect, refused
+/// at once while the gateway does not listen yet, closed at once when it
+/// does (the loop asks every 500 ms while the gateway boots; 100 ms at most
+/// on a loopback that never answers).
+pub fn port_answers(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

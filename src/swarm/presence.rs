@@ -17,7 +17,6 @@
 //! runs of one Buddy would tell the operator nothing.
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -369,14 +368,9 @@ impl Presence {
         }
     }
 
-    /// A connect to the gateway's port on loopback: refused at once while
-    /// it does not listen (never blocking the loop for long).
+    /// Whether the gateway listens (a `-- CMD` child: once started).
     fn listens(&self) -> bool {
-        let Some(port) = self.port else {
-            return true;
-        };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+        self.port.is_none_or(crate::pid1::sys::port_answers)
     }
 
     /// Before the exit: what is still pending, within `wait`.
