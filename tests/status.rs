@@ -78,6 +78,7 @@ impl World {
             e["restarts_24h"] = json!(0);
             e["backup_at"] = json!(ago(45));
             e["ready"] = json!({"ready": true, "failing": [], "at": ago(20)});
+            e["mounts"] = json!({"mybuddybook": true});
             entry(e);
         }
         fs::write(&path, serde_json::to_string_pretty(&r).unwrap()).unwrap();
@@ -265,16 +266,26 @@ fn a_swarm_all_well_exits_zero_and_a_failing_channel_does_not() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // Telegram not polling, as the gateway's own /readyz said it.
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(t.contains("  mybuddybook  "), "{t}");
+    // Telegram not polling, as the gateway's own /readyz said it; the
+    // share's volume gone.
     let path = w.f.swarm.join("mybuddybook/registry.json");
     let mut r: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     r["buddies"]["roelbuddy-galahad"]["ready"] =
         json!({"ready": false, "failing": ["telegram"], "at": ago(10)});
+    r["buddies"]["roelbuddy-galahad"]["mounts"] = json!({"mybuddybook": false});
     fs::write(&path, serde_json::to_string_pretty(&r).unwrap()).unwrap();
     let out = w.status(true, true);
     assert_eq!(out.status.code(), Some(1));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let g = row(&r, "RoelBuddy-Galahad");
     assert_eq!(g["telegram"], "failing");
-    assert_eq!(g["problems"], json!(["Telegram not polling"]));
+    assert_eq!(
+        g["problems"],
+        json!([
+            "share volume mybuddybook not mounted",
+            "Telegram not polling"
+        ])
+    );
 }

@@ -555,7 +555,14 @@ impl Hooks for Boot {
             ));
         }
         let book = swarm::Paths::new(&self.cfg.swarm_dir).book();
-        match swarm::presence::Presence::start(book, &identity, self.port, self.cfg.heartbeat) {
+        let mounted: Vec<&str> = self.mounts.iter().flat_map(|m| m.volumes()).collect();
+        match swarm::presence::Presence::start(
+            book,
+            &identity,
+            self.port,
+            self.cfg.heartbeat,
+            &mounted,
+        ) {
             Ok(p) => self.presence = Some(p),
             Err(e) => {
                 error!(error = %e, "cannot start the registry writer; this Buddy stays unregistered")
@@ -653,6 +660,9 @@ impl Hooks for Boot {
         // private view of the share died with it.
         error!(volume, pid = pid.as_raw(), status = %exit, "share: the mount process ended; remounting");
         metrics().mount(volume, false);
+        if let Some(p) = &mut self.presence {
+            p.mount(volume, false);
+        }
         if !self.unmounted.contains(&volume) {
             self.unmounted.push(volume);
         }
@@ -691,6 +701,9 @@ impl Hooks for Boot {
                         info!("share: remounted");
                         for v in std::mem::take(&mut self.unmounted) {
                             metrics().remounted(v);
+                            if let Some(p) = &mut self.presence {
+                                p.mount(v, true);
+                            }
                         }
                         if let Some(p) = &mut self.presence {
                             p.share_degraded(false);

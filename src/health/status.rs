@@ -40,6 +40,8 @@ pub struct Row {
     pub state: String,
     pub heartbeat_age_s: Option<u64>,
     pub restarts_24h: Option<u32>,
+    /// The share's volumes and whether each is mounted (None: not said).
+    pub mounts: Option<std::collections::BTreeMap<String, bool>>,
     pub backup_at: Option<String>,
     pub backup_lag_s: Option<u64>,
     /// `polling`, `failing` or None (not a Telegram Buddy, or not known).
@@ -179,6 +181,11 @@ pub fn judge(
             })
         }
     };
+    for (v, up) in e.mounts.iter().flatten() {
+        if !up && matches!(seen, Seen::State(s) if !s.is_final()) {
+            problems.push(format!("share volume {v} not mounted"));
+        }
+    }
     let backup_lag_s = age(e.backup_at.as_deref(), now);
     if let Some(lag) = backup_lag_s
         && lag > BACKUP_LAG_MAX.as_secs()
@@ -217,6 +224,7 @@ pub fn judge(
         state: seen.to_string(),
         heartbeat_age_s: age(e.seen_at.as_deref(), now),
         restarts_24h: e.restarts_24h,
+        mounts: e.mounts.clone(),
         backup_at: e.backup_at.clone(),
         backup_lag_s,
         telegram,
@@ -238,7 +246,7 @@ fn secs(s: u64) -> String {
 pub fn table(r: &Report) -> String {
     let head = [
         "ID", "HUMAN", "ROLE", "APP", "MACHINE", "CHECKS", "IMAGE", "STATE", "BEAT", "RESTARTS",
-        "BACKUP", "CHANNELS", "HEALTH",
+        "SHARE", "BACKUP", "CHANNELS", "HEALTH",
     ];
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for b in &r.buddies {
@@ -281,6 +289,12 @@ pub fn table(r: &Report) -> String {
             b.state.clone(),
             b.heartbeat_age_s.map_or("-".into(), secs),
             b.restarts_24h.map_or("-".into(), |n| n.to_string()),
+            b.mounts.as_ref().map_or("-".into(), |m| {
+                m.iter()
+                    .map(|(v, up)| if *up { v.clone() } else { format!("{v} DOWN") })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
             b.backup_lag_s
                 .map_or("-".into(), |s| format!("{} ago", secs(s))),
             if channels.is_empty() {

@@ -54,6 +54,7 @@ struct Extras {
     restarts: VecDeque<SystemTime>,
     backup_at: Option<SystemTime>,
     ready: Option<Readiness>,
+    mounts: Option<std::collections::BTreeMap<String, bool>>,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -127,6 +128,7 @@ impl Me {
                     .backup_at
                     .map(|t| humantime::format_rfc3339_seconds(t).to_string());
                 e.ready = x.ready.clone();
+                e.mounts = x.mounts.clone();
             }
             Ok(f(e))
         })
@@ -192,15 +194,20 @@ pub struct Presence {
 
 impl Presence {
     /// Starts the registry writer for `book` and registers this Buddy:
-    /// `booting` (its gateway has just started).
+    /// `booting` (its gateway has just started), `mounts` the share's
+    /// volumes mounted (none: a directory someone else mounts).
     pub fn start(
         book: PathBuf,
         identity: &Identity,
         port: Option<u16>,
         heartbeat: Duration,
+        mounts: &[&str],
     ) -> std::io::Result<Presence> {
         let reporter = Reporter::start(book)?;
         let me = Arc::new(Me::from_env(identity, heartbeat));
+        if !mounts.is_empty() {
+            me.extras().mounts = Some(mounts.iter().map(|v| (v.to_string(), true)).collect());
+        }
         reporter.send("register", register(&me));
         if let Some(port) = port {
             watch_readiness(me.clone(), port, heartbeat.min(READY_EVERY));
@@ -292,6 +299,16 @@ impl Presence {
         let mut health = GatewayHealth::since_now(GatewayState::CrashLooping, Some(exits));
         health.last_exit = Some(registry::one_line(&last_exit));
         self.send("state", health, true);
+    }
+
+    /// A share volume is mounted (true) or its mount is gone (said at the
+    /// next write).
+    pub fn mount(&mut self, volume: &str, up: bool) {
+        self.me
+            .extras()
+            .mounts
+            .get_or_insert_with(Default::default)
+            .insert(volume.to_string(), up);
     }
 
     /// The state as of `at` is in the backup (said at the next write).
@@ -520,6 +537,7 @@ mod tests {
             restarts_24h: None,
             backup_at: None,
             ready: None,
+            mounts: None,
         }
     }
 

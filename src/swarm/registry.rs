@@ -82,6 +82,10 @@ pub struct Entry {
     /// The gateway's own readiness (its `/readyz`), as last asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<Readiness>,
+    /// The swarm share's JuiceFS volumes and whether each is mounted (None:
+    /// the share is a directory someone else mounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<BTreeMap<String, bool>>,
 }
 
 /// What the gateway's `/readyz` said: ready, or the channels failing.
@@ -262,6 +266,7 @@ impl Entry {
             restarts_24h: None,
             backup_at: None,
             ready: None,
+            mounts: None,
         }
     }
 }
@@ -321,6 +326,11 @@ pub fn check_entry(key: &str, v: &Value) -> Result<Entry, String> {
         && (r.failing.len() > 8 || r.failing.iter().any(|c| !CHANNEL_ID.is_match(c)))
     {
         return Err("ready.failing is not a short list of channel ids".into());
+    }
+    if let Some(m) = &e.mounts
+        && (m.len() > 8 || m.keys().any(|v| !CHANNEL_ID.is_match(v)))
+    {
+        return Err("mounts is not a short list of volume names".into());
     }
     // Shown as they are in an operator's terminal: one short line, no
     // escape sequences.
