@@ -54,7 +54,7 @@ FROM ${GATEWAY_FROM} AS gateway
 FROM ${SHARE_FROM} AS share
 
 FROM ${BASE_IMAGE}
-# Names and ids as documented in the README (src/pid1/privileges.rs has the same numbers).
+# Names and ids as documented in docs/architecture.md (src/pid1/privileges.rs has the same numbers).
 RUN echo 'buddy:x:10001:10001:MyBuddy gateway:/data:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'buddy:x:10001:' >> /etc/group \
  && echo 'mybuddybook:x:10100:buddy' >> /etc/group \

@@ -20,7 +20,7 @@
 //! holds one must never stop root.
 //!
 //! The syscalls are rustix's (one typed wrapper per syscall; already in the
-//! tree through tempfile): see the README's dependencies for why not cap-std.
+//! tree through tempfile): see docs/architecture.md, Dependencies, for why not cap-std.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

@@ -1,6 +1,6 @@
 //! The one boundary to restic, the backup tool.
 //!
-//! Why restic (measured, see docs/BENCHMARKS.md and the README): it
+//! Why restic (measured, see docs/BENCHMARKS.md and docs/operations.md): it
 //! encrypts (AES-256-CTR + Poly1305 under the repository's key) and
 //! deduplicates (content-defined chunks: a 2 MB SQLite file with one page
 //! changed adds kilobytes, not megabytes), keeps snapshots by time (so

@@ -913,7 +913,7 @@ pub fn run(cfg: RunConfig, sfd: SignalFd, original_mask: SigSet) -> i32 {
     code
 }
 
-/// The boot steps up to the gateway's start, in the README's order; the
+/// The boot steps up to the gateway's start, in docs/architecture.md's order; the
 /// register step runs from the loop once the gateway has started. Err is
 /// the exit code: 78 for a failed step, 0 for a stop during boot.
 fn boot(

@@ -25,7 +25,7 @@ fn get<'a>(config: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Checks `config` (merged, not yet substituted) for `identity`: every rule,
-/// every violation, in the order the README lists them.
+/// every violation, in the order docs/configuration.md lists them.
 pub fn check(config: &Value, identity: &Identity, provenance: &Provenance<'_>) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut fail = |path: &str, msg: String| {
