@@ -580,7 +580,7 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
         if no_backup {
             return Ok("replaced without a backup first (--no-backup)".to_string());
         }
-        apply::backup_before_replace(client, app, m)
+        crate::fleet::replace::backup_before_replace(client, app, m)
     };
     match apply::deploy(
         &api,

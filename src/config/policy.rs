@@ -57,7 +57,7 @@ fn supervisor_only_vars(v: &Value, path: &str, fail: &mut impl FnMut(&str, Strin
     match v {
         Value::String(s) => {
             for name in crate::config::secrets::referenced_vars(v) {
-                if crate::swarm::share::is_share_setting(&name) {
+                if crate::config::secrets::is_share_setting(&name) {
                     fail(
                         path,
                         format!(

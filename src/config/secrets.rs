@@ -335,6 +335,32 @@ pub fn read_env_file(
     Ok(out)
 }
 
+/// How the swarm share's two volumes name their settings
+/// (`MYBUDDY_BOOK_…`, `MYBUDDY_SPELLBOOK_…`).
+pub const SHARE_INFIXES: [&str; 2] = ["BOOK", "SPELLBOOK"];
+
+/// The per-volume settings, as in `MYBUDDY_BOOK_META_URL`.
+pub const SHARE_SETTINGS: [&str; 5] = [
+    "META_URL",
+    "META_PASSWORD",
+    "BUCKET",
+    "ACCESS_KEY",
+    "SECRET_KEY",
+];
+
+/// Whether `name` is one of the swarm share's settings (`MYBUDDY_SHARE`,
+/// `MYBUDDY_<V>_META_URL`, `_META_PASSWORD`, `_BUCKET`, `_ACCESS_KEY`,
+/// `_SECRET_KEY`): the supervisor's and its mounts' alone, never a
+/// gateway's, so a Buddy's config may not name one.
+pub fn is_share_setting(name: &str) -> bool {
+    name == "MYBUDDY_SHARE"
+        || SHARE_INFIXES.iter().any(|infix| {
+            SHARE_SETTINGS
+                .iter()
+                .any(|what| name == format!("MYBUDDY_{infix}_{what}"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

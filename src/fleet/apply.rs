@@ -5,7 +5,7 @@
 //! taken), its secrets (set and unset in one call; the version goes with the
 //! Machine), the state volume, then the Machine: made (tagged with this run,
 //! so an ambiguous answer is resolved by looking for the tag) or, for a
-//! Buddy that runs already, replaced safely (`upgrade::replace`: lease,
+//! Buddy that runs already, replaced safely (`replace::replace`: lease,
 //! update, healthy or put back); done when it is started and every check
 //! passes. Each thing made is pushed on the caller's undo list, so a failure
 //! takes back exactly what this run made, in reverse, and never what existed
@@ -38,10 +38,7 @@ pub struct ApiDeploy {
     pub checks_timeout: Duration,
 }
 
-/// The Fly app of a Buddy.
-pub fn app_name(slug: &str) -> String {
-    format!("mybuddytalk-{slug}")
-}
+pub use crate::fleet::machine::app_name;
 
 /// Stops a run between two calls when the process was asked to stop (the
 /// supervisor running the spell is stopping): the caller takes back what
@@ -141,47 +138,6 @@ pub enum Existing {
     Replace,
 }
 
-/// A running Buddy is backed up on its own Machine before its config is
-/// replaced (a deploy, an upgrade): `supervisor backup now` run there over
-/// the Machines API (its backup keys never leave it). A Buddy whose
-/// backups are off says so and the replacement goes on; a backup that
-/// fails stops it, nothing of the Machine changed.
-pub fn backup_before_replace(
-    c: &crate::fleet::fly::Client,
-    app: &str,
-    m: &crate::fleet::fly::Machine,
-) -> Result<String, String> {
-    if m.state != "started" {
-        return Ok(format!(
-            "{}: not running, nothing to back up first",
-            m.state
-        ));
-    }
-    let fail = |why: String| {
-        format!(
-            "the backup of Machine {} before the change failed: {why}\nnothing of the Machine was changed; fix the backup (supervisor backup now on it says why), or go on without it (--no-backup)",
-            m.id
-        )
-    };
-    let x = c
-        .exec(app, &m.id, &["supervisor", "backup", "now"], 120)
-        .map_err(|e| fail(e.to_string()))?;
-    let said = format!("{}{}", x.stdout, x.stderr).trim().to_string();
-    match x.exit_code {
-        0 => Ok(format!("backed up before the change: {said}")),
-        c if c == i64::from(crate::backup::OFF_EXIT) => Ok(format!(
-            "its backups are off, nothing backed up first: {said}"
-        )),
-        c => Err(fail(format!("exit code {c}: {said}"))),
-    }
-}
-
-/// What runs before a running Machine's config is replaced (the Buddy's
-/// backup): `Ok(what it did)` lets the replacement go on, `Err` stops the
-/// deploy before anything of the Machine changed.
-pub type BeforeReplace<'a> =
-    &'a dyn Fn(&str, &crate::fleet::fly::Machine) -> Result<String, String>;
-
 /// Deploys the Buddy at `dir`; pushes an undo for each thing it makes.
 #[allow(clippy::too_many_arguments)]
 pub fn deploy(
@@ -190,7 +146,7 @@ pub fn deploy(
     dir: &Path,
     secrets: &Secrets,
     existing: Existing,
-    before_replace: BeforeReplace<'_>,
+    before_replace: crate::fleet::replace::BeforeReplace<'_>,
     journal: &mut Journal,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, String> {
@@ -372,13 +328,13 @@ pub fn deploy(
         check_stop()?;
         let did = before_replace(&app, &m)?;
         progress(&format!("    Machine {}: {did}", m.id));
-        let health = crate::fleet::upgrade::Health {
+        let health = crate::fleet::replace::Health {
             timeout: api.checks_timeout,
             version: None,
         };
         let ttl = (api.checks_timeout.as_secs() * 2 + 60) as u32;
         let make = |_kept: &serde_json::Value| Ok(config.clone());
-        crate::fleet::upgrade::replace(
+        crate::fleet::replace::replace(
             c,
             &app,
             &m.id,

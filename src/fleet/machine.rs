@@ -56,6 +56,11 @@ pub struct FlyFacts {
     pub metrics: Value,
 }
 
+/// The Fly app of a Buddy.
+pub fn app_name(slug: &str) -> String {
+    format!("mybuddytalk-{slug}")
+}
+
 /// Reads the facts; every missing or malformed one is a problem (no
 /// silent default: a Machine made without one would differ from fly.toml).
 pub fn fly_facts(fly_toml: &Path) -> Result<FlyFacts, Vec<Problem>> {

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod fly;
 pub mod journal;
 pub mod machine;
+pub mod replace;
 pub mod socket;
 pub mod spell;
 pub mod upgrade;

@@ -27,10 +27,14 @@ pub use admin::{Formatted, Health, check, format, status};
 
 /// The two volumes: (directory under the swarm dir, variable infix, group).
 pub const VOLUMES: [(&str, &str, u32); 2] = [
-    (super::BOOK, "BOOK", crate::pid1::privileges::BOOK_GID),
+    (
+        super::BOOK,
+        crate::config::secrets::SHARE_INFIXES[0],
+        crate::pid1::privileges::BOOK_GID,
+    ),
     (
         super::SPELLBOOK,
-        "SPELLBOOK",
+        crate::config::secrets::SHARE_INFIXES[1],
         crate::pid1::privileges::MAGICIANS_GID,
     ),
 ];
@@ -68,24 +72,9 @@ pub(crate) fn var(infix: &str, what: &str) -> String {
     format!("MYBUDDY_{infix}_{what}")
 }
 
-/// Whether `name` is one of the share's settings (`MYBUDDY_SHARE`,
-/// `MYBUDDY_<V>_META_URL`, `_META_PASSWORD`, `_BUCKET`, `_ACCESS_KEY`,
-/// `_SECRET_KEY`): the supervisor's and its mounts' alone, never a gateway's.
-pub fn is_share_setting(name: &str) -> bool {
-    name == "MYBUDDY_SHARE"
-        || VOLUMES
-            .iter()
-            .any(|(_, infix, _)| SETTINGS.iter().any(|what| name == var(infix, what)))
-}
-
-/// The per-volume settings, as in `MYBUDDY_BOOK_META_URL`.
-pub const SETTINGS: [&str; 5] = [
-    "META_URL",
-    "META_PASSWORD",
-    "BUCKET",
-    "ACCESS_KEY",
-    "SECRET_KEY",
-];
+// The names are the config layer's (the render refuses them in a Buddy's
+// config, which must not depend on the share): one definition, below both.
+pub use crate::config::secrets::{SHARE_SETTINGS as SETTINGS, is_share_setting};
 
 /// The share's secrets a Machine of `role` holds (its Fly app's secrets):
 /// the metadata URL and password of every volume the role mounts, nothing
