@@ -136,12 +136,18 @@ impl Live {
     /// Boots the stopped Buddy again on the same state dir, with the same
     /// arguments and environment, and waits until it is ready.
     pub fn reboot(&mut self) {
+        // Ready means its channel started too: a gateway stopped while its
+        // Telegram channel still starts can take longer than the stop
+        // timeout to exit (its in-flight calls aborted, then its drain).
+        let before = self.st.telegram.calls().len();
         self.sup = Self::boot(&self.f, &self.ns, &self.args, &self.env);
         let pid = self.sup.pid();
         let ready = wait_for(Duration::from_secs(240), || {
-            http_get_in(pid, LIVE_PORT, "/readyz")
-                .is_some_and(|(c, _)| c == 200)
-                .then_some(())
+            let ok = http_get_in(pid, LIVE_PORT, "/readyz").is_some_and(|(c, _)| c == 200);
+            let me = self.st.telegram.calls()[before..]
+                .iter()
+                .any(|c| c.method == "getMe");
+            (ok && me).then_some(())
         });
         assert!(
             ready.is_some(),
