@@ -141,8 +141,13 @@ fn own_counter(root: &Path) -> Option<Counter> {
 /// The memory charged to our cgroup now (ours, the gateway's, the mounts'),
 /// in bytes.
 pub fn cgroup_memory_bytes() -> Option<u64> {
-    let (dir, v2) = own_memory_cgroup(Path::new("/sys/fs/cgroup"))?;
-    let file = if v2 {
+    // Found once: a process does not change cgroups under us, and every
+    // scrape asks.
+    static OWN: std::sync::OnceLock<Option<(PathBuf, bool)>> = std::sync::OnceLock::new();
+    let (dir, v2) = OWN
+        .get_or_init(|| own_memory_cgroup(Path::new("/sys/fs/cgroup")))
+        .as_ref()?;
+    let file = if *v2 {
         "memory.current"
     } else {
         "memory.usage_in_bytes"
@@ -155,13 +160,13 @@ pub fn cgroup_memory_bytes() -> Option<u64> {
 }
 
 fn read_counter(c: &Counter) -> Option<u64> {
-    let (path, sep) = match c {
-        Counter::V2(p) | Counter::V1(p) => (p.as_path(), ' '),
-        Counter::VmStat => (Path::new("/proc/vmstat"), ' '),
+    let path = match c {
+        Counter::V2(p) | Counter::V1(p) => p.as_path(),
+        Counter::VmStat => Path::new("/proc/vmstat"),
     };
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
-        let (k, v) = l.split_once(sep)?;
+        let (k, v) = l.split_once(' ')?;
         (k == "oom_kill").then(|| v.trim().parse().ok()).flatten()
     })
 }

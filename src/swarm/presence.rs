@@ -420,7 +420,14 @@ fn watch_readiness(me: Arc<Me>, port: u16, every: Duration) {
                     .get(&url)
                     .call()
                     .ok()
-                    .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+                    .and_then(|mut r| {
+                        // The gateway's answer is its to make: bounded.
+                        r.body_mut()
+                            .with_config()
+                            .limit(64 * 1024)
+                            .read_json::<serde_json::Value>()
+                            .ok()
+                    })
                     .and_then(|v| readiness(&v));
                 me.extras().ready = ready;
             }
@@ -431,7 +438,8 @@ fn watch_readiness(me: Arc<Me>, port: u16, every: Duration) {
 }
 
 /// The registry's view of a `/readyz` answer (`{"ready": bool, "failing":
-/// ["telegram", …]}`); channel ids that are not ids are left out.
+/// ["telegram", …]}`); names the registry would refuse are left out, so a
+/// gateway's odd answer never makes its own entry unreadable.
 fn readiness(v: &serde_json::Value) -> Option<Readiness> {
     let ready = v.get("ready")?.as_bool()?;
     let failing = v
@@ -440,12 +448,7 @@ fn readiness(v: &serde_json::Value) -> Option<Readiness> {
         .map(|l| {
             l.iter()
                 .filter_map(|c| c.as_str())
-                .filter(|c| {
-                    c.len() <= 32
-                        && c.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                        })
-                })
+                .filter(|c| registry::is_short_id(c))
                 .take(8)
                 .map(str::to_string)
                 .collect()
@@ -539,6 +542,18 @@ mod tests {
             ready: None,
             mounts: None,
         }
+    }
+
+    #[test]
+    fn a_gateways_odd_readiness_never_makes_its_entry_unreadable() {
+        let answer = serde_json::json!({"ready": false, "failing":
+            ["telegram", "-x", "a\u{1b}[31m", "x".repeat(40), "whatsapp"]});
+        let r = readiness(&answer).unwrap();
+        assert_eq!(r.failing, ["telegram", "whatsapp"]);
+        let mut e = entry(Some("m1"), GatewayState::Running, 0);
+        e.ready = Some(r);
+        let v = serde_json::to_value(&e).unwrap();
+        registry::check_entry("roelbuddy-galahad", &v).unwrap();
     }
 
     #[test]

@@ -99,9 +99,16 @@ pub struct Readiness {
     pub at: String,
 }
 
-/// A channel id as `/readyz` names it (and as a table may show it).
+/// A channel id as `/readyz` names it, or a share volume's name (and as a
+/// table may show it).
 static CHANNEL_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9_-]{0,31}$").expect("regex"));
+
+/// Whether `s` is a name an entry may carry in `ready.failing` or `mounts`
+/// (what [`check_entry`] holds them to).
+pub fn is_short_id(s: &str) -> bool {
+    CHANNEL_ID.is_match(s)
+}
 
 /// Heartbeats missed before an entry's state is no longer believed.
 pub const STALE_BEATS: u32 = 3;
