@@ -133,6 +133,87 @@ impl Restarts {
     }
 }
 
+/// The restart timing around the policy: when the next start is due after
+/// an exit, and when a run in a crash loop has lasted long enough to end it.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    restarts: Restarts,
+    restart_at: Option<Instant>,
+    healthy_at: Option<Instant>,
+}
+
+impl Schedule {
+    /// The gateway was started at `now`: in a crash loop, a run lasting
+    /// `reset_after` ends it.
+    pub fn started(&mut self, policy: &Policy, now: Instant) {
+        self.healthy_at = self.restarts.looping().then(|| now + policy.reset_after);
+    }
+
+    /// The gateway exited on its own after a run of `ran`: the policy's
+    /// verdict; a restart is scheduled by it.
+    pub fn after_exit(
+        &mut self,
+        policy: &Policy,
+        exit: Exit,
+        ran: Duration,
+        now: Instant,
+    ) -> Verdict {
+        let verdict = self.restarts.after_exit(policy, exit, ran, now);
+        if let Verdict::Restart { delay, .. } = verdict {
+            self.healthy_at = None;
+            self.restart_at = Some(now + delay);
+        }
+        verdict
+    }
+
+    /// A stop or a start by other means: no restart is due any more.
+    pub fn cancel_restart(&mut self) {
+        self.restart_at = None;
+    }
+
+    /// The gateway is taken down for a repair: neither timer stands.
+    pub fn cancel(&mut self) {
+        self.restart_at = None;
+        self.healthy_at = None;
+    }
+
+    pub fn restart_pending(&self) -> bool {
+        self.restart_at.is_some()
+    }
+
+    /// True once when the backoff has passed: start the gateway.
+    pub fn restart_due(&mut self, now: Instant) -> bool {
+        let due = self.restart_at.is_some_and(|t| now >= t);
+        if due {
+            self.restart_at = None;
+        }
+        due
+    }
+
+    /// Once the run has lasted `reset_after`: the crash loop's length, if
+    /// it was one.
+    pub fn recovered(&mut self, now: Instant) -> Option<u32> {
+        if self.healthy_at.is_none_or(|t| now < t) {
+            return None;
+        }
+        self.healthy_at = None;
+        self.restarts.healthy()
+    }
+
+    /// In a crash loop (until a healthy run).
+    pub fn looping(&self) -> bool {
+        self.restarts.looping()
+    }
+
+    /// The earlier of the two timers.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.restart_at, self.healthy_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +314,47 @@ mod tests {
             r.after_exit(&p, Exit::Code(0), Duration::ZERO, later),
             Verdict::Exit(0)
         );
+    }
+
+    #[test]
+    fn the_schedule_restarts_after_the_backoff_and_ends_a_loop_after_a_healthy_run() {
+        let p = policy(RestartPolicy::Always, None);
+        let mut s = Schedule::default();
+        let t = Instant::now();
+        s.started(&p, t);
+        assert_eq!(s.next_deadline(), None, "a first run has no timer");
+        for i in 0..CRASH_LOOP_AFTER {
+            let now = t + Duration::from_secs(u64::from(i));
+            assert!(matches!(
+                s.after_exit(&p, Exit::Code(1), Duration::ZERO, now),
+                Verdict::Restart { .. }
+            ));
+            assert!(s.restart_pending());
+            assert!(!s.restart_due(now));
+            let due = s.next_deadline().expect("a restart is scheduled");
+            assert!(s.restart_due(due));
+            assert!(!s.restart_due(due), "due once");
+            s.started(&p, due);
+        }
+        assert!(s.looping());
+        let healthy = s
+            .next_deadline()
+            .expect("the loop ends after a healthy run");
+        assert_eq!(s.recovered(healthy - Duration::from_millis(1)), None);
+        assert_eq!(s.recovered(healthy), Some(CRASH_LOOP_AFTER));
+        assert!(!s.looping());
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_repair_cancels_both_timers() {
+        let p = policy(RestartPolicy::Always, None);
+        let mut s = Schedule::default();
+        let t = Instant::now();
+        s.after_exit(&p, Exit::Code(1), Duration::ZERO, t);
+        s.cancel();
+        assert!(!s.restart_pending());
+        assert_eq!(s.next_deadline(), None);
+        assert!(!s.restart_due(t + Duration::from_secs(600)));
     }
 }

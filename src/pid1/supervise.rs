@@ -13,8 +13,9 @@ use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
+use super::drain::{Drain, DrainStep, GroupStop};
 pub use super::restart::{Policy, RestartPolicy};
-use super::restart::{Restarts, Verdict};
+use super::restart::{Schedule, Verdict};
 use super::sys::{self, Exit, SpawnSpec};
 
 /// What the boot provides to the loop.
@@ -90,13 +91,8 @@ pub enum Repair {
 /// The gateway taken down around a repair of what it depends on.
 #[derive(Debug, Clone, Copy)]
 enum Cycle {
-    /// SIGTERM sent to the gateway's group; SIGKILL at `deadline`.
-    Stopping {
-        pgid: Pid,
-        deadline: Instant,
-        killed: bool,
-        then: AfterStop,
-    },
+    /// SIGTERM sent to the gateway's group; SIGKILL at the stop timeout.
+    Stopping { stop: GroupStop, then: AfterStop },
     /// Asking [`Hooks::repair`] at `at`. `degraded`: the gateway was started
     /// without the repaired dependency and must be restarted once it is back.
     Repairing { at: Instant, degraded: bool },
@@ -163,16 +159,6 @@ struct Running {
     started: Instant,
 }
 
-/// A stop or a final exit in progress: the group gets until `deadline`, then
-/// SIGKILL. `code` is known once the gateway itself has ended.
-struct Draining {
-    /// None: no gateway was running; only [`Hooks::busy`] children drain.
-    pgid: Option<Pid>,
-    deadline: Instant,
-    killed: bool,
-    code: Option<i32>,
-}
-
 pub struct Supervisor<'a> {
     sfd: &'a SignalFd,
     mask: SigSet,
@@ -180,17 +166,16 @@ pub struct Supervisor<'a> {
     policy: Policy,
     hooks: &'a mut dyn Hooks,
     gateway: Option<Running>,
-    draining: Option<Draining>,
-    restart_at: Option<Instant>,
-    restarts: Restarts,
+    /// A stop or a final exit in progress.
+    draining: Option<Drain>,
+    /// When the gateway starts again and when a crash loop is over.
+    schedule: Schedule,
     starts: u32,
     stop_requested: bool,
     /// The exit code when the boot failed after the gateway had started.
     exit_override: Option<i32>,
     /// When to give back the boot code's pages (see [`RELEASE_AFTER`]).
     release_at: Option<Instant>,
-    /// When the running gateway counts as healthy again after a crash loop.
-    healthy_at: Option<Instant>,
     /// A repair of the gateway's dependencies in progress.
     cycle: Option<Cycle>,
     /// The signal of the stop that was asked for.
@@ -200,10 +185,6 @@ pub struct Supervisor<'a> {
     /// Gateways the kernel killed for memory, since the supervisor started.
     pub oom_kills: u32,
 }
-
-/// After SIGKILL, how long to wait for the kernel to finish the group off
-/// before exiting anyway.
-const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// How long after the first start the boot code's resident pages are given
 /// back. Not at once: the madvise and the faults it causes would sit on the
@@ -227,13 +208,11 @@ impl<'a> Supervisor<'a> {
             hooks,
             gateway: None,
             draining: None,
-            restart_at: None,
-            restarts: Restarts::default(),
+            schedule: Schedule::default(),
             starts: 0,
             stop_requested: false,
             exit_override: None,
             release_at: None,
-            healthy_at: None,
             cycle: None,
             stop_signal: None,
             oom: super::memory::OomWatch::new(),
@@ -272,28 +251,16 @@ impl<'a> Supervisor<'a> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let drain = self.draining.as_ref().map(|d| {
-            if d.code.is_some() && !d.killed {
-                // The gateway is gone; poll for the rest of its group.
-                d.deadline.min(Instant::now() + Duration::from_millis(50))
-            } else {
-                d.deadline
-            }
-        });
-        let cycle = match self.cycle {
-            Some(Cycle::Stopping {
-                deadline,
-                killed: false,
-                ..
-            }) => Some(deadline),
-            Some(Cycle::Repairing { at, .. }) => Some(at),
-            _ => None,
+        let drain = self.draining.map(|d| d.wake_at(Instant::now()));
+        let cycle = match &self.cycle {
+            Some(Cycle::Stopping { stop, .. }) => stop.deadline(),
+            Some(Cycle::Repairing { at, .. }) => Some(*at),
+            None => None,
         };
         [
             drain,
-            self.restart_at,
+            self.schedule.next_deadline(),
             self.release_at,
-            self.healthy_at,
             cycle,
             self.hooks.next_tick(),
         ]
@@ -318,11 +285,7 @@ impl<'a> Supervisor<'a> {
                     pid,
                     started: Instant::now(),
                 });
-                // In a crash loop, a run this long ends it.
-                self.healthy_at = self
-                    .restarts
-                    .looping()
-                    .then(|| Instant::now() + self.policy.reset_after);
+                self.schedule.started(&self.policy, Instant::now());
                 Ok(())
             }
             Err(e) => {
@@ -376,7 +339,7 @@ impl<'a> Supervisor<'a> {
         }
         self.stop_requested = true;
         self.stop_signal = Some(sig);
-        self.restart_at = None;
+        self.schedule.cancel_restart();
         // A repair in progress is abandoned: the stop takes the gateway down.
         self.cycle = None;
         // Spells running get the same stop timeout to finish or take back
@@ -394,18 +357,18 @@ impl<'a> Supervisor<'a> {
                 if let Err(e) = sys::signal_group(g.pid, sig) {
                     warn!(error = %e, "cannot signal the gateway group");
                 }
-                self.draining = Some(Draining {
-                    pgid: Some(g.pid),
-                    deadline: Instant::now() + self.policy.stop_timeout,
-                    killed: false,
-                    code: None,
-                });
+                self.draining = Some(Drain::new(
+                    Some(g.pid),
+                    None,
+                    Instant::now(),
+                    self.policy.stop_timeout,
+                ));
                 None
             }
             None => match &mut self.draining {
                 // A final exit is already draining the group: just hurry it.
                 Some(d) => {
-                    d.deadline = d.deadline.min(Instant::now());
+                    d.hurry(Instant::now());
                     None
                 }
                 None if self.hooks.busy() => {
@@ -414,12 +377,12 @@ impl<'a> Supervisor<'a> {
                         timeout_ms = self.policy.stop_timeout.as_millis() as u64,
                         "stop requested while no gateway runs; waiting for the spells"
                     );
-                    self.draining = Some(Draining {
-                        pgid: None,
-                        deadline: Instant::now() + self.policy.stop_timeout,
-                        killed: false,
-                        code: Some(0),
-                    });
+                    self.draining = Some(Drain::new(
+                        None,
+                        Some(0),
+                        Instant::now(),
+                        self.policy.stop_timeout,
+                    ));
                     None
                 }
                 None => {
@@ -466,8 +429,7 @@ impl<'a> Supervisor<'a> {
             Some(Cycle::Repairing { .. }) => return,
             None => {}
         }
-        self.restart_at = None;
-        self.healthy_at = None;
+        self.schedule.cancel();
         let now = Instant::now();
         self.cycle = Some(match &self.gateway {
             Some(g) => {
@@ -478,9 +440,7 @@ impl<'a> Supervisor<'a> {
                 );
                 let _ = sys::signal_group(g.pid, Signal::SIGTERM);
                 Cycle::Stopping {
-                    pgid: g.pid,
-                    deadline: now + self.policy.stop_timeout,
-                    killed: false,
+                    stop: GroupStop::new(g.pid, now, self.policy.stop_timeout),
                     then: AfterStop::Repair,
                 }
             }
@@ -493,25 +453,17 @@ impl<'a> Supervisor<'a> {
 
     /// The repair's timers: the gateway's stop deadline, the next repair step.
     fn cycle_timer(&mut self, now: Instant) -> Option<i32> {
+        if let Some(Cycle::Stopping { stop, .. }) = &mut self.cycle
+            && stop.kill_due(now)
+        {
+            warn!(
+                pgid = stop.pgid.as_raw(),
+                "stop timeout reached; killing the gateway's process group"
+            );
+            let _ = sys::signal_group(stop.pgid, Signal::SIGKILL);
+            return None;
+        }
         match self.cycle? {
-            Cycle::Stopping {
-                pgid,
-                deadline,
-                killed: false,
-                then,
-            } if now >= deadline => {
-                warn!(
-                    pgid = pgid.as_raw(),
-                    "stop timeout reached; killing the gateway's process group"
-                );
-                let _ = sys::signal_group(pgid, Signal::SIGKILL);
-                self.cycle = Some(Cycle::Stopping {
-                    pgid,
-                    deadline,
-                    killed: true,
-                    then,
-                });
-            }
             Cycle::Repairing { at, degraded } if now >= at => match self.hooks.repair() {
                 Repair::Pending(d) => {
                     self.cycle = Some(Cycle::Repairing {
@@ -527,16 +479,14 @@ impl<'a> Supervisor<'a> {
                         );
                         let _ = sys::signal_group(g.pid, Signal::SIGTERM);
                         self.cycle = Some(Cycle::Stopping {
-                            pgid: g.pid,
-                            deadline: now + self.policy.stop_timeout,
-                            killed: false,
+                            stop: GroupStop::new(g.pid, now, self.policy.stop_timeout),
                             then: AfterStop::Start,
                         });
                     }
                     None => {
                         info!("repaired: starting the gateway");
                         self.cycle = None;
-                        self.restart_at = None;
+                        self.schedule.cancel_restart();
                         if let Err(code) = self.start() {
                             return Some(code);
                         }
@@ -547,7 +497,7 @@ impl<'a> Supervisor<'a> {
                         at: now + retry_in,
                         degraded: true,
                     });
-                    if self.gateway.is_none() && self.restart_at.is_none() {
+                    if self.gateway.is_none() && !self.schedule.restart_pending() {
                         warn!(
                             retry_in_ms = retry_in.as_millis() as u64,
                             "repair failed; starting the gateway without it meanwhile"
@@ -585,14 +535,14 @@ impl<'a> Supervisor<'a> {
         self.hooks.life(Life::Exited { end });
         if let Some(d) = &mut self.draining {
             info!(pid = pid.as_raw(), status = %exit, ran_ms, "gateway stopped");
-            d.code = Some(exit.code());
+            d.gateway_ended(exit.code());
             let why = Ending::Asked(self.stop_signal.unwrap_or(Signal::SIGTERM));
             self.hooks.life(Life::Ended { end, why });
             self.hooks.gateway_stopped();
             return None;
         }
-        if let Some(Cycle::Stopping { pgid, then, .. }) = self.cycle
-            && pgid == pid
+        if let Some(Cycle::Stopping { stop, then }) = self.cycle
+            && stop.pgid == pid
         {
             info!(pid = pid.as_raw(), status = %exit, ran_ms, "gateway stopped for the repair");
             if sys::group_alive(pid) {
@@ -615,7 +565,7 @@ impl<'a> Supervisor<'a> {
             return None;
         }
         let now = Instant::now();
-        match self.restarts.after_exit(&self.policy, exit, ran, now) {
+        match self.schedule.after_exit(&self.policy, exit, ran, now) {
             Verdict::Exit(code) => {
                 info!(pid = pid.as_raw(), status = %exit, ran_ms, policy = ?self.policy.restart, "gateway exited; not restarting");
                 self.hooks.life(Life::Ended {
@@ -641,7 +591,6 @@ impl<'a> Supervisor<'a> {
                 attempt,
                 loop_began,
             } => {
-                self.healthy_at = None;
                 // Leftovers of the dead gateway's group would hold its ports.
                 if sys::group_alive(pid) {
                     warn!(
@@ -654,7 +603,6 @@ impl<'a> Supervisor<'a> {
                     pid = pid.as_raw(), status = %exit, ran_ms, restart_in_ms = delay.as_millis() as u64,
                     attempt, "gateway exited; restarting"
                 );
-                self.restart_at = Some(now + delay);
                 if loop_began {
                     warn!(
                         exits = attempt,
@@ -667,7 +615,7 @@ impl<'a> Supervisor<'a> {
                         end,
                     });
                 } else {
-                    self.hooks.life(if self.restarts.looping() {
+                    self.hooks.life(if self.schedule.looping() {
                         Life::CrashLooping {
                             exits: attempt,
                             end,
@@ -687,12 +635,12 @@ impl<'a> Supervisor<'a> {
         // We exit after this: spells get the same time to finish.
         self.hooks.stopping();
         self.hooks.gateway_stopped();
-        self.draining = Some(Draining {
-            pgid: Some(pgid),
-            deadline: Instant::now() + self.policy.stop_timeout,
-            killed: false,
-            code: Some(code),
-        });
+        self.draining = Some(Drain::new(
+            Some(pgid),
+            Some(code),
+            Instant::now(),
+            self.policy.stop_timeout,
+        ));
         if sys::group_alive(pgid) {
             info!(
                 pgid = pgid.as_raw(),
@@ -705,8 +653,8 @@ impl<'a> Supervisor<'a> {
 
     fn check_drained(&mut self) -> Option<i32> {
         let d = self.draining.as_ref()?;
-        let code = d.code?;
-        if d.pgid.is_some_and(sys::group_alive) || self.hooks.busy() {
+        let code = d.code()?;
+        if d.group().is_some_and(sys::group_alive) || self.hooks.busy() {
             return None;
         }
         // The last orphans may exit with the gateway: every one is reaped
@@ -740,23 +688,21 @@ impl<'a> Supervisor<'a> {
         if let Some(code) = self.cycle_timer(now) {
             return Some(code);
         }
-        if self.healthy_at.is_some_and(|t| now >= t) {
-            self.healthy_at = None;
-            if let (Some(g), Some(exits)) = (&self.gateway, self.restarts.healthy()) {
-                info!(
-                    pid = g.pid.as_raw(),
-                    exits,
-                    up_s = g.started.elapsed().as_secs(),
-                    "gateway recovered: running again after a crash loop"
-                );
-                self.hooks.life(Life::Recovered { exits });
-            }
+        if let Some(exits) = self.schedule.recovered(now)
+            && let Some(g) = &self.gateway
+        {
+            info!(
+                pid = g.pid.as_raw(),
+                exits,
+                up_s = g.started.elapsed().as_secs(),
+                "gateway recovered: running again after a crash loop"
+            );
+            self.hooks.life(Life::Recovered { exits });
         }
-        if self.restart_at.is_some_and(|t| now >= t) {
-            self.restart_at = None;
-            if let Err(code) = self.start() {
-                return Some(code);
-            }
+        if self.schedule.restart_due(now)
+            && let Err(code) = self.start()
+        {
+            return Some(code);
         }
         None
     }
@@ -765,9 +711,10 @@ impl<'a> Supervisor<'a> {
     /// period exit whether or not the kernel has finished it off.
     fn drain_timer(&mut self, now: Instant) -> Option<i32> {
         let d = self.draining.as_mut()?;
-        if now >= d.deadline {
-            if !d.killed {
-                if let Some(pgid) = d.pgid {
+        match d.on_time(now) {
+            DrainStep::Wait => {}
+            DrainStep::Kill(group) => {
+                if let Some(pgid) = group {
                     warn!(
                         pgid = pgid.as_raw(),
                         timeout_ms = self.policy.stop_timeout.as_millis() as u64,
@@ -775,16 +722,15 @@ impl<'a> Supervisor<'a> {
                     );
                     let _ = sys::signal_group(pgid, Signal::SIGKILL);
                 }
-                d.killed = true;
-                d.deadline = now + KILL_GRACE;
                 self.hooks.kill_busy();
-            } else {
+            }
+            DrainStep::GiveUp => {
                 let code = self
                     .exit_override
-                    .or(d.code)
+                    .or(d.code())
                     .unwrap_or(128 + Signal::SIGKILL as i32);
                 error!(
-                    pgid = d.pgid.map(|p| p.as_raw()),
+                    pgid = d.group().map(|p| p.as_raw()),
                     exit = code,
                     "still alive after SIGKILL; exiting anyway"
                 );
