@@ -67,9 +67,11 @@ impl World {
         let c = Client::new(&self.api.base_url(), FLY_TOKEN);
         let facts = mybuddytalk::fleet::machine::fly_facts(&repo().join("fly.toml")).unwrap();
         let old = "registry.fly.io/mybuddytalk-base@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let dir = repo().join("buddies").join(slug);
+        let template = repo().join("buddies/_template/config.json");
         let config = mybuddytalk::fleet::machine::config(
             &facts,
-            &repo().join("buddies").join(slug),
+            mybuddytalk::fleet::machine::Definition::new(&dir, &template),
             old,
             Some("vol_old"),
         )

@@ -166,6 +166,20 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
             .iter()
             .any(|(p, c)| p == "/opt/mybuddy/buddy/buddy.json" && c.contains("\"Lyra\""))
     );
+    // It carries the template it was checked with (the share's, as the
+    // spell read it), which its boot renders with instead of the image's.
+    let template = fs::read_to_string(
+        w.f.swarm
+            .join("mybuddybook/templates/_template/config.json"),
+    )
+    .unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|(p, c)| p == "/opt/mybuddy/_machine/template.json" && *c == template),
+        "{:?}",
+        files.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
     // The bot token went in the secrets call and nowhere else: no file, no
     // other call, no record, registry entry, announcement or output.
     let with_token = calls_carrying(&w.fly.api, TOKEN);

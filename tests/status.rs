@@ -49,7 +49,9 @@ impl World {
             let app = format!("mybuddytalk-{slug}");
             fly.api.add_app(&app);
             let image = format!("registry.fly.io/mybuddytalk-base@{digest}");
-            let config = machine::config(&facts, &f.buddy(slug), &image, Some("vol_x")).unwrap();
+            let (dir, template) = (f.buddy(slug), f.buddies.join("_template/config.json"));
+            let def = machine::Definition::new(&dir, &template);
+            let config = machine::config(&facts, def, &image, Some("vol_x")).unwrap();
             ns.run(|| {
                 client
                     .create_machine(

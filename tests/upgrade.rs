@@ -62,7 +62,9 @@ impl World {
             );
             let app = format!("mybuddytalk-{slug}");
             fly.api.add_app(&app);
-            let config = machine::config(&facts, &f.buddy(slug), OLD, Some("vol_x")).unwrap();
+            let (dir, template) = (f.buddy(slug), f.buddies.join("_template/config.json"));
+            let def = machine::Definition::new(&dir, &template);
+            let config = machine::config(&facts, def, OLD, Some("vol_x")).unwrap();
             let m = ns.run(|| {
                 client
                     .create_machine(
@@ -94,6 +96,18 @@ impl World {
             .env("FLY_API_TOKEN", FLY_TOKEN)
             .output()
             .unwrap()
+    }
+
+    /// The file at `guest_path` in Buddy `slug`'s Machine config.
+    fn file(&self, slug: &str, guest_path: &str) -> Option<String> {
+        use base64::Engine;
+        let a = self.fly.api.app(&format!("mybuddytalk-{slug}")).unwrap();
+        let files = a.machines[0].config["files"].as_array()?.clone();
+        let f = files.iter().find(|f| f["guest_path"] == guest_path)?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(f["raw_value"].as_str()?)
+            .ok()?;
+        String::from_utf8(raw).ok()
     }
 
     /// The id of Buddy `slug`'s Machine.
@@ -146,9 +160,40 @@ fn text(o: &Output) -> String {
 fn the_new_image_rolls_over_every_buddy_one_at_a_time_canary_first() {
     let w = World::new();
     assert_eq!(w.version("roelbuddy-galahad"), "sha256:aaaaaaaaaaaa");
+    // Kazeh's definition is a SpellBook record (its SOUL changed since its
+    // deploy), and a gateway planted a template beside the records.
+    let records = w.f.swarm.join("spellbook/buddies");
+    copy_tree(
+        &w.f.buddy("estherbuddy-kazeh"),
+        &records.join("estherbuddy-kazeh"),
+    );
+    fs::write(
+        records.join("estherbuddy-kazeh/workspace/SOUL.md"),
+        "Kazeh, upgraded.\n",
+    )
+    .unwrap();
+    fs::create_dir_all(records.join("_template")).unwrap();
+    fs::write(
+        records.join("_template/config.json"),
+        "{\"env\": {\"vars\": {\"X\": \"${FLY_API_TOKEN}\"}}}",
+    )
+    .unwrap();
+    let template_before = w.file("estherbuddy-kazeh", machine::TEMPLATE_GUEST_PATH);
+    assert!(template_before.is_some());
     let o = w.upgrade(&[]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
+    // Its files are made again from the record; the template it carries is
+    // the one it was deployed with (no checkout named one to check).
+    assert_eq!(
+        w.file("estherbuddy-kazeh", "/opt/mybuddy/buddy/workspace/SOUL.md")
+            .as_deref(),
+        Some("Kazeh, upgraded.\n")
+    );
+    assert_eq!(
+        w.file("estherbuddy-kazeh", machine::TEMPLATE_GUEST_PATH),
+        template_before
+    );
     // The canary is the first Buddy-role one; then the others, one at a time.
     assert_eq!(
         w.updates(),
@@ -183,8 +228,8 @@ fn the_new_image_rolls_over_every_buddy_one_at_a_time_canary_first() {
         .filter(|c| c.method == "DELETE" && c.path.ends_with("/lease") && c.status == 200)
         .count();
     assert_eq!(releases, 4);
-    // (No definition is known here, no SpellBook record nor checkout: each
-    // Machine keeps its files, only the image and version change.)
+    // (No other definition is known here, no SpellBook record nor checkout:
+    // those Machines keep their files, only the image and version change.)
     let changelog = fs::read_to_string(w.f.swarm.join("spellbook/changelog.md")).unwrap();
     assert!(
         changelog.contains("RoelBuddy-Emrys cast upgrade_buddy: EstherBuddy-Kazeh, EstherBuddy-Morgan, RoelBuddy-Emrys, RoelBuddy-Galahad upgraded to"),

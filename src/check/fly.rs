@@ -99,10 +99,16 @@ pub(super) fn check_machines(repo: &Path, identities: &[(PathBuf, Identity)]) ->
         Err(p) => return p,
     };
     let image = format!("registry.fly.io/mybuddytalk-base@sha256:{}", "0".repeat(64));
+    let template = repo
+        .join("buddies/_template")
+        .join(crate::buddy::CONFIG_FILE);
     identities
         .iter()
         .filter_map(|(path, _)| path.parent())
-        .filter_map(|dir| crate::fleet::machine::config(&facts, dir, &image, None).err())
+        .filter_map(|dir| {
+            let def = crate::fleet::machine::Definition::new(dir, &template);
+            crate::fleet::machine::config(&facts, def, &image, None).err()
+        })
         .flatten()
         .collect()
 }

@@ -212,6 +212,9 @@ pub struct MachineConfigArgs {
     /// The id of the Buddy's state volume
     #[arg(long)]
     pub volume: Option<String>,
+    /// The template the Machine carries and renders with [default: BUDDY/../_template/config.json]
+    #[arg(long)]
+    pub template: Option<PathBuf>,
     /// The fly.toml whose facts the Machine is made of
     #[arg(long, default_value = "fly.toml")]
     pub fly_toml: PathBuf,
@@ -219,8 +222,14 @@ pub struct MachineConfigArgs {
 
 pub(super) fn cmd_machine_config(a: MachineConfigArgs) -> i32 {
     use crate::fleet::machine;
-    let made = machine::fly_facts(&a.fly_toml)
-        .and_then(|f| machine::config(&f, &a.buddy_dir, &a.image, a.volume.as_deref()));
+    let made = machine::fly_facts(&a.fly_toml).and_then(|f| {
+        let template = a
+            .template
+            .clone()
+            .unwrap_or_else(|| crate::config::render::default_template(&a.buddy_dir));
+        let def = machine::Definition::new(&a.buddy_dir, &template);
+        machine::config(&f, def, &a.image, a.volume.as_deref())
+    });
     match made {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -381,6 +390,10 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
         version_timeout: std::time::Duration::from_secs(a.version_timeout),
         lease_ttl: (a.checks_timeout + a.version_timeout + 120) as u32,
         dry_run: a.dry_run,
+        template: a
+            .repo
+            .as_ref()
+            .map(|r| r.join("buddies/_template").join(crate::buddy::CONFIG_FILE)),
     };
     let mut say = |m: &str| eprintln!("{m}");
     match upgrade::rollout(
@@ -585,7 +598,7 @@ pub(super) fn cmd_deploy(a: DeployArgs) -> i32 {
     match apply::deploy(
         &api,
         &id,
-        &a.buddy_dir,
+        crate::fleet::machine::Definition::new(&a.buddy_dir, &template),
         &secrets,
         apply::Existing::Replace,
         &backup_first,

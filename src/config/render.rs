@@ -48,13 +48,25 @@ pub struct Builtins<'a> {
     pub swarm_dir: &'a Path,
 }
 
-/// The template beside a Buddy directory: `DIR/../_template/config.json`.
+/// Where a Machine carries the template it was checked with, beside its
+/// Buddy directory (`/opt/mybuddy/_machine/template.json` on a Machine:
+/// see `fleet::machine`). The image's own template is only for a Buddy
+/// whose Machine carries none (local images, Machines made before).
+pub const MACHINE_TEMPLATE: &str = "_machine/template.json";
+
+/// The template a Buddy renders with, beside its directory: the one its
+/// Machine carries (`DIR/../_machine/template.json`) if there is one, else
+/// `DIR/../_template/config.json` (a checkout's, or the image's).
 pub fn default_template(buddy_dir: &Path) -> PathBuf {
     let parent = match buddy_dir.parent() {
         // `buddies/x` -> `buddies`; a bare `.` or `/` has no usable parent.
         Some(p) if buddy_dir.file_name().is_some() => p.to_path_buf(),
         _ => buddy_dir.join(".."),
     };
+    let carried = parent.join(MACHINE_TEMPLATE);
+    if carried.is_file() {
+        return carried;
+    }
     parent.join("_template").join(buddy::CONFIG_FILE)
 }
 

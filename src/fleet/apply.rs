@@ -11,7 +11,6 @@
 //! takes back exactly what this run made, in reverse, and never what existed
 //! before.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -143,7 +142,7 @@ pub enum Existing {
 pub fn deploy(
     api: &ApiDeploy,
     identity: &Identity,
-    dir: &Path,
+    def: machine::Definition<'_>,
     secrets: &Secrets,
     existing: Existing,
     before_replace: crate::fleet::replace::BeforeReplace<'_>,
@@ -156,7 +155,7 @@ pub fn deploy(
     let e = |e: crate::fleet::fly::FlyError| e.to_string();
     // The Machine config first: a Buddy that cannot be described makes nothing.
     let image = api.image.clone();
-    let placeholder = machine::config(&api.facts, dir, &image, None).map_err(|p| {
+    let placeholder = machine::config(&api.facts, def, &image, None).map_err(|p| {
         p.iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()

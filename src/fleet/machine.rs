@@ -2,7 +2,10 @@
 //! pinned by digest, plus the Buddy's own files (buddy.json, config.json,
 //! its workspace) carried in the Machine config's `files` at the Buddy
 //! directory the supervisor reads, so no per-Buddy image is built to spawn
-//! or upgrade a Buddy. Everything else (guest size, the state volume's
+//! or upgrade a Buddy. The Machine also carries the template it was
+//! checked with ([`TEMPLATE_GUEST_PATH`]), which the boot renders with
+//! instead of the image's: a checkout newer or older than the pinned base
+//! cannot give a Buddy a config check-config never saw. Everything else (guest size, the state volume's
 //! mount, the private service, the health check, the restart policy, the
 //! stop signal and timeout, the environment) is read from `fly.toml`, the
 //! one statement of those facts: `check-config` builds every Buddy's Machine
@@ -21,6 +24,10 @@ use crate::config::problem::Problem;
 /// Where the image's supervisor reads the Buddy (its `--buddy` default);
 /// off the state volume's mount, as the API's `files` want.
 pub const BUDDY_GUEST_DIR: &str = "/opt/mybuddy/buddy";
+
+/// Where the Machine carries its template: beside [`BUDDY_GUEST_DIR`], at
+/// the place `config::render::default_template` looks first.
+pub const TEMPLATE_GUEST_PATH: &str = "/opt/mybuddy/_machine/template.json";
 
 /// Where the base image carries fly.toml, for spells cast on a Machine.
 pub const IMAGE_FLY_TOML: &str = "/opt/mybuddy/fly.toml";
@@ -373,15 +380,34 @@ pub fn buddy_files(b: &buddy::BuddyDir) -> Result<Vec<GuestFile>, Vec<Problem>> 
     }
 }
 
-/// The Machine config for `buddy_dir` on `image` (pinned by digest:
+/// What a Machine is made of besides its base image: the Buddy's directory
+/// and the template it was checked with (None: the Machine carries none
+/// and renders with its image's).
+#[derive(Debug, Clone, Copy)]
+pub struct Definition<'a> {
+    pub dir: &'a Path,
+    pub template: Option<&'a Path>,
+}
+
+impl<'a> Definition<'a> {
+    pub fn new(dir: &'a Path, template: &'a Path) -> Self {
+        Definition {
+            dir,
+            template: Some(template),
+        }
+    }
+}
+
+/// The Machine config for `def` on `image` (pinned by digest:
 /// `…@sha256:…`), its state volume `volume` (an id; None while only
 /// checking). The image's digest is the version the Buddy registers.
 pub fn config(
     facts: &FlyFacts,
-    buddy_dir: &Path,
+    def: Definition<'_>,
     image: &str,
     volume: Option<&str>,
 ) -> Result<Value, Vec<Problem>> {
+    let (buddy_dir, template) = (def.dir, def.template);
     let mut problems = Vec::new();
     let Some((_, digest)) = image.split_once("@sha256:") else {
         return Err(vec![Problem::new(
@@ -393,13 +419,34 @@ pub fn config(
         )]);
     };
     let b = buddy::load(buddy_dir).map_err(|p| p.items)?;
-    let files = match buddy_files(&b) {
+    let mut files = match buddy_files(&b) {
         Ok(f) => f,
         Err(p) => {
             problems.extend(p);
             Vec::new()
         }
     };
+    if let Some(t) = template {
+        match fs::read(t) {
+            Ok(content) => files.push(GuestFile {
+                guest_path: TEMPLATE_GUEST_PATH.to_string(),
+                content,
+            }),
+            Err(e) => problems.push(Problem::new(
+                t,
+                "",
+                format!("cannot read the template: {e}"),
+            )),
+        }
+        let total: usize = files.iter().map(|f| f.content.len()).sum();
+        if problems.is_empty() && total > FILES_LIMIT {
+            problems.push(Problem::new(
+                t,
+                "",
+                format!("the Buddy's files and this template weigh {total} bytes, over the {FILES_LIMIT} a Machine config should carry"),
+            ));
+        }
+    }
     if BUDDY_GUEST_DIR.starts_with(&format!("{}/", facts.mount_destination)) {
         problems.push(Problem::new(
             &facts.path,
@@ -477,7 +524,9 @@ mod tests {
         let f = fly_facts(&repo().join("fly.toml")).unwrap();
         let dir = repo().join("buddies/roelbuddy-galahad");
         let img = "registry.fly.io/mybuddytalk-base@sha256:0123456789abcdef0123";
-        let c = config(&f, &dir, img, Some("vol_1")).unwrap();
+        let tpl = repo().join("buddies/_template/config.json");
+        let def = Definition::new(&dir, &tpl);
+        let c = config(&f, def, img, Some("vol_1")).unwrap();
         assert_eq!(c["image"], img);
         assert_eq!(c["env"]["MYBUDDY_IMAGE_VERSION"], "sha256:0123456789ab");
         assert_eq!(c["mounts"], json!([{"volume": "vol_1", "path": "/data"}]));
@@ -490,9 +539,30 @@ mod tests {
             .collect();
         assert!(paths.contains(&"/opt/mybuddy/buddy/buddy.json"));
         assert!(paths.contains(&"/opt/mybuddy/buddy/workspace/SOUL.md"));
+        // It carries the template it was checked with, byte for byte, where
+        // the boot looks first.
+        let carried = c["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["guest_path"] == TEMPLATE_GUEST_PATH)
+            .expect("the template is among the Machine's files");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(carried["raw_value"].as_str().unwrap())
+                .unwrap(),
+            fs::read(&tpl).unwrap()
+        );
+        assert_eq!(
+            Path::new(BUDDY_GUEST_DIR)
+                .parent()
+                .unwrap()
+                .join(crate::config::render::MACHINE_TEMPLATE),
+            Path::new(TEMPLATE_GUEST_PATH)
+        );
         // The same Buddy, the same config.
-        assert_eq!(c, config(&f, &dir, img, Some("vol_1")).unwrap());
-        let e = config(&f, &dir, "registry.fly.io/mybuddytalk-base:latest", None).unwrap_err();
+        assert_eq!(c, config(&f, def, img, Some("vol_1")).unwrap());
+        let e = config(&f, def, "registry.fly.io/mybuddytalk-base:latest", None).unwrap_err();
         assert!(e[0].message.contains("not pinned by digest"), "{e:?}");
     }
 }

@@ -41,6 +41,11 @@ pub struct Options {
     pub version_timeout: Duration,
     pub lease_ttl: u32,
     pub dry_run: bool,
+    /// The template a Machine made again from its definition carries: a
+    /// checkout's (which check-config checked). None: each Machine keeps
+    /// the one it carries (the share's may have changed since any check:
+    /// any gateway can edit it).
+    pub template: Option<PathBuf>,
 }
 
 /// The version a Buddy registers when it runs `image` (what
@@ -287,7 +292,7 @@ fn upgrade_one(
         &t.machine,
         opts.lease_ttl,
         None,
-        &|kept| new_config(kept, facts, t, &opts.image),
+        &|kept| new_config(kept, facts, t, opts),
         &health,
         tag,
         say,
@@ -300,21 +305,35 @@ fn new_config(
     kept: &Value,
     facts: Option<&FlyFacts>,
     t: &Target,
-    image: &str,
+    opts: &Options,
 ) -> Result<Value, String> {
+    let image = opts.image.as_str();
     let mut new = kept.clone();
     new["image"] = json!(image);
     if let Some(v) = version_of(image) {
         new["env"]["MYBUDDY_IMAGE_VERSION"] = json!(v);
     }
     if let (Some(def), Some(facts)) = (&t.definition, facts) {
+        let def = machine::Definition {
+            dir: def,
+            template: opts.template.as_deref(),
+        };
         let made = machine::config(facts, def, image, None).map_err(|p| {
             p.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        new["files"] = made["files"].clone();
+        let mut files = made["files"].as_array().cloned().unwrap_or_default();
+        if opts.template.is_none() {
+            let carried = kept["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["guest_path"] == machine::TEMPLATE_GUEST_PATH);
+            files.extend(carried.cloned());
+        }
+        new["files"] = Value::Array(files);
     }
     Ok(new)
 }

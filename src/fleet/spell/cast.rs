@@ -328,7 +328,9 @@ impl Cast<'_> {
                 );
                 if let Ok(facts) = crate::fleet::machine::fly_facts(&self.world.fly_toml()) {
                     let image = format!("placeholder@sha256:{}", "0".repeat(64));
-                    if let Err(m) = crate::fleet::machine::config(&facts, &self.dir, &image, None) {
+                    let template = self.world.template().join("config.json");
+                    let def = crate::fleet::machine::Definition::new(&self.dir, &template);
+                    if let Err(m) = crate::fleet::machine::config(&facts, def, &image, None) {
                         p.extend(m);
                     }
                 }
@@ -413,10 +415,11 @@ impl Cast<'_> {
                     crate::fleet::apply::app_name(&slug),
                     api.client.base()
                 ));
+                let template = self.world.template().join("config.json");
                 let machine = crate::fleet::apply::deploy(
                     api,
                     &self.spawn.identity,
-                    &self.dir,
+                    crate::fleet::machine::Definition::new(&self.dir, &template),
                     &secrets,
                     crate::fleet::apply::Existing::Refuse,
                     // A spell never replaces a running Machine.
