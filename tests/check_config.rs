@@ -169,26 +169,26 @@ fn secrets_shared_between_buddies_or_without_the_buddys_prefix_are_reported() {
 }
 
 #[test]
-fn dockerfiles_must_build_on_the_base_and_copy_only_the_buddy() {
+fn dockerfiles_must_build_on_the_base_and_no_buddy_keeps_its_own() {
     let r = Repo::new();
-    fs::remove_file(r.root().join("buddies/roelbuddy-galahad/Dockerfile")).unwrap();
-    r.edit(
-        "buddies/roelbuddy-emrys/Dockerfile",
-        "ARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest",
-        "ARG BASE_IMAGE=debian:bookworm",
-    );
+    // A per-Buddy Dockerfile left from before: its image would not be the
+    // Buddy's Machine.
     fs::write(
         r.root().join("buddies/estherbuddy-kazeh/Dockerfile"),
-        "FROM registry.fly.io/mybuddytalk-base:latest\nCOPY buddies/estherbuddy-kazeh/credentials /data/credentials\nCOPY buddies/roelbuddy-emrys/config.json /tmp/\nENTRYPOINT [\"node\"]\n",
+        "FROM registry.fly.io/mybuddytalk-base:latest\nCOPY buddies/estherbuddy-kazeh/credentials /data/credentials\n",
+    )
+    .unwrap();
+    fs::create_dir_all(r.root().join("images/buddy")).unwrap();
+    fs::write(
+        r.root().join("images/buddy/Dockerfile"),
+        "ARG BASE_IMAGE=debian:bookworm\nFROM ${BASE_IMAGE}\nCOPY . /\nENTRYPOINT [\"node\"]\n",
     )
     .unwrap();
     r.edit("Dockerfile", "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGQUIT");
     r.expect(&[
-        "buddies/roelbuddy-galahad/Dockerfile: missing",
-        "buddies/roelbuddy-emrys/Dockerfile: line 4: FROM ${BASE_IMAGE} is not the base image",
-        "buddies/estherbuddy-kazeh/Dockerfile: line 2: copies buddies/estherbuddy-kazeh/credentials",
-        "buddies/estherbuddy-kazeh/Dockerfile: line 3: copies buddies/roelbuddy-emrys/config.json",
-        "buddies/estherbuddy-kazeh/Dockerfile: line 4: the ENTRYPOINT must stay",
+        "buddies/estherbuddy-kazeh/Dockerfile: no longer used",
+        "images/buddy/Dockerfile: line 2: FROM ${BASE_IMAGE} is not the base image",
+        "images/buddy/Dockerfile: line 4: a Buddy image keeps the base image's",
         "STOPSIGNAL SIGQUIT must match fly.toml's kill_signal SIGTERM",
     ]);
 }
@@ -320,15 +320,16 @@ fn no_deployment_sets_the_test_only_flags() {
         "ENV PATH=",
         "ENV MYBUDDY_GATEWAY_ENV=NODE_EXTRA_CA_CERTS\nENV PATH=",
     );
-    let dockerfile = r.root().join("buddies/roelbuddy-galahad/Dockerfile");
-    let mut t = fs::read_to_string(&dockerfile).unwrap();
+    let dockerfile = r.root().join("images/buddy/Dockerfile");
+    fs::create_dir_all(dockerfile.parent().unwrap()).unwrap();
+    let mut t = fs::read_to_string(repo().join("images/buddy/Dockerfile")).unwrap();
     t.push_str("ENV MYBUDDY_CONFIG_OVERLAY=/opt/overlay.json\n");
     fs::write(&dockerfile, t).unwrap();
     r.expect(&[
         "fly.toml: env.MYBUDDY_CONFIG_OVERLAY: a test-only flag",
         "Dockerfile: line ",
         "sets MYBUDDY_GATEWAY_ENV: a test-only flag",
-        "buddies/roelbuddy-galahad/Dockerfile: line ",
+        "images/buddy/Dockerfile: line ",
         "sets MYBUDDY_CONFIG_OVERLAY: a test-only flag",
     ]);
 }

@@ -1,7 +1,8 @@
-//! The real Dockerfiles: the base image and a Buddy image built with `docker
-//! build` (BuildKit) on local stand-ins for the public base images (nothing can
-//! be pulled here), then run with --network host: the real gateway answers on
-//! its port and `docker stop` ends it cleanly.
+//! The real Dockerfiles: the base image built with `docker build` (BuildKit)
+//! on local stand-ins for the public base images (nothing can be pulled here),
+//! and a Buddy's image by `scripts/build-buddy-image` (the base plus its
+//! Machine's files), then run with --network host: the real gateway answers
+//! on its port and `docker stop` ends it cleanly.
 
 mod support;
 
@@ -43,16 +44,16 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "mybuddytalk-base:test",
         ".",
     ]));
-    sh(docker_build().args([
-        "-f",
-        "buddies/estherbuddy-kazeh/Dockerfile",
-        "--build-arg",
-        "BASE_IMAGE=mybuddytalk-base:test",
-        "-t",
-        "mybuddytalk-estherbuddy-kazeh:test",
-        ".",
-    ]));
-    // The image holds this Buddy and nothing else of anyone's.
+    // The Buddy's image: the base plus its Machine's files, by the script an
+    // operator runs.
+    let built = sh(Command::new(repo().join("scripts/build-buddy-image"))
+        .args(["estherbuddy-kazeh", "--base", "mybuddytalk-base:test"])
+        .args(["--tag", "mybuddytalk-estherbuddy-kazeh:test"])
+        .env("MYBUDDY_SUPERVISOR", supervisor())
+        .env("DOCKER", docker_build().get_program()));
+    assert_eq!(built.trim(), "mybuddytalk-estherbuddy-kazeh:test");
+    // The image holds this Buddy and nothing else of anyone's: exactly the
+    // files its Machine carries, the template it was checked with among them.
     let listing = sh(Command::new("docker").args([
         "run",
         "--rm",
@@ -62,14 +63,36 @@ fn base_and_buddy_images_build_run_the_real_gateway_and_stop_cleanly() {
         "/bin/sh",
         "mybuddytalk-estherbuddy-kazeh:test",
         "-c",
-        "find /opt/mybuddy/buddy /data -type f | sort; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json; find / -xdev -name 'standins*' -o -name '*mybuddy_standins*' -o -name 'standins-ca.pem' | sed 's/^/stand-in: /'; juicefs version; restic version; grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt | sed 's/^/CA roots: /'",
+        "find /opt/mybuddy/buddy /opt/mybuddy/_machine /data -type f | sort; cmp /opt/mybuddy/_machine/template.json /opt/mybuddy/_template/config.json && echo 'template: the checked one'; grep -c . /etc/group; id buddy; ls -d /opt/mybuddy/gateway/node_modules/@openclaw/*/openclaw.plugin.json; find / -xdev -name 'standins*' -o -name '*mybuddy_standins*' -o -name 'standins-ca.pem' | sed 's/^/stand-in: /'; juicefs version; restic version; grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt | sed 's/^/CA roots: /'",
     ]));
     assert!(
         listing.contains("/opt/mybuddy/buddy/buddy.json")
             && listing.contains("/opt/mybuddy/buddy/workspace/SOUL.md")
-            && listing.contains("/opt/mybuddy/buddy/workspace/AGENTS.md"),
+            && listing.contains("/opt/mybuddy/buddy/workspace/AGENTS.md")
+            && listing.contains("/opt/mybuddy/_machine/template.json")
+            && listing.contains("template: the checked one"),
         "{listing}"
     );
+    let mut machine_files: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.starts_with("/opt/mybuddy/buddy/") || l.starts_with("/opt/mybuddy/_machine/"))
+        .collect();
+    machine_files.sort();
+    let want = Command::new(supervisor())
+        .args(["machine-config", "--buddy", "buddies/estherbuddy-kazeh"])
+        .args(["--image", &format!("x@sha256:{}", "0".repeat(64))])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let want: serde_json::Value = serde_json::from_slice(&want.stdout).unwrap();
+    let mut want: Vec<&str> = want["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["guest_path"].as_str().unwrap())
+        .collect();
+    want.sort();
+    assert_eq!(machine_files, want, "{listing}");
     // The plugins a Buddy loads ship in the image: nothing is installed at start.
     for plugin in ["whatsapp", "brave-plugin"] {
         assert!(

@@ -1,5 +1,6 @@
-//! The Dockerfiles: the base image's entrypoint and state mount, each
-//! Buddy's built on it and carrying only its files, no test-only variable.
+//! The Dockerfiles: the base image's entrypoint and stop signal, the one
+//! generic Buddy image built on it, no test-only variable in either, and
+//! no per-Buddy Dockerfile left over.
 
 use super::*;
 
@@ -51,19 +52,28 @@ pub(super) fn test_only_env_lines(path: &Path, lines: &[(usize, String)]) -> Vec
     out
 }
 
-pub(super) fn check_buddy_dockerfile(dir: &Path) -> Vec<Problem> {
+/// A Buddy's local image is built by the one generic `images/buddy/Dockerfile`
+/// from its Machine definition: a Dockerfile left in a Buddy's directory
+/// (each Buddy had one before) would build an image that is not its Machine.
+pub(super) fn check_buddy_leftovers(dir: &Path) -> Vec<Problem> {
     let path = dir.join("Dockerfile");
-    let slug = dir
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
+    if fs::symlink_metadata(&path).is_err() {
+        return Vec::new();
+    }
+    vec![Problem::new(
+        &path,
+        "",
+        "no longer used: a Buddy's local image is the base plus its Machine's files (scripts/build-buddy-image, images/buddy/Dockerfile); remove this file",
+    )]
+}
+
+/// The generic Buddy image (local runs only): built on the base image,
+/// keeping its entrypoint, no test-only variable. A checkout without it
+/// builds no local Buddy images; that is no problem.
+pub(super) fn check_buddy_image(repo: &Path) -> Vec<Problem> {
+    let path = repo.join("images/buddy/Dockerfile");
     let Ok(text) = fs::read_to_string(&path) else {
-        return vec![Problem::new(
-            &path,
-            "",
-            "missing: every Buddy needs a Dockerfile FROM the base image (see buddies/_template or spawn)",
-        )];
+        return Vec::new();
     };
     let lines = dockerfile_lines(&text);
     let mut out = Vec::new();
@@ -91,26 +101,14 @@ pub(super) fn check_buddy_dockerfile(dir: &Path) -> Vec<Problem> {
                     out.push(Problem::new(&path, format!("line {n}"), format!("FROM {image} is not the base image ({BASE_IMAGE_NAME}); Buddies build on it")));
                 }
             }
-            "ENTRYPOINT" if l.as_str() != ENTRYPOINT => {
+            "ENTRYPOINT" => {
                 out.push(Problem::new(
                     &path,
                     format!("line {n}"),
                     format!(
-                        "the ENTRYPOINT must stay the base image's `{ENTRYPOINT}`; remove this line"
+                        "a Buddy image keeps the base image's `{ENTRYPOINT}`; remove this line"
                     ),
                 ));
-            }
-            "COPY" | "ADD" => {
-                let words: Vec<&str> = rest
-                    .split_whitespace()
-                    .filter(|w| !w.starts_with("--"))
-                    .collect();
-                for src in words.iter().take(words.len().saturating_sub(1)) {
-                    if !src.starts_with(&format!("buddies/{slug}/")) || src.contains("credentials")
-                    {
-                        out.push(Problem::new(&path, format!("line {n}"), format!("copies {src}: a Buddy image gets only buddies/{slug}/ (buddy.json, config.json, workspace/), never credentials")));
-                    }
-                }
             }
             _ => {}
         }

@@ -79,7 +79,7 @@ pub fn check_repo(repo: &Path) -> Report {
             ));
             identities.push((prepared.buddy.identity_path(), id));
         }
-        problems.extend(check_buddy_dockerfile(dir));
+        problems.extend(check_buddy_leftovers(dir));
     }
     problems.extend(crate::config::workspace::check(
         &buddies_dir.join("_template/workspace"),
@@ -92,6 +92,7 @@ pub fn check_repo(repo: &Path) -> Report {
     problems.extend(check_fly_toml(repo));
     problems.extend(check_machines(repo, &identities));
     problems.extend(check_base_dockerfile(repo));
+    problems.extend(check_buddy_image(repo));
     // Paths relative to the repository read better in CI.
     for p in &mut problems {
         if let Ok(rel) = p.file.strip_prefix(repo) {

@@ -215,6 +215,10 @@ pub struct MachineConfigArgs {
     /// The template the Machine carries and renders with [default: BUDDY/../_template/config.json]
     #[arg(long)]
     pub template: Option<PathBuf>,
+    /// Also write the Machine's files under this new directory, each at its
+    /// guest path (what scripts/build-buddy-image builds a local image from)
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
     /// The fly.toml whose facts the Machine is made of
     #[arg(long, default_value = "fly.toml")]
     pub fly_toml: PathBuf,
@@ -232,6 +236,18 @@ pub(super) fn cmd_machine_config(a: MachineConfigArgs) -> i32 {
     });
     match made {
         Ok(v) => {
+            if let Some(root) = &a.rootfs {
+                // A fresh directory: files are never laid over someone's tree.
+                if let Err(e) = std::fs::create_dir(root) {
+                    return fail(format!(
+                        "--rootfs {}: {e} (give a new directory)",
+                        root.display()
+                    ));
+                }
+                if let Err(e) = machine::lay_out(&v, root) {
+                    return fail(e);
+                }
+            }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             0
         }

@@ -488,6 +488,41 @@ pub fn config(
     }))
 }
 
+/// Writes a Machine config's `files` under `root`, each at its guest path,
+/// as Fly writes them into the Machine: the tree a local image of the
+/// Buddy is built from (`images/buddy/Dockerfile`), so that image is the
+/// base plus exactly what its Machine would carry. `root` is the caller's
+/// own new directory. Returns how many files were written.
+pub fn lay_out(config: &Value, root: &Path) -> Result<usize, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let files = config["files"]
+        .as_array()
+        .ok_or("the Machine config has no files")?;
+    for f in files {
+        let guest = f["guest_path"].as_str().unwrap_or_default();
+        let rel = Path::new(guest)
+            .strip_prefix("/")
+            .ok()
+            .filter(|r| {
+                r.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            })
+            .ok_or_else(|| format!("{guest:?}: not an absolute path without ..: not laid out"))?;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(f["raw_value"].as_str().unwrap_or_default())
+            .map_err(|e| format!("{guest}: its raw_value is not base64: {e}"))?;
+        let at = root.join(rel);
+        let write = || -> std::io::Result<()> {
+            fs::create_dir_all(at.parent().unwrap_or(root))?;
+            fs::write(&at, &content)?;
+            let mode = f["mode"].as_u64().unwrap_or(0o644) as u32 & 0o777;
+            fs::set_permissions(&at, fs::Permissions::from_mode(mode))
+        };
+        write().map_err(|e| format!("{}: {e}", at.display()))?;
+    }
+    Ok(files.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,20 +102,7 @@ pub fn generate(world: &World, s: &Spawn) -> Result<Vec<(PathBuf, String)>, Stri
         };
         files.push((PathBuf::from("workspace").join(name), text));
     }
-    // A checkout's Buddy has its Dockerfile (scripts/deploy builds it); the
-    // SpellBook's are deployed as the base image plus their files.
-    if world.repo.is_none() {
-        return Ok(files);
-    }
-    files.push((PathBuf::from("Dockerfile"), dockerfile(id)));
+    // No Dockerfile: a Buddy is the base image plus these files, on Fly
+    // and in a local image alike (scripts/build-buddy-image).
     Ok(files)
-}
-
-/// A checkout's Buddy's Dockerfile: the base image plus its own files.
-pub fn dockerfile(id: &crate::buddy::Identity) -> String {
-    let slug = id.slug();
-    format!(
-        "# {}: the MyBuddyTalk base image plus this Buddy's own files, nothing else.\n# WhatsApp credentials never enter an image: they live on the Buddy's volume (/data).\nARG BASE_IMAGE=registry.fly.io/mybuddytalk-base:latest\nFROM ${{BASE_IMAGE}}\nCOPY buddies/{slug}/buddy.json buddies/{slug}/config.json /opt/mybuddy/buddy/\nCOPY buddies/{slug}/workspace/ /opt/mybuddy/buddy/workspace/\n",
-        id.id()
-    )
 }

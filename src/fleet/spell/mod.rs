@@ -385,7 +385,7 @@ pub fn lock(world: &World) -> std::io::Result<File> {
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Copies the Buddies the SpellBook records (`spellbook/buddies/<id>/`) into
-/// a checkout's `buddies/`, each with its Dockerfile, so the Buddies the
+/// a checkout's `buddies/`, so the Buddies the
 /// swarm made enter git. `only` names some (ids or slugs); empty: all.
 /// Buddies the checkout has already, and half-made ones, are skipped. Each
 /// copy must pass check-config in the checkout, or it is taken out again
@@ -408,14 +408,12 @@ pub fn adopt(swarm: &Path, repo: &Path, only: &[String]) -> Result<Vec<String>, 
         if dest.exists() {
             continue;
         }
-        let b = buddy::load(&record.join(&slug)).map_err(|e| e.to_string())?;
+        buddy::load(&record.join(&slug)).map_err(|e| e.to_string())?;
         let opts = fs_extra::dir::CopyOptions {
             copy_inside: true,
             ..Default::default()
         };
         fs_extra::dir::copy(record.join(&slug), &dest, &opts)
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
-        fs::write(dest.join("Dockerfile"), generate::dockerfile(&b.identity))
             .map_err(|e| format!("{}: {e}", dest.display()))?;
         copied.push(slug);
     }
