@@ -65,6 +65,14 @@ impl World {
             .args(["--as", "RoelBuddy-Emrys", "--deploy", "--image", IMAGE])
             .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
             .args(["--checks-timeout", "3"])
+            // The Magician's own config template (on a Machine: the one
+            // it carries, root's), as its supervisor passes it.
+            .args(
+                (!extra.contains(&"--template"))
+                    .then(|| ["--template".into(), own_template()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
@@ -100,6 +108,29 @@ impl World {
     fn lines(&self) -> Vec<String> {
         self.fly.api.calls().iter().map(|c| c.line()).collect()
     }
+}
+
+/// The Magician's own config template in these tests: the repository's.
+fn own_template() -> std::ffi::OsString {
+    repo().join("buddies/_template/config.json").into()
+}
+
+/// A Machine config's files: (guest path, content).
+fn files_of(config: &serde_json::Value) -> Vec<(String, String)> {
+    config["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(f["raw_value"].as_str().unwrap())
+                .unwrap();
+            (
+                f["guest_path"].as_str().unwrap().to_string(),
+                String::from_utf8_lossy(&raw).into_owned(),
+            )
+        })
+        .collect()
 }
 
 fn text(o: &Output) -> String {
@@ -166,13 +197,9 @@ fn a_magician_spawns_a_buddy_over_the_machines_api() {
             .iter()
             .any(|(p, c)| p == "/opt/mybuddy/buddy/buddy.json" && c.contains("\"Lyra\""))
     );
-    // It carries the template it was checked with (the share's, as the
-    // spell read it), which its boot renders with instead of the image's.
-    let template = fs::read_to_string(
-        w.f.swarm
-            .join("mybuddybook/templates/_template/config.json"),
-    )
-    .unwrap();
+    // It carries the config template it was checked with (the Magician's
+    // own), which its boot renders with instead of the image's.
+    let template = fs::read_to_string(repo().join("buddies/_template/config.json")).unwrap();
     assert!(
         files
             .iter()
@@ -365,6 +392,8 @@ fn missing_settings_and_a_taken_name_change_nothing() {
             .args(["--swarm", w.f.swarm.to_str().unwrap()])
             .args(["--as", "RoelBuddy-Emrys", "--deploy", "--image", IMAGE])
             .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
+            .arg("--template")
+            .arg(own_template())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("FLY_API_HOSTNAME", w.fly.base_url())
@@ -398,6 +427,8 @@ fn missing_settings_and_a_taken_name_change_nothing() {
                 "base:latest",
             ])
             .args(["--fly-toml", repo().join("fly.toml").to_str().unwrap()])
+            .arg("--template")
+            .arg(own_template())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("MYBUDDY_SPELL_SOCKET", w.f.path("no-such.sock"));
@@ -423,11 +454,12 @@ fn missing_settings_and_a_taken_name_change_nothing() {
     assert!(!w.record().exists());
 }
 
-/// A Buddy's agent edits the share's template (issue 21): the next cast
-/// must not send the org token, a share password or another Buddy's secret
-/// to the new app. Refused before any call, every name said.
+/// A Buddy's agent edits the share's template (issue 21): the org token, a
+/// share password and another Buddy's secret asked for, a plugin loaded
+/// from the share. None of it reaches the new Buddy: its config template is
+/// the Magician's own, the share's config.json is never used.
 #[test]
-fn a_template_asking_for_the_org_token_refuses_the_cast_before_any_call() {
+fn a_share_template_asking_for_the_org_token_never_reaches_the_new_buddy() {
     let w = World::new();
     let tpl =
         w.f.swarm
@@ -437,8 +469,53 @@ fn a_template_asking_for_the_org_token_refuses_the_cast_before_any_call() {
     v["env"]["vars"]["X"] = serde_json::json!("${FLY_API_TOKEN}");
     v["env"]["vars"]["Y"] = serde_json::json!("${MYBUDDY_BOOK_META_PASSWORD}");
     v["env"]["vars"]["Z"] = serde_json::json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+    v["plugins"]["load"]["paths"] = serde_json::json!(["/mnt/swarm/mybuddybook/wisdom/evil"]);
     fs::write(&tpl, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     let o = w.cast(&[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let app = w.fly.api.app(APP).unwrap();
+    // (The share's settings for its role it gets as any Buddy does.)
+    for name in ["FLY_API_TOKEN", "ROELBUDDY_EMRYS_TELEGRAM_TOKEN"] {
+        assert!(!app.secrets.contains_key(name), "{name} given to the app");
+    }
+    let config = app.machines[0].config.to_string();
+    let files = files_of(&app.machines[0].config);
+    for planted in [
+        "FLY_API_TOKEN",
+        "META_PASSWORD",
+        "ROELBUDDY_EMRYS",
+        "wisdom/evil",
+    ] {
+        let in_files = files.iter().any(|(_, c)| c.contains(planted));
+        assert!(
+            !in_files && !config.contains(planted),
+            "{planted} reached the Machine"
+        );
+    }
+    assert!(
+        !out.contains(FLY_TOKEN) && !out.contains("book-password"),
+        "{out}"
+    );
+}
+
+/// The config template (the Magician's own) asking for the org token, a
+/// share password or another Buddy's secret refuses the cast before any
+/// call, every name said: what the caster's environment may give a new
+/// Buddy does not rest on the template alone.
+#[test]
+fn a_template_asking_for_the_org_token_refuses_the_cast_before_any_call() {
+    let w = World::new();
+    let tpl = w.f.path("own-template.json");
+    let mut v: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(repo().join("buddies/_template/config.json")).unwrap(),
+    )
+    .unwrap();
+    v["env"]["vars"]["X"] = serde_json::json!("${FLY_API_TOKEN}");
+    v["env"]["vars"]["Y"] = serde_json::json!("${MYBUDDY_BOOK_META_PASSWORD}");
+    v["env"]["vars"]["Z"] = serde_json::json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+    fs::write(&tpl, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let o = w.cast(&["--template", tpl.to_str().unwrap()]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     for name in [
@@ -481,14 +558,26 @@ fn a_linked_template_is_never_read_by_the_spell() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("cannot read the swarm's template"), "{out}");
     assert!(w.fly.api.calls().is_empty());
-    // And a template whose config.json alone is a link.
+    // And a template whose config.json and a workspace file alone are links:
+    // both are left out of the spell's copy, nothing of them reaches the
+    // new Buddy (its config template is the Magician's own anyway).
     fs::remove_file(&tpl).unwrap();
     fs::rename(w.f.swarm.join("mybuddybook/templates/old"), &tpl).unwrap();
-    fs::remove_file(tpl.join("config.json")).unwrap();
-    std::os::unix::fs::symlink(secret.join("config.json"), tpl.join("config.json")).unwrap();
+    fs::write(secret.join("workspace/TOOLS.md"), "root-secret tools\n").unwrap();
+    for f in ["config.json", "workspace/TOOLS.md"] {
+        fs::remove_file(tpl.join(f)).unwrap();
+        std::os::unix::fs::symlink(secret.join(f), tpl.join(f)).unwrap();
+    }
     let o = w.cast(&[]);
     let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("left out of the template"), "{out}");
     assert!(!out.contains("root-secret"), "{out}");
-    assert!(w.fly.api.calls().is_empty());
+    assert!(calls_carrying(&w.fly.api, "root-secret").is_empty());
+    let app = w.fly.api.app(APP).unwrap();
+    assert!(
+        !files_of(&app.machines[0].config)
+            .iter()
+            .any(|(_, c)| c.contains("root-secret"))
+    );
 }

@@ -430,8 +430,11 @@ impl Boot {
             &self.cfg.spell_socket,
             creds.uid.as_raw(),
             group.as_raw(),
-            identity.id(),
-            self.cfg.swarm_dir.clone(),
+            crate::fleet::socket::Caster {
+                id: identity.id(),
+                swarm: self.cfg.swarm_dir.clone(),
+                template: self.cfg.template.clone(),
+            },
             journals,
             self.mask,
         )
@@ -452,7 +455,9 @@ impl Boot {
             want_mask: role == Role::Buddy,
             seeds: swarm::Seeds {
                 share: self.cfg.swarm_seed.clone(),
-                template_dir: self.cfg.template.parent().map(|p| p.to_path_buf()),
+                // The image's template directory, never the Machine's one
+                // file (the share's copy wants config.json and workspace/).
+                template_dir: Some(crate::config::render::template_dir(&self.cfg.buddy_dir)),
             },
         };
         swarm::prepare(&opts, self.creds.as_ref())

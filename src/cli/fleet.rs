@@ -24,6 +24,10 @@ pub struct SpawnArgs {
     /// Set the Buddy's secrets and deploy it
     #[arg(long)]
     pub deploy: bool,
+    /// The config template a SpellBook Buddy is made with, never the share's
+    /// [default: this Machine's own, /opt/mybuddy/_machine/template.json, else the image's]
+    #[arg(long, env = "MYBUDDY_TEMPLATE")]
+    pub template: Option<PathBuf>,
     /// Show every change and make none
     #[arg(long)]
     pub dry_run: bool,
@@ -105,6 +109,12 @@ impl ApiArgs {
     }
 }
 
+/// The config template this Machine's own Buddy renders with (the one
+/// its Machine carries, else the image's): root's, unlike the share's.
+fn own_template() -> PathBuf {
+    crate::config::render::default_template(std::path::Path::new(super::IMAGE_BUDDY_DIR))
+}
+
 pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
     use crate::fleet::spell;
     // Inside a Magician's Machine the agent has no token: its supervisor
@@ -130,7 +140,8 @@ pub(super) fn cmd_spawn(a: SpawnArgs) -> i32 {
         return fail(format!("cannot take SIGTERM: {e}"));
     }
     let swarm = a.swarm.swarm_dir.clone();
-    let world = match spell::World::at(a.repo.as_deref(), &swarm) {
+    let template = a.template.clone().unwrap_or_else(own_template);
+    let world = match spell::World::at(a.repo.as_deref(), &swarm, &template) {
         Ok(w) => w,
         Err(e) => return fail(e),
     };
@@ -338,7 +349,8 @@ pub(super) fn cmd_upgrade(a: UpgradeArgs) -> i32 {
     if let Err(e) = crate::pid1::sys::catch_stop() {
         return fail(format!("cannot take SIGTERM: {e}"));
     }
-    let world = match crate::fleet::spell::World::at(a.repo.as_deref(), &swarm) {
+    let template = own_template();
+    let world = match crate::fleet::spell::World::at(a.repo.as_deref(), &swarm, &template) {
         Ok(w) => w,
         Err(e) => return fail(e),
     };

@@ -58,16 +58,26 @@ pub const MACHINE_TEMPLATE: &str = "_machine/template.json";
 /// Machine carries (`DIR/../_machine/template.json`) if there is one, else
 /// `DIR/../_template/config.json` (a checkout's, or the image's).
 pub fn default_template(buddy_dir: &Path) -> PathBuf {
-    let parent = match buddy_dir.parent() {
-        // `buddies/x` -> `buddies`; a bare `.` or `/` has no usable parent.
-        Some(p) if buddy_dir.file_name().is_some() => p.to_path_buf(),
-        _ => buddy_dir.join(".."),
-    };
-    let carried = parent.join(MACHINE_TEMPLATE);
+    let carried = beside(buddy_dir).join(MACHINE_TEMPLATE);
     if carried.is_file() {
         return carried;
     }
-    parent.join("_template").join(buddy::CONFIG_FILE)
+    template_dir(buddy_dir).join(buddy::CONFIG_FILE)
+}
+
+/// The template directory beside a Buddy directory (`DIR/../_template`:
+/// config.json and workspace/, a checkout's or the image's), which seeds
+/// the share's `templates/_template`.
+pub fn template_dir(buddy_dir: &Path) -> PathBuf {
+    beside(buddy_dir).join("_template")
+}
+
+fn beside(buddy_dir: &Path) -> PathBuf {
+    match buddy_dir.parent() {
+        // `buddies/x` -> `buddies`; a bare `.` or `/` has no usable parent.
+        Some(p) if buddy_dir.file_name().is_some() => p.to_path_buf(),
+        _ => buddy_dir.join(".."),
+    }
 }
 
 /// A merged config that passed the policy, before substitution.

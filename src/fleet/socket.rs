@@ -86,14 +86,23 @@ struct Ready {
 /// spells; each request is read on a thread of its own within
 /// [`REQUEST_DEADLINE`], so no caller can hold the loop that reaps and
 /// handles signals.
+/// Who casts the spells the socket starts, and with what.
+#[derive(Debug, Clone)]
+pub struct Caster {
+    /// This Magician's id.
+    pub id: String,
+    pub swarm: PathBuf,
+    /// The config template a new Buddy is made with: this Machine's own
+    /// (the one its supervisor renders with), never the share's.
+    pub template: PathBuf,
+}
+
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     /// The only uid allowed to ask: this Machine's gateway.
     gateway_uid: u32,
-    /// Who casts: this Magician's id.
-    caster: String,
-    swarm: PathBuf,
+    caster: Caster,
     /// Root-only files holding the spell files of running casts.
     spool: PathBuf,
     /// Root-only journals of casts (on the Magician's volume), if any.
@@ -132,8 +141,7 @@ impl Server {
         path: &Path,
         gateway_uid: u32,
         group: u32,
-        caster: String,
-        swarm: PathBuf,
+        caster: Caster,
         journals: Option<PathBuf>,
         mask: SigSet,
     ) -> std::io::Result<Server> {
@@ -160,7 +168,6 @@ impl Server {
             path: path.to_path_buf(),
             gateway_uid,
             caster,
-            swarm,
             spool,
             journals,
             mask,
@@ -281,7 +288,6 @@ impl Server {
     /// Starts the spell `r` asks for, as our own child.
     fn start(&mut self, r: &Ready) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let swarm = self.swarm.display().to_string();
         let (spell_file, journal, what) = match &r.req {
             Request::Spawn { spell_file, .. } => {
                 let f = self
@@ -306,7 +312,6 @@ impl Server {
         let args = spell_args(
             &r.req,
             &self.caster,
-            &swarm,
             spell_file.as_deref(),
             journal.as_deref(),
         );
@@ -529,8 +534,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, String> {
 /// after `--`, so none can be read as a flag of its own.
 pub fn spell_args(
     req: &Request,
-    caster: &str,
-    swarm: &str,
+    caster: &Caster,
     spell_file: Option<&Path>,
     journal: Option<&Path>,
 ) -> Vec<String> {
@@ -540,8 +544,9 @@ pub fn spell_args(
             deploy, dry_run, ..
         } => {
             a.push("spawn".to_string());
-            a.push(format!("--swarm={swarm}"));
-            a.push(format!("--as={caster}"));
+            a.push(format!("--swarm={}", caster.swarm.display()));
+            a.push(format!("--as={}", caster.id));
+            a.push(format!("--template={}", caster.template.display()));
             if *deploy {
                 a.push("--deploy".into());
             }
@@ -566,8 +571,8 @@ pub fn spell_args(
         } => {
             a.push("upgrade".to_string());
             a.push(format!("--image={image}"));
-            a.push(format!("--swarm={swarm}"));
-            a.push(format!("--as={caster}"));
+            a.push(format!("--swarm={}", caster.swarm.display()));
+            a.push(format!("--as={}", caster.id));
             if let Some(c) = canary {
                 a.push(format!("--canary={c}"));
             }
@@ -579,7 +584,7 @@ pub fn spell_args(
         }
         Request::Status { json } => {
             a.push("status".to_string());
-            a.push(format!("--swarm={swarm}"));
+            a.push(format!("--swarm={}", caster.swarm.display()));
             if *json {
                 a.push("--json".into());
             }
@@ -719,13 +724,12 @@ mod tests {
         let ok = r#"{"spell":"upgrade","image":"registry.fly.io/mybuddytalk-base@sha256:2222222222222222222222222222222222222222222222222222222222222222","canary":"EstherBuddy-Kazeh","ids":["roelbuddy-galahad"],"dry_run":false}"#;
         let req = parse_request(ok.as_bytes()).unwrap();
         let mut argv = vec!["supervisor".to_string()];
-        argv.extend(spell_args(
-            &req,
-            "RoelBuddy-Emrys",
-            "/mnt/swarm",
-            None,
-            None,
-        ));
+        let caster = Caster {
+            id: "RoelBuddy-Emrys".into(),
+            swarm: "/mnt/swarm".into(),
+            template: "/opt/mybuddy/_template/config.json".into(),
+        };
+        argv.extend(spell_args(&req, &caster, None, None));
         let Command::Upgrade(a) = Cli::try_parse_from(&argv).unwrap().command else {
             panic!("{argv:?}")
         };

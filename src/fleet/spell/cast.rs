@@ -320,15 +320,14 @@ impl Cast<'_> {
         let problems = match self.world.repo {
             Some(repo) => crate::check::check_repo(repo).problems,
             None => {
-                // The SpellBook's record: the Buddy alone, with the share's
-                // template, and its Machine (what the deploy will create).
-                let (_, mut p) = crate::check::check_buddy(
-                    &self.dir,
-                    &self.world.template().join("config.json"),
-                );
+                // The SpellBook's record: the Buddy alone, with this
+                // Machine's config template, and its Machine (what the
+                // deploy will create).
+                let (_, mut p) =
+                    crate::check::check_buddy(&self.dir, &self.world.config_template());
                 if let Ok(facts) = crate::fleet::machine::fly_facts(&self.world.fly_toml()) {
                     let image = format!("placeholder@sha256:{}", "0".repeat(64));
-                    let template = self.world.template().join("config.json");
+                    let template = self.world.config_template();
                     let def = crate::fleet::machine::Definition::new(&self.dir, &template);
                     if let Err(m) = crate::fleet::machine::config(&facts, def, &image, None) {
                         p.extend(m);
@@ -339,11 +338,9 @@ impl Cast<'_> {
         };
         // What the new Buddy's config asks for from the caster's environment:
         // the swarm's shared keys and its own prefixed secrets, nothing else
-        // (the share's template is any gateway's to edit).
-        let (prepared, _) = crate::config::render::prepare_all(
-            &self.dir,
-            &self.world.template().join("config.json"),
-        );
+        // (the template is root's, but a refusal here costs nothing).
+        let (prepared, _) =
+            crate::config::render::prepare_all(&self.dir, &self.world.config_template());
         let vars = prepared.map(|p| p.secret_vars()).unwrap_or_default();
         crate::fleet::apply::allowed_vars(&self.spawn.identity, vars.iter())?;
         // A checkout's check covers every Buddy: this one's problems count.
@@ -390,14 +387,12 @@ impl Cast<'_> {
                 Ok(true)
             }
             Deploy::Api(api) => {
-                let vars: Vec<String> = crate::config::render::prepare(
-                    &self.dir,
-                    &self.world.template().join("config.json"),
-                )
-                .map_err(|e| e.to_string())?
-                .secret_vars()
-                .into_iter()
-                .collect();
+                let vars: Vec<String> =
+                    crate::config::render::prepare(&self.dir, &self.world.config_template())
+                        .map_err(|e| e.to_string())?
+                        .secret_vars()
+                        .into_iter()
+                        .collect();
                 let own = self
                     .spawn
                     .secrets()
@@ -415,7 +410,7 @@ impl Cast<'_> {
                     crate::fleet::apply::app_name(&slug),
                     api.client.base()
                 ));
-                let template = self.world.template().join("config.json");
+                let template = self.world.config_template();
                 let machine = crate::fleet::apply::deploy(
                     api,
                     &self.spawn.identity,

@@ -180,6 +180,8 @@ pub struct World<'a> {
     pub repo: Option<&'a Path>,
     buddies: PathBuf,
     template: PathBuf,
+    /// The config template the new Buddy is checked and rendered with.
+    config_template: PathBuf,
     /// Ours alone, gone with the World: the template's copy, the new
     /// Buddy's files.
     private: tempfile::TempDir,
@@ -190,17 +192,27 @@ const MAX_FILE: u64 = 256 * 1024;
 const MAX_TEMPLATE: u64 = 4 << 20;
 
 impl<'a> World<'a> {
+    /// A checkout's: its template, config and workspace, which its
+    /// check-config checks.
     pub fn in_repo(repo: &'a Path, swarm: &'a Path) -> Result<World<'a>, String> {
+        let template = repo.join("buddies").join("_template");
         Ok(World {
             swarm,
             repo: Some(repo),
             buddies: repo.join("buddies"),
-            template: repo.join("buddies").join("_template"),
+            config_template: template.join(crate::buddy::CONFIG_FILE),
+            template,
             private: private_dir()?,
         })
     }
 
-    pub fn in_spellbook(swarm: &'a Path) -> Result<World<'a>, String> {
+    /// The SpellBook's: the workspace seeds from the share's template (the
+    /// swarm's own words, copied out through handles), the config template
+    /// from this Machine (`config_template`, root's): any gateway can edit
+    /// the share's config.json, and a config is what a gateway runs (its
+    /// plugins' paths, its providers' URLs), so the share's never reaches a
+    /// new Buddy's Machine.
+    pub fn in_spellbook(swarm: &'a Path, config_template: &Path) -> Result<World<'a>, String> {
         let p = Paths::new(swarm);
         let private = private_dir()?;
         let template = private.path().join("template");
@@ -226,15 +238,21 @@ impl<'a> World<'a> {
             repo: None,
             buddies: p.spellbook().join("buddies"),
             template,
+            config_template: config_template.to_path_buf(),
             private,
         })
     }
 
-    /// A checkout's (`repo`), else the SpellBook's.
-    pub fn at(repo: Option<&'a Path>, swarm: &'a Path) -> Result<World<'a>, String> {
+    /// A checkout's (`repo`), else the SpellBook's with this Machine's
+    /// `config_template`.
+    pub fn at(
+        repo: Option<&'a Path>,
+        swarm: &'a Path,
+        config_template: &Path,
+    ) -> Result<World<'a>, String> {
         match repo {
             Some(r) => World::in_repo(r, swarm),
-            None => World::in_spellbook(swarm),
+            None => World::in_spellbook(swarm, config_template),
         }
     }
 
@@ -276,10 +294,16 @@ impl<'a> World<'a> {
         }
     }
 
-    /// The Buddy template (config.json, workspace/): the checkout's, or our
-    /// private copy of the share's.
+    /// The Buddy template (its workspace/ seeds the new Buddy's): the
+    /// checkout's, or our private copy of the share's.
     pub fn template(&self) -> PathBuf {
         self.template.clone()
+    }
+
+    /// The config template the new Buddy is checked with and its Machine
+    /// carries: the checkout's, or this Machine's own (never the share's).
+    pub fn config_template(&self) -> PathBuf {
+        self.config_template.clone()
     }
 
     /// Whether a definition `slug` exists, and whether a spell is still
