@@ -57,6 +57,15 @@ exit 0"#
         ),
     );
     let seed = repo().join("images/swarm-seed").display().to_string();
+    // The Buddies' Machines carry the template they were checked with: the
+    // share's template is still seeded from the image's template directory
+    // (config.json and workspace/), not from that one file.
+    std::fs::create_dir_all(f.buddies.join("_machine")).unwrap();
+    std::fs::copy(
+        f.buddies.join("_template/config.json"),
+        f.buddies.join("_machine/template.json"),
+    )
+    .unwrap();
     let run = |slug: &str, user: &str, child: &Path| {
         format!(
             "{} run --buddy {} --state-dir {} --swarm {swarm} --swarm-seed {seed} --user {user} --restart never -- {}",
@@ -67,7 +76,7 @@ exit 0"#
         )
     };
     let all = format!(
-        "set -e\nmount -t tmpfs -o mode=0755 tmpfs {swarm}\n{}\n{}\n{}\nls -ln {swarm}/mybuddybook/wisdom {swarm}\nstat -c '%a %g %n' {swarm}/spellbook {swarm}/spellbook/changelog.md {swarm}/mybuddybook/wisdom/a.md\n",
+        "set -e\nmount -t tmpfs -o mode=0755 tmpfs {swarm}\n{}\n{}\n{}\nls -ln {swarm}/mybuddybook/wisdom {swarm}\nstat -c '%a %g %n' {swarm}/spellbook {swarm}/spellbook/changelog.md {swarm}/mybuddybook/wisdom/a.md\necho \"TPL: $(ls {swarm}/mybuddybook/templates/_template | tr '\\n' ' ')\"\n",
         run("roelbuddy-galahad", "10001", &buddy1),
         run("roelbuddy-emrys", "10002", &magician),
         run("roelbuddy-galahad", "10001", &buddy2),
@@ -101,6 +110,7 @@ exit 0"#
         assert!(out.contains(ok), "{ok} missing:\n{out}\n{err}");
     }
     assert!(out.contains("B-SEES: from-galahad from-emrys"), "{out}");
+    assert!(out.contains("TPL: config.json workspace "), "{out}");
     // Files made by different uids share the group and stay group-writable.
     assert!(
         out.contains("2770 10101 ") && out.contains(" 10100 "),
