@@ -469,18 +469,19 @@ fn no_secret_value_appears_in_any_output() {
 }
 
 /// A Machine is the base image plus its `files`: laid out here as Fly
-/// writes them (each at its guest path, under a root of ours), on an
-/// "image" whose own template differs (an older base). The Buddy renders
-/// with the template its Machine carries, the one check-config saw.
+/// writes them (`machine-config --rootfs`: each at its guest path, under a
+/// root of ours), on an "image" whose own template differs (an older
+/// base). The Buddy renders with the template its Machine carries, the one
+/// check-config saw.
 #[test]
 fn a_machine_renders_with_the_template_it_carries_not_its_image_s() {
-    use base64::Engine;
     let f = Fixture::new();
     let slug = "roelbuddy-galahad";
     let checked = f.buddies.join("_template/config.json");
     let mut v: Value = serde_json::from_str(&fs::read_to_string(&checked).unwrap()).unwrap();
     v["agents"]["defaults"]["model"]["primary"] = json!("google/gemini-checked-template");
     write_json(&checked, &v);
+    let root = f.path("machine");
     let o = Command::new(supervisor())
         .args(["machine-config", "--buddy"])
         .arg(f.buddy(slug))
@@ -490,61 +491,31 @@ fn a_machine_renders_with_the_template_it_carries_not_its_image_s() {
         ])
         .arg("--fly-toml")
         .arg(repo().join("fly.toml"))
+        .arg("--rootfs")
+        .arg(&root)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let config: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let root = f.path("machine");
     // The image's own template: the repository's, unchanged.
+    let image = repo().join("buddies/_template/config.json");
     fs::create_dir_all(root.join("opt/mybuddy/_template")).unwrap();
-    fs::copy(
-        repo().join("buddies/_template/config.json"),
-        root.join("opt/mybuddy/_template/config.json"),
-    )
-    .unwrap();
-    for file in config["files"].as_array().unwrap() {
-        let guest = file["guest_path"].as_str().unwrap();
-        let at = root.join(guest.trim_start_matches('/'));
-        fs::create_dir_all(at.parent().unwrap()).unwrap();
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(file["raw_value"].as_str().unwrap())
-            .unwrap();
-        fs::write(&at, raw).unwrap();
-    }
-    let buddy = root.join("opt/mybuddy/buddy");
-    let out_file = f.path("openclaw.json");
-    let o = render(
-        &buddy,
-        &f.state,
-        &marker_env(&f.buddy(slug)),
-        &["--out", out_file.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let r: Value = serde_json::from_str(&fs::read_to_string(&out_file).unwrap()).unwrap();
-    assert_eq!(
-        r["agents"]["defaults"]["model"]["primary"],
-        "google/gemini-checked-template"
-    );
+    fs::copy(&image, root.join("opt/mybuddy/_template/config.json")).unwrap();
+    let primary = || {
+        let out_file = f.path("openclaw.json");
+        let o = render(
+            &root.join("opt/mybuddy/buddy"),
+            &f.state,
+            &marker_env(&f.buddy(slug)),
+            &["--out", out_file.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let r: Value = serde_json::from_str(&fs::read_to_string(&out_file).unwrap()).unwrap();
+        r["agents"]["defaults"]["model"]["primary"].clone()
+    };
+    assert_eq!(primary(), "google/gemini-checked-template");
     // Without what the Machine carries, the image's template is the one.
     fs::remove_file(root.join("opt/mybuddy/_machine/template.json")).unwrap();
-    let o = render(
-        &buddy,
-        &f.state,
-        &marker_env(&f.buddy(slug)),
-        &["--out", out_file.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let r: Value = serde_json::from_str(&fs::read_to_string(&out_file).unwrap()).unwrap();
-    let image: Value = serde_json::from_str(
-        &fs::read_to_string(repo().join("buddies/_template/config.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        r["agents"]["defaults"]["model"]["primary"],
-        image["agents"]["defaults"]["model"]["primary"]
-    );
-    assert_ne!(
-        r["agents"]["defaults"]["model"]["primary"],
-        "google/gemini-checked-template"
-    );
+    let image: Value = serde_json::from_str(&fs::read_to_string(&image).unwrap()).unwrap();
+    assert_eq!(primary(), image["agents"]["defaults"]["model"]["primary"]);
+    assert_ne!(primary(), "google/gemini-checked-template");
 }

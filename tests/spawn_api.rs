@@ -115,6 +115,14 @@ fn own_template() -> std::ffi::OsString {
     repo().join("buddies/_template/config.json").into()
 }
 
+/// A config template asking for the org token, a share password and
+/// another Buddy's secret.
+fn ask_for_what_is_not_its_own(v: &mut serde_json::Value) {
+    v["env"]["vars"]["X"] = serde_json::json!("${FLY_API_TOKEN}");
+    v["env"]["vars"]["Y"] = serde_json::json!("${MYBUDDY_BOOK_META_PASSWORD}");
+    v["env"]["vars"]["Z"] = serde_json::json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+}
+
 /// A Machine config's files: (guest path, content).
 fn files_of(config: &serde_json::Value) -> Vec<(String, String)> {
     config["files"]
@@ -466,9 +474,7 @@ fn a_share_template_asking_for_the_org_token_never_reaches_the_new_buddy() {
             .join("mybuddybook/templates/_template/config.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&tpl).unwrap()).unwrap();
-    v["env"]["vars"]["X"] = serde_json::json!("${FLY_API_TOKEN}");
-    v["env"]["vars"]["Y"] = serde_json::json!("${MYBUDDY_BOOK_META_PASSWORD}");
-    v["env"]["vars"]["Z"] = serde_json::json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+    ask_for_what_is_not_its_own(&mut v);
     v["plugins"]["load"]["paths"] = serde_json::json!(["/mnt/swarm/mybuddybook/wisdom/evil"]);
     fs::write(&tpl, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     let o = w.cast(&[]);
@@ -511,9 +517,7 @@ fn a_template_asking_for_the_org_token_refuses_the_cast_before_any_call() {
         &fs::read_to_string(repo().join("buddies/_template/config.json")).unwrap(),
     )
     .unwrap();
-    v["env"]["vars"]["X"] = serde_json::json!("${FLY_API_TOKEN}");
-    v["env"]["vars"]["Y"] = serde_json::json!("${MYBUDDY_BOOK_META_PASSWORD}");
-    v["env"]["vars"]["Z"] = serde_json::json!("${ROELBUDDY_EMRYS_TELEGRAM_TOKEN}");
+    ask_for_what_is_not_its_own(&mut v);
     fs::write(&tpl, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     let o = w.cast(&["--template", tpl.to_str().unwrap()]);
     let out = text(&o);
