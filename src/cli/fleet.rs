@@ -223,7 +223,7 @@ pub struct MachineConfigArgs {
     /// The id of the Buddy's state volume
     #[arg(long)]
     pub volume: Option<String>,
-    /// The template the Machine carries and renders with [default: BUDDY/../_template/config.json]
+    /// The template the Machine carries and renders with [default: BUDDY/../_machine/template.json if present, else BUDDY/../_template/config.json]
     #[arg(long)]
     pub template: Option<PathBuf>,
     /// Also write the Machine's files under this new directory, each at its

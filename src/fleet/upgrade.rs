@@ -43,8 +43,7 @@ pub struct Options {
     pub dry_run: bool,
     /// The template a Machine made again from its definition carries: a
     /// checkout's (which check-config checked). None: each Machine keeps
-    /// the one it carries (the share's may have changed since any check:
-    /// any gateway can edit it).
+    /// the one it carries, the one it was deployed and checked with.
     pub template: Option<PathBuf>,
 }
 
