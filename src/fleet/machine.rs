@@ -317,8 +317,9 @@ pub struct GuestFile {
 
 /// The Buddy's own files, at their place under [`BUDDY_GUEST_DIR`]:
 /// buddy.json, config.json and the workspace (the files check-config
-/// allows there). Sorted, so the same Buddy gives the same config.
-pub fn buddy_files(b: &buddy::BuddyDir) -> Result<Vec<GuestFile>, Vec<Problem>> {
+/// allows there). Sorted, so the same Buddy gives the same config. The
+/// files it could read, and a problem for each it could not.
+pub fn buddy_files(b: &buddy::BuddyDir) -> (Vec<GuestFile>, Vec<Problem>) {
     let buddy_dir = b.dir.as_path();
     let mut problems = Vec::new();
     let ws = b.workspace_path();
@@ -363,21 +364,7 @@ pub fn buddy_files(b: &buddy::BuddyDir) -> Result<Vec<GuestFile>, Vec<Problem>> 
             Err(e) => problems.push(Problem::new(&path, "", format!("cannot read: {e}"))),
         }
     }
-    let total: usize = out.iter().map(|f| f.content.len()).sum();
-    if total > FILES_LIMIT {
-        problems.push(Problem::new(
-            buddy_dir,
-            "",
-            format!(
-                "its files weigh {total} bytes, over the {FILES_LIMIT} a Machine config should carry: keep large or generated files on the volume"
-            ),
-        ));
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
+    (out, problems)
 }
 
 /// What a Machine is made of besides its base image: the Buddy's directory
@@ -419,13 +406,8 @@ pub fn config(
         )]);
     };
     let b = buddy::load(buddy_dir).map_err(|p| p.items)?;
-    let mut files = match buddy_files(&b) {
-        Ok(f) => f,
-        Err(p) => {
-            problems.extend(p);
-            Vec::new()
-        }
-    };
+    let (mut files, unread) = buddy_files(&b);
+    problems.extend(unread);
     if let Some(t) = template {
         match fs::read(t) {
             Ok(content) => files.push(GuestFile {
@@ -438,14 +420,17 @@ pub fn config(
                 format!("cannot read the template: {e}"),
             )),
         }
-        let total: usize = files.iter().map(|f| f.content.len()).sum();
-        if problems.is_empty() && total > FILES_LIMIT {
-            problems.push(Problem::new(
-                t,
-                "",
-                format!("the Buddy's files and this template weigh {total} bytes, over the {FILES_LIMIT} a Machine config should carry"),
-            ));
-        }
+    }
+    // Weighed once, whole: everything the Machine config carries.
+    let total: usize = files.iter().map(|f| f.content.len()).sum();
+    if total > FILES_LIMIT {
+        problems.push(Problem::new(
+            buddy_dir,
+            "",
+            format!(
+                "its files weigh {total} bytes with the template its Machine carries, over the {FILES_LIMIT} a Machine config should carry: keep large or generated files on the volume"
+            ),
+        ));
     }
     if BUDDY_GUEST_DIR.starts_with(&format!("{}/", facts.mount_destination)) {
         problems.push(Problem::new(

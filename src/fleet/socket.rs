@@ -80,12 +80,6 @@ struct Ready {
     caller_pid: i32,
 }
 
-/// The Magician's listening side, owned by its boot (see `pid1::supervise`'s
-/// `Hooks::listeners`/`accept`). The loop only accepts (non-blocking),
-/// checks the caller's uid (SO_PEERCRED, before a byte is read) and starts
-/// spells; each request is read on a thread of its own within
-/// [`REQUEST_DEADLINE`], so no caller can hold the loop that reaps and
-/// handles signals.
 /// Who casts the spells the socket starts, and with what.
 #[derive(Debug, Clone)]
 pub struct Caster {
@@ -97,6 +91,12 @@ pub struct Caster {
     pub template: PathBuf,
 }
 
+/// The Magician's listening side, owned by its boot (see `pid1::supervise`'s
+/// `Hooks::listeners`/`accept`). The loop only accepts (non-blocking),
+/// checks the caller's uid (SO_PEERCRED, before a byte is read) and starts
+/// spells; each request is read on a thread of its own within
+/// [`REQUEST_DEADLINE`], so no caller can hold the loop that reaps and
+/// handles signals.
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
